@@ -1,0 +1,105 @@
+//! Bearer tokens: generation, hashing and the caller extractor.
+//!
+//! Tokens are 256 random bits, so a plain SHA-256 is a sound storage hash (there is nothing to
+//! brute-force); only hashes are stored. The admin token is compared here; node tokens are
+//! checked by the writer against the node they act on (`State::authorize_node`).
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::control::state::Caller;
+
+/// A fresh token: 64 hex characters of OS randomness.
+pub fn generate_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}
+
+/// The stored form of a token.
+pub fn hash_token(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two equal-length strings without an early exit.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <token>`")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        let hashed = hash_token(token);
+        if same(&hashed, &state.admin_token_sha256) {
+            Ok(Caller::Admin)
+        } else {
+            Ok(Caller::Token(hashed))
+        }
+    }
+}
+
+/// Admin-only endpoints take this instead of [`Caller`].
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Admin),
+            // A node's token is known but not enough (403); any other token is unknown (401).
+            Caller::Token(token) => {
+                let known = state
+                    .control
+                    .run(move |ctx| Ok(ctx.state.nodes.values().any(|n| n.node.token_sha256 == token)))
+                    .await?
+                    .value;
+                Err(if known {
+                    ApiError::forbidden(
+                        "this endpoint needs the admin token; a node token may only act on its own node",
+                    )
+                } else {
+                    ApiError::unauthorized("the bearer token is not known")
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hash_stably() {
+        let a = generate_token().expect("random");
+        let b = generate_token().expect("random");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(hash_token("x"), hash_token("x"));
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("ab", "abc"));
+    }
+}

@@ -1,0 +1,138 @@
+//! The registration and control HTTP API (design §4), on axum.
+//!
+//! ```text
+//!  request -> body limit -> Caller (bearer token) -> handler: validate input into model types
+//!          -> Control::run(job) -> (result, serial) once durable and visible in DNS -> JSON
+//! ```
+//!
+//! Handlers never touch the store: every read and write is a job on the control writer.
+
+pub mod auth;
+pub mod error;
+mod nodes;
+pub mod types;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::control::Control;
+use error::ApiError;
+
+/// Largest request body accepted (a node's full container list fits many times over).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A request that takes longer than this is answered 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Control,
+    pub admin_token_sha256: String,
+    /// The zone apex as text with the trailing dot (`cluster.test.`), for FQDNs in responses.
+    pub apex: String,
+    pub node_ttl: Duration,
+}
+
+/// The whole API, ready to serve (tests call it without a socket too).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(nodes::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
+}
+
+/// Alive: the process answers HTTP.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: the writer answers, so writes will be accepted.
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
+    let serial = state.control.run(|_| Ok(())).await?.serial;
+    Ok(format!("ready serial={serial}\n"))
+}
+
+/// Prometheus text format: zone and fleet gauges.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
+    let snapshot = state.control.snapshots().load_full();
+    let (live, lost, running, stopped) = state
+        .control
+        .run(|ctx| {
+            let live = ctx.state.nodes.values().filter(|n| n.live).count();
+            let lost = ctx.state.nodes.len() - live;
+            let running = ctx.state.containers.values().filter(|c| c.running).count();
+            Ok((live, lost, running, ctx.state.containers.len() - running))
+        })
+        .await?
+        .value;
+    Ok(format!(
+        "# HELP stackdns_zone_serial SOA serial of the published zone.\n\
+         # TYPE stackdns_zone_serial gauge\nstackdns_zone_serial {}\n\
+         # HELP stackdns_zone_names Names in the published zone, empty non-terminals included.\n\
+         # TYPE stackdns_zone_names gauge\nstackdns_zone_names {}\n\
+         # HELP stackdns_nodes Registered nodes by lease state.\n\
+         # TYPE stackdns_nodes gauge\nstackdns_nodes{{state=\"live\"}} {live}\nstackdns_nodes{{state=\"lost\"}} {lost}\n\
+         # HELP stackdns_containers Known containers by state.\n\
+         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n",
+        snapshot.serial,
+        snapshot.len(),
+    ))
+}
+
+/// A JSON body with errors in the API's own shape: 413 over the limit, 400 naming the
+/// unknown field or the syntax error's line and column.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::bad_request("invalid_body", r.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            let message = e.to_string();
+            let code = if message.starts_with("unknown field") {
+                "unknown_field"
+            } else {
+                "invalid_json"
+            };
+            ApiError::bad_request(code, format!("request body: {message}"))
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! Command-line flags and their environment variables, validated into a [`ServeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::snapshot::Rotation;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stackdns",
+    version,
+    about = "Authoritative DNS for container platforms"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the DNS server and the registration API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// DNS listen address, UDP and TCP (port 0 picks a free port).
+    #[arg(long, env = "STACKDNS_DNS", default_value = "127.0.0.1:1053")]
+    pub dns: SocketAddr,
+    /// HTTP API listen address.
+    #[arg(long, env = "STACKDNS_API", default_value = "127.0.0.1:8053")]
+    pub api: SocketAddr,
+    /// Data directory: the database and the generated admin token live here.
+    #[arg(long, env = "STACKDNS_DATA", default_value = "stackdns-data")]
+    pub data: PathBuf,
+    /// Zone file with the apex SOA and NS records. Without it, `zones/cluster.test.zone` is
+    /// used if present, else the same zone built into the binary.
+    #[arg(long, env = "STACKDNS_ZONE_FILE")]
+    pub zone_file: Option<PathBuf>,
+    /// TTL in seconds of svc, cont and node records.
+    #[arg(long, env = "STACKDNS_TTL", default_value_t = 5)]
+    pub ttl: u32,
+    /// Seconds without a heartbeat after which a node is lost and its containers leave DNS.
+    #[arg(long, env = "STACKDNS_NODE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_ttl: u64,
+    /// How often leases are checked, in milliseconds.
+    #[arg(long, env = "STACKDNS_LEASE_CHECK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub lease_check_ms: u64,
+    /// File holding the admin token. Otherwise STACKDNS_ADMIN_TOKEN, otherwise one is generated
+    /// into <data>/admin.token on first start.
+    #[arg(long, env = "STACKDNS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Order of records in answers.
+    #[arg(long, env = "STACKDNS_ROTATION", value_enum, default_value_t = Rotation::Cyclic)]
+    pub rotation: Rotation,
+    /// Most addresses or SRV records per svc answer (0 = all); a rotating, fair subset.
+    #[arg(long, env = "STACKDNS_MAX_ANSWERS", default_value_t = 0)]
+    pub max_answers: u16,
+    /// UDP worker threads (sockets sharing the port); default: one per CPU.
+    #[arg(long, env = "STACKDNS_UDP_WORKERS")]
+    pub udp_workers: Option<usize>,
+}
+
+impl ServeArgs {
+    pub fn node_ttl(&self) -> Duration {
+        Duration::from_secs(self.node_ttl)
+    }
+
+    pub fn lease_check(&self) -> Duration {
+        Duration::from_millis(self.lease_check_ms)
+    }
+
+    pub fn udp_workers(&self) -> usize {
+        self.udp_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, 64)
+    }
+}

@@ -1,0 +1,256 @@
+//! The control plane's single writer: the only code that changes state.
+//!
+//! ```text
+//!  API handler --job--> [channel] --> writer thread
+//!                                       | run every queued job against State (validate, mutate,
+//!                                       |   record store Ops)            <- group commit
+//!                                       | Store::commit(ops, serial+1)   (one fsync for all)
+//!                                       | snapshot::build -> SnapshotHandle::store
+//!  API handler <--(result, serial)------+ answer every job of the batch
+//! ```
+//!
+//! A job is answered only after its changes are durable *and* visible in DNS, so the serial in
+//! the response is one that already answers with the change. Reads run through the same
+//! queue, so they always see a consistent state.
+
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::snapshot::{self, Policy, Snapshot, SnapshotHandle};
+use crate::store::{Store, StoreError};
+use crate::zone::Zone;
+use state::{Changes, State};
+
+/// Most jobs folded into one commit; bounds the latency of the first one.
+const MAX_BATCH: usize = 4096;
+/// Requests waiting for the writer before senders have to wait too.
+const QUEUE_DEPTH: usize = 65536;
+
+/// Why a control-plane operation was not carried out; the API maps each to a status code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error(
+        "stale report for container {container}: generation {reported} is not newer than the \
+         stored generation {stored} ({detail}); nothing was changed"
+    )]
+    StaleGeneration {
+        container: String,
+        stored: u64,
+        reported: u64,
+        detail: String,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the bearer token is not known; send the admin token or the node's own token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the change could not be stored, so it was not applied: {0}")]
+    Storage(String),
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+/// Everything a job may touch.
+pub struct Ctx<'a> {
+    pub state: &'a mut State,
+    pub changes: &'a mut Changes,
+    /// When the batch started; one clock reading for every job in it.
+    pub now: Instant,
+}
+
+type Completion = Box<dyn FnOnce(Result<u32, ControlError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Completion + Send>;
+
+/// A result together with the zone serial that contains it.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub value: T,
+    pub serial: u32,
+}
+
+/// Handle to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    jobs: mpsc::Sender<Job>,
+    snapshots: SnapshotHandle,
+}
+
+/// Fixed inputs of every snapshot.
+pub struct Publisher {
+    pub zone: Zone,
+    pub policy: Policy,
+}
+
+impl Control {
+    /// Opens the store, loads it, publishes the first snapshot and starts the writer thread.
+    ///
+    /// The start-up serial is above both the stored one and the zone file's, and is committed
+    /// before anything is served, so serials never go backwards across restarts.
+    pub fn start(
+        db_path: &Path,
+        publisher: Publisher,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), StoreError> {
+        let store = Store::open(db_path)?;
+        let loaded = store.load()?;
+        let serial = loaded.serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
+        store.commit(&[], serial)?;
+        let now = Instant::now();
+        let state = State::from_loaded(loaded, now);
+        tracing::info!(
+            nodes = state.nodes.len(),
+            containers = state.containers.len(),
+            serial,
+            "state loaded"
+        );
+        let first = publisher.build(&state, serial);
+        let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            store,
+            state,
+            serial,
+            publisher,
+            snapshots: snapshots.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("control-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Redb(format!("cannot start the writer thread: {e}")))?;
+        Ok((Control { jobs: tx, snapshots }, thread))
+    }
+
+    /// The handle DNS reads snapshots from.
+    pub fn snapshots(&self) -> SnapshotHandle {
+        self.snapshots.clone()
+    }
+
+    /// Runs `f` on the writer; answers once its changes are committed and published.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<Committed<T>, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            Box::new(move |commit| {
+                let outcome = result.and_then(|value| commit.map(|serial| Committed { value, serial }));
+                let _ = tx.send(outcome);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
+
+    /// Marks nodes lost whose lease lapsed; run periodically.
+    pub async fn expire_leases(&self, ttl: Duration) -> Result<(), ControlError> {
+        self.run(move |ctx| {
+            ctx.state.expire_leases(ctx.now, ttl, ctx.changes);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Publisher {
+    fn build(&self, state: &State, serial: u32) -> Snapshot {
+        snapshot::build(
+            &self.zone,
+            serial,
+            &self.policy,
+            state.node_views(),
+            state.containers.values(),
+        )
+    }
+}
+
+/// The thread that owns the store and the state.
+struct Writer {
+    store: Store,
+    state: State,
+    serial: u32,
+    publisher: Publisher,
+    snapshots: SnapshotHandle,
+}
+
+impl Writer {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut changes = Changes::default();
+            let mut completions = Vec::new();
+            {
+                let mut ctx = Ctx {
+                    state: &mut self.state,
+                    changes: &mut changes,
+                    now: Instant::now(),
+                };
+                completions.push(first(&mut ctx));
+                while completions.len() < MAX_BATCH {
+                    let Ok(job) = jobs.try_recv() else { break };
+                    completions.push(job(&mut ctx));
+                }
+            }
+            let result = self.commit(changes);
+            for complete in completions {
+                complete(result.clone());
+            }
+        }
+        tracing::debug!("control writer stopped");
+    }
+
+    /// Makes a batch durable and visible; on failure, returns to what is on disk.
+    fn commit(&mut self, changes: Changes) -> Result<u32, ControlError> {
+        if changes.is_empty() {
+            return Ok(self.serial);
+        }
+        let serial = self.serial.wrapping_add(1);
+        if let Err(e) = self.store.commit(&changes.ops, serial) {
+            tracing::error!(error = %e, "commit failed; reloading state from the database");
+            self.reload();
+            return Err(ControlError::Storage(e.to_string()));
+        }
+        self.serial = serial;
+        let started = Instant::now();
+        let snapshot = self.publisher.build(&self.state, serial);
+        self.snapshots.store(Arc::new(snapshot));
+        tracing::debug!(
+            serial,
+            ops = changes.ops.len(),
+            build_us = started.elapsed().as_micros() as u64,
+            "published"
+        );
+        Ok(serial)
+    }
+
+    /// Replaces the in-memory state with the database's, keeping leases.
+    fn reload(&mut self) {
+        match self.store.load() {
+            Ok(loaded) => {
+                let leases: Vec<_> = self
+                    .state
+                    .nodes
+                    .iter()
+                    .map(|(k, n)| (k.clone(), n.last_seen, n.live))
+                    .collect();
+                self.state = State::from_loaded(loaded, Instant::now());
+                for (name, last_seen, live) in leases {
+                    if let Some(n) = self.state.nodes.get_mut(&name) {
+                        n.last_seen = last_seen;
+                        n.live = live;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload state; the in-memory state may be ahead of the database")
+            }
+        }
+    }
+}

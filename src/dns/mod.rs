@@ -1,0 +1,104 @@
+//! The authoritative DNS server: transports, query parsing and answer building.
+//!
+//! The only module that knows the DNS wire format or imports hickory (for the zone file).
+//! It reads the published [`Snapshot`](crate::snapshot::Snapshot) and nothing else: it never
+//! touches the store and never waits for a writer.
+//!
+//! ```text
+//!  UDP worker threads (SO_REUSEPORT)      TCP tasks (tokio)
+//!            |  recv_from                    |  read length + message
+//!            v                               v
+//!        wire::parse  ->  answer::respond(&snapshot, ..)  -> bytes
+//!                                ^
+//!                    SnapshotHandle::load()  (one atomic load per query)
+//! ```
+
+pub mod answer;
+mod tcp;
+mod udp;
+pub mod wire;
+pub mod zonefile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::SnapshotHandle;
+
+/// Why the DNS listeners could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot bind DNS UDP sockets on {addr}: {source}")]
+    BindUdp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind DNS TCP listener on {addr}: {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a UDP worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Running listeners. Dropping it does not stop them: call [`DnsServer::stop`].
+pub struct DnsServer {
+    /// The bound address (UDP and TCP share the port).
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    tcp: tokio::task::JoinHandle<()>,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `addr` (port 0 picks a free port, the same for both) and starts
+    /// `udp_workers` UDP threads and the TCP accept loop.
+    pub async fn start(
+        addr: SocketAddr,
+        udp_workers: usize,
+        snapshots: SnapshotHandle,
+        cancel: CancellationToken,
+    ) -> Result<Self, DnsError> {
+        let sockets = udp::bind(addr, udp_workers).map_err(|source| DnsError::BindUdp { addr, source })?;
+        let bound = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(addr);
+        let listener = TcpListener::bind(bound)
+            .await
+            .map_err(|source| DnsError::BindTcp { addr: bound, source })?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (snapshots, stop) = (snapshots.clone(), stop.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || udp::serve(socket, snapshots, stop))
+                .map_err(DnsError::Thread)?;
+            workers.push(worker);
+        }
+        let tcp = tokio::spawn(tcp::serve(listener, snapshots, cancel));
+        Ok(Self {
+            addr: bound,
+            stop,
+            workers,
+            tcp,
+        })
+    }
+
+    /// Stops the UDP workers and waits for them and the TCP loop (cancel its token first).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        let _ = self.tcp.await;
+    }
+}

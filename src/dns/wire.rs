@@ -1,0 +1,301 @@
+//! Reading a query off the wire (RFC 1035 §4.1, RFC 6891 §6 for OPT).
+//!
+//! Only what an authoritative server needs is parsed, without allocating: the header, the one
+//! question (kept as raw bytes so the answer echoes its case exactly, RFC 4343) and the OPT
+//! record. Any other section is walked only to find OPT. Every length is checked; a packet
+//! that does not parse becomes a FORMERR, or is dropped when not even a header can be read.
+
+use crate::name::MAX_NAME_LEN;
+use crate::zone::rtype;
+
+/// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2 for AD/CD).
+pub mod flag {
+    pub const QR: u16 = 0x8000;
+    pub const AA: u16 = 0x0400;
+    pub const TC: u16 = 0x0200;
+    pub const RD: u16 = 0x0100;
+    pub const CD: u16 = 0x0010;
+}
+
+/// Response codes, including the extended ones carried in OPT (RFC 6891 §6.1.3).
+pub mod rcode {
+    pub const NOERROR: u16 = 0;
+    pub const FORMERR: u16 = 1;
+    pub const SERVFAIL: u16 = 2;
+    pub const NXDOMAIN: u16 = 3;
+    pub const NOTIMP: u16 = 4;
+    pub const REFUSED: u16 = 5;
+    pub const BADVERS: u16 = 16;
+}
+
+pub const HEADER_LEN: usize = 12;
+/// Smallest payload every DNS transport carries (RFC 1035 §4.2.1).
+pub const MIN_UDP_PAYLOAD: u16 = 512;
+
+/// EDNS(0) parameters of a query (RFC 6891 §6.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// Requester's UDP payload size; values under 512 are treated as 512.
+    pub udp_size: u16,
+    pub version: u8,
+    /// The DO bit, echoed back (RFC 3225 §3).
+    pub dnssec_ok: bool,
+}
+
+/// A query that parsed.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub id: u16,
+    pub opcode: u8,
+    /// The raw flags word, to copy RD and CD.
+    pub flags: u16,
+    /// The question exactly as received: name, type, class.
+    pub question: &'a [u8],
+    /// Wire length of the question name, root label included.
+    pub qname_len: usize,
+    lower: [u8; MAX_NAME_LEN],
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    /// The question name in lower case, wire form.
+    pub fn lower_qname(&self) -> &[u8] {
+        &self.lower[..self.qname_len]
+    }
+}
+
+/// Why a packet got no normal answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Not worth an answer: shorter than a header, or itself a response.
+    Drop,
+    /// Answer with this response code and no question (the question could not be read).
+    Error { id: u16, flags: u16, rcode: u16 },
+}
+
+fn read_u16(buf: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]))
+}
+
+/// Parses a query. Opcodes other than QUERY are still parsed: the caller answers NOTIMP.
+pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
+    if buf.len() < HEADER_LEN {
+        return Err(Reject::Drop);
+    }
+    let id = u16::from_be_bytes([buf[0], buf[1]]);
+    let flags = u16::from_be_bytes([buf[2], buf[3]]);
+    if flags & flag::QR != 0 {
+        return Err(Reject::Drop);
+    }
+    let formerr = Reject::Error {
+        id,
+        flags,
+        rcode: rcode::FORMERR,
+    };
+    let count = |i: usize| u16::from_be_bytes([buf[4 + 2 * i], buf[5 + 2 * i]]) as usize;
+    let (qdcount, ancount, nscount, arcount) = (count(0), count(1), count(2), count(3));
+    if qdcount != 1 {
+        return Err(formerr);
+    }
+
+    // The question name: no compression is possible (nothing precedes it to point at).
+    let mut lower = [0u8; MAX_NAME_LEN];
+    let mut pos = HEADER_LEN;
+    loop {
+        let Some(&len) = buf.get(pos) else {
+            return Err(formerr);
+        };
+        if len & 0xC0 != 0 || pos - HEADER_LEN + 1 + len as usize > MAX_NAME_LEN {
+            return Err(formerr);
+        }
+        let end = pos + 1 + len as usize;
+        let Some(label) = buf.get(pos..end) else {
+            return Err(formerr);
+        };
+        let at = pos - HEADER_LEN;
+        lower[at] = len;
+        for (dst, src) in lower[at + 1..at + 1 + label.len() - 1]
+            .iter_mut()
+            .zip(&label[1..])
+        {
+            *dst = src.to_ascii_lowercase();
+        }
+        pos = end;
+        if len == 0 {
+            break;
+        }
+    }
+    let qname_len = pos - HEADER_LEN;
+    let (Some(qtype), Some(qclass)) = (read_u16(buf, pos), read_u16(buf, pos + 2)) else {
+        return Err(formerr);
+    };
+    let question_end = pos + 4;
+
+    let mut pos = question_end;
+    for _ in 0..ancount + nscount {
+        pos = skip_record(buf, pos).ok_or(formerr_of(id, flags))?.next;
+    }
+    let mut edns = None;
+    for _ in 0..arcount {
+        let rr = skip_record(buf, pos).ok_or(formerr_of(id, flags))?;
+        if rr.rtype == rtype::OPT {
+            // One OPT, owned by the root (RFC 6891 §6.1.1).
+            if edns.is_some() || rr.owner_is_root == Some(false) {
+                return Err(formerr_of(id, flags));
+            }
+            edns = Some(Edns {
+                udp_size: rr.class.max(MIN_UDP_PAYLOAD),
+                version: (rr.ttl >> 16) as u8,
+                dnssec_ok: rr.ttl & 0x8000 != 0,
+            });
+        }
+        pos = rr.next;
+    }
+
+    Ok(Query {
+        id,
+        opcode: ((flags >> 11) & 0xF) as u8,
+        flags,
+        question: &buf[HEADER_LEN..question_end],
+        qname_len,
+        lower,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+fn formerr_of(id: u16, flags: u16) -> Reject {
+    Reject::Error {
+        id,
+        flags,
+        rcode: rcode::FORMERR,
+    }
+}
+
+/// What the walk over one resource record learned.
+struct Skipped {
+    next: usize,
+    rtype: u16,
+    class: u16,
+    ttl: u32,
+    /// `Some(true)` if the owner is the root name, `None` if it was a compression pointer.
+    owner_is_root: Option<bool>,
+}
+
+/// Steps over one resource record, checking that every length stays inside the packet.
+fn skip_record(buf: &[u8], mut pos: usize) -> Option<Skipped> {
+    let mut owner_is_root = Some(true);
+    loop {
+        let len = *buf.get(pos)?;
+        match len & 0xC0 {
+            0x00 if len == 0 => {
+                pos += 1;
+                break;
+            }
+            0x00 => {
+                owner_is_root = Some(false);
+                pos += 1 + len as usize;
+            }
+            0xC0 => {
+                owner_is_root = None;
+                pos += 2;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    let rtype = read_u16(buf, pos)?;
+    let class = read_u16(buf, pos + 2)?;
+    let ttl = u32::from_be_bytes(buf.get(pos + 4..pos + 8)?.try_into().ok()?);
+    let rdlen = read_u16(buf, pos + 8)? as usize;
+    let next = pos + 10 + rdlen;
+    if next > buf.len() {
+        return None;
+    }
+    Some(Skipped {
+        next,
+        rtype,
+        class,
+        ttl,
+        owner_is_root,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8], qtype: u16, extra: &[u8], arcount: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0];
+        q.extend_from_slice(&arcount.to_be_bytes());
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&1u16.to_be_bytes());
+        q.extend_from_slice(extra);
+        q
+    }
+
+    const OPT_4096_DO: &[u8] = &[0, 0, 41, 0x10, 0, 0, 0, 0x80, 0, 0, 0];
+
+    #[test]
+    fn parses_question_and_lowercases_name() {
+        let buf = query(b"\x03WeB\x04TeSt\x00", 1, &[], 0);
+        let q = parse(&buf).expect("parses");
+        assert_eq!(q.id, 0x1234);
+        assert_eq!(q.lower_qname(), b"\x03web\x04test\x00");
+        assert_eq!(&q.question[..4], b"\x03WeB");
+        assert_eq!((q.qtype, q.qclass, q.edns), (1, 1, None));
+    }
+
+    #[test]
+    fn reads_edns() {
+        let buf = query(b"\x00", 1, OPT_4096_DO, 1);
+        let edns = parse(&buf).expect("parses").edns.expect("has OPT");
+        assert_eq!(
+            edns,
+            Edns {
+                udp_size: 4096,
+                version: 0,
+                dnssec_ok: true
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_read() {
+        assert_eq!(parse(&[0; 5]).unwrap_err(), Reject::Drop);
+        let mut response = query(b"\x00", 1, &[], 0);
+        response[2] |= 0x80;
+        assert_eq!(parse(&response).unwrap_err(), Reject::Drop);
+        let formerr = |buf: &[u8]| {
+            matches!(
+                parse(buf),
+                Err(Reject::Error {
+                    rcode: rcode::FORMERR,
+                    ..
+                })
+            )
+        };
+        assert!(formerr(&query(b"\x05ab", 1, &[], 0)[..15]), "label runs past end");
+        assert!(formerr(&query(b"\xc0\x0c", 1, &[], 0)), "pointer in question");
+        assert!(formerr(&query(b"\x00", 1, &[], 1)), "missing additional");
+        let mut two_opts = OPT_4096_DO.to_vec();
+        two_opts.extend_from_slice(OPT_4096_DO);
+        assert!(formerr(&query(b"\x00", 1, &two_opts, 2)), "two OPT records");
+        let mut no_question = query(b"\x00", 1, &[], 0);
+        no_question[5] = 0;
+        assert!(formerr(&no_question));
+        let long: Vec<u8> = std::iter::repeat_n(
+            b"\x3fxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            5,
+        )
+        .flatten()
+        .copied()
+        .chain([0])
+        .collect();
+        assert!(formerr(&query(&long, 1, &[], 0)), "name over 255 octets");
+    }
+}

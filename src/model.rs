@@ -1,0 +1,170 @@
+//! The platform's vocabulary: validated names, nodes, containers and ports.
+//!
+//! Pure data and validation, no I/O. Everything that crosses the API boundary is turned into
+//! these types first, so the rest of the program never sees an unchecked identifier.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A longest label is 63 octets (RFC 1035 §2.3.4).
+const MAX_LABEL_LEN: usize = 63;
+
+/// Why a value was not accepted as a DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{field} {value:?} is not a valid name: {reason}; names are DNS labels of 1-63 characters \
+     a-z, 0-9 and '-', starting and ending with a letter or digit"
+)]
+pub struct InvalidLabel {
+    /// Which field held the value (`node`, `user`, `service`...), so the message can name it.
+    pub field: &'static str,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+/// An identifier that is a valid DNS label: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
+///
+/// Input is case-insensitive and stored lower-case, so `Web` and `web` are the same service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Label(String);
+
+impl Label {
+    /// Validates `value` as the field named `field`, folding it to lower case.
+    pub fn parse(field: &'static str, value: &str) -> Result<Self, InvalidLabel> {
+        let invalid = |reason| InvalidLabel {
+            field,
+            value: value.to_owned(),
+            reason,
+        };
+        let bytes = value.as_bytes();
+        if bytes.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if bytes.len() > MAX_LABEL_LEN {
+            return Err(invalid("it is longer than 63 characters"));
+        }
+        if !bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-') {
+            return Err(invalid("it contains a character other than a-z, 0-9 and '-'"));
+        }
+        if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+            return Err(invalid("it starts or ends with '-'"));
+        }
+        Ok(Self(value.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Label {
+    /// Stored records are re-validated on load: a label that was valid when written stays valid,
+    /// and a corrupted one is reported instead of being served.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Label::parse("label", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Transport protocol of a published port, as in `_80._tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One port a container exposes. `host_port` is where it is reachable on the node; without
+/// one the port is only reachable at the container's own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub container_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+/// Resources a node offers to placement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub memory_mb: u64,
+    pub cpus: f64,
+}
+
+/// A node as an admin registered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: Label,
+    pub address: IpAddr,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: Vec<Label>,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    /// SHA-256 of the node's bearer token; the token itself is never stored.
+    pub token_sha256: String,
+}
+
+/// Identity of a container across nodes: `web-1` of stack `quickstart-ruby` of user `honeniq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContainerKey {
+    pub user: Label,
+    pub stack: Label,
+    pub name: Label,
+}
+
+impl ContainerKey {
+    /// The redb key: labels cannot contain '/', so the encoding is unambiguous.
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}/{}", self.user, self.stack, self.name)
+    }
+}
+
+impl fmt::Display for ContainerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.name, self.stack, self.user)
+    }
+}
+
+/// What an agent reported about one container, and what we remember after it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub key: ContainerKey,
+    /// The node that last reported it.
+    pub node: Label,
+    pub service: Label,
+    /// Address the agent reported; `None` means "reach it at the node's address".
+    pub address: Option<IpAddr>,
+    pub ports: Vec<Port>,
+    /// Fencing token: reports older than this are refused (design §4).
+    pub generation: u64,
+    /// `false` once stopped: the record stays as a tombstone so a late report from before the
+    /// stop cannot bring the container back.
+    pub running: bool,
+}

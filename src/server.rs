@@ -1,0 +1,217 @@
+//! Wires the parts together: store and writer, DNS listeners, HTTP API, lease checker, and
+//! one cancellation token that stops them all.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::ServeArgs;
+use crate::control::{Control, Publisher};
+use crate::dns::{DnsServer, zonefile};
+use crate::snapshot::Policy;
+
+/// The zone served when no zone file is given and `zones/cluster.test.zone` is absent.
+const EMBEDDED_ZONE: &str = include_str!("../zones/cluster.test.zone");
+const DEFAULT_ZONE_PATH: &str = "zones/cluster.test.zone";
+const ADMIN_TOKEN_ENV: &str = "STACKDNS_ADMIN_TOKEN";
+
+/// Why the server could not start; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Zone(#[from] zonefile::ZoneFileError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
+    #[error("cannot bind the API on {addr}: {source}")]
+    BindApi {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("admin token: {0}")]
+    AdminToken(String),
+}
+
+/// A started server.
+pub struct Server {
+    pub dns_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    cancel: CancellationToken,
+    dns: DnsServer,
+    api: tokio::task::JoinHandle<()>,
+    leases: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Loads everything, binds every socket and starts serving.
+    pub async fn start(args: &ServeArgs) -> Result<Self, ServerError> {
+        let zone = match &args.zone_file {
+            Some(path) => zonefile::load(path)?,
+            None if Path::new(DEFAULT_ZONE_PATH).exists() => zonefile::load(Path::new(DEFAULT_ZONE_PATH))?,
+            None => zonefile::parse(EMBEDDED_ZONE, None, "(built-in zone)")?,
+        };
+        let apex = format!("{}.", crate::name::to_text(&zone.apex));
+        std::fs::create_dir_all(&args.data).map_err(|source| ServerError::DataDir {
+            path: args.data.clone(),
+            source,
+        })?;
+        let admin_token_sha256 = crate::api::auth::hash_token(&admin_token(args)?);
+
+        let policy = Policy {
+            ttl: args.ttl,
+            rotation: args.rotation,
+            max_answers: args.max_answers,
+        };
+        let (control, writer) = Control::start(&args.data.join("stackdns.redb"), Publisher { zone, policy })?;
+        let cancel = CancellationToken::new();
+        let dns = DnsServer::start(args.dns, args.udp_workers(), control.snapshots(), cancel.clone()).await?;
+
+        let listener =
+            tokio::net::TcpListener::bind(args.api)
+                .await
+                .map_err(|source| ServerError::BindApi {
+                    addr: args.api,
+                    source,
+                })?;
+        let api_addr = listener.local_addr().map_err(|source| ServerError::BindApi {
+            addr: args.api,
+            source,
+        })?;
+        let app = api::router(AppState {
+            control: control.clone(),
+            admin_token_sha256,
+            apex: apex.clone(),
+            node_ttl: args.node_ttl(),
+        });
+        let api_cancel = cancel.clone();
+        let api = tokio::spawn(async move {
+            let shutdown = async move { api_cancel.cancelled().await };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+        let leases = tokio::spawn(check_leases(
+            control,
+            args.node_ttl(),
+            args.lease_check(),
+            cancel.clone(),
+        ));
+        tracing::info!(zone = %apex, "serving");
+        Ok(Self {
+            dns_addr: dns.addr,
+            api_addr,
+            cancel,
+            dns,
+            api,
+            leases,
+            writer,
+        })
+    }
+
+    /// Stops accepting work, finishes what is in flight, and waits for every part.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.api.await;
+        let _ = self.leases.await;
+        self.dns.stop().await;
+        // Every Control handle is gone now, so the writer drains its queue and exits.
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
+    let server = Server::start(&args).await?;
+    tracing::info!("listening dns={} api={}", server.dns_addr, server.api_addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = control.expire_leases(ttl).await {
+            tracing::warn!(error = %e, "lease check failed");
+        }
+    }
+}
+
+/// The admin token: from the file, the environment, or generated into `<data>/admin.token`.
+fn admin_token(args: &ServeArgs) -> Result<String, ServerError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| ServerError::AdminToken(format!("cannot read {}: {e}", path.display())))
+            .and_then(|t| {
+                if t.is_empty() {
+                    Err(ServerError::AdminToken(format!("{} is empty", path.display())))
+                } else {
+                    Ok(t)
+                }
+            })
+    };
+    if let Some(path) = &args.admin_token_file {
+        return read(path);
+    }
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_owned());
+        }
+    }
+    let path = args.data.join("admin.token");
+    if path.exists() {
+        tracing::info!(path = %path.display(), "admin token read from file");
+        return read(&path);
+    }
+    let token = crate::api::auth::generate_token().map_err(|e| ServerError::AdminToken(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| ServerError::AdminToken(format!("cannot create {}: {e}", path.display())))?;
+    writeln!(file, "{token}")
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ServerError::AdminToken(format!("cannot write {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated an admin token; read it from this file");
+    Ok(token)
+}

@@ -1,0 +1,240 @@
+//! Durable state in redb: the source of truth for nodes and containers.
+//!
+//! # Schema (version 1)
+//!
+//! | table        | key                         | value                                  |
+//! |--------------|-----------------------------|----------------------------------------|
+//! | `meta`       | `"schema_version"`, `"serial"` | u64                                 |
+//! | `nodes`      | node name                   | JSON of [`model::Node`](crate::model::Node)         |
+//! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`model::Container`](crate::model::Container) (tombstones included) |
+//!
+//! Values are JSON so a record can be read with any tool and new optional fields can be added
+//! without a migration. Keys are labels, which cannot contain `/`.
+//!
+//! # Update protocol
+//!
+//! Only the control plane's single writer calls [`Store::commit`]: it gathers the changes of
+//! many requests into one transaction, commits it durably (one fsync), and only then answers
+//! the requests and publishes the snapshot. After a crash the database opens at the last
+//! durable commit, so every acknowledged write is there.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::model::{Container, ContainerKey, Label, Node};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+const SCHEMA_VERSION: u64 = 1;
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_SERIAL: &str = "serial";
+
+/// Why the store failed; none of these is the caller's fault, all leave the data as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: String,
+        source: Box<redb::DatabaseError>,
+    },
+    #[error(
+        "the database was written by a newer stackdns (schema {found}, this build knows {SCHEMA_VERSION}); upgrade stackdns"
+    )]
+    NewerSchema { found: u64 },
+    #[error("database record {table}/{key} is unreadable: {message}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("database operation failed: {0}")]
+    Redb(String),
+}
+
+fn redb_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Redb(e.to_string())
+}
+
+/// One change, applied in order inside a commit.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutNode(Node),
+    DeleteNode(Label),
+    PutContainer(Container),
+    DeleteContainer(ContainerKey),
+}
+
+/// Everything stored, as read at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub serial: u32,
+    pub nodes: Vec<Node>,
+    pub containers: Vec<Container>,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the database file and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        let txn = db.begin_write().map_err(redb_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(redb_err)?;
+            let found = meta.get(KEY_SCHEMA).map_err(redb_err)?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
+                Some(_) => {}
+                None => {
+                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(redb_err)?;
+                }
+            }
+            txn.open_table(NODES).map_err(redb_err)?;
+            txn.open_table(CONTAINERS).map_err(redb_err)?;
+        }
+        txn.commit().map_err(redb_err)?;
+        Ok(Self { db })
+    }
+
+    /// Reads every record.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let meta = txn.open_table(META).map_err(redb_err)?;
+        let serial = meta.get(KEY_SERIAL).map_err(redb_err)?.map_or(0, |v| v.value()) as u32;
+        let nodes = read_all(&txn.open_table(NODES).map_err(redb_err)?, "nodes")?;
+        let containers = read_all(&txn.open_table(CONTAINERS).map_err(redb_err)?, "containers")?;
+        Ok(Loaded {
+            serial,
+            nodes,
+            containers,
+        })
+    }
+
+    /// Applies `ops` and records `serial` in one durable transaction.
+    pub fn commit(&self, ops: &[Op], serial: u32) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(Durability::Immediate).map_err(redb_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(redb_err)?;
+            let mut nodes = txn.open_table(NODES).map_err(redb_err)?;
+            let mut containers = txn.open_table(CONTAINERS).map_err(redb_err)?;
+            for op in ops {
+                match op {
+                    Op::PutNode(node) => {
+                        nodes
+                            .insert(node.name.as_str(), encode(node)?.as_slice())
+                            .map_err(redb_err)?;
+                    }
+                    Op::DeleteNode(name) => {
+                        nodes.remove(name.as_str()).map_err(redb_err)?;
+                    }
+                    Op::PutContainer(c) => {
+                        containers
+                            .insert(c.key.storage_key().as_str(), encode(c)?.as_slice())
+                            .map_err(redb_err)?;
+                    }
+                    Op::DeleteContainer(key) => {
+                        containers.remove(key.storage_key().as_str()).map_err(redb_err)?;
+                    }
+                }
+            }
+            meta.insert(KEY_SERIAL, u64::from(serial)).map_err(redb_err)?;
+        }
+        txn.commit().map_err(redb_err)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(redb_err)
+}
+
+fn read_all<T: serde::de::DeserializeOwned>(
+    table: &redb::ReadOnlyTable<&str, &[u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(redb_err)? {
+        let (key, value) = row.map_err(redb_err)?;
+        let record = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+            table: name,
+            key: key.value().to_owned(),
+            message: e.to_string(),
+        })?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Port;
+
+    fn label(s: &str) -> Label {
+        Label::parse("test", s).expect("valid label")
+    }
+
+    #[test]
+    fn commits_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let node = Node {
+            name: label("node-do"),
+            address: "95.85.30.162".parse().expect("ip"),
+            labels: Default::default(),
+            tags: vec![],
+            capacity: None,
+            token_sha256: "00".into(),
+        };
+        let container = Container {
+            key: ContainerKey {
+                user: label("honeniq"),
+                stack: label("quickstart-ruby"),
+                name: label("web-1"),
+            },
+            node: label("node-do"),
+            service: label("web"),
+            address: None,
+            ports: vec![Port {
+                container_port: 80,
+                host_port: Some(80),
+                protocol: crate::model::Protocol::Tcp,
+            }],
+            generation: 3,
+            running: true,
+        };
+        {
+            let store = Store::open(&path).expect("open");
+            store
+                .commit(
+                    &[Op::PutNode(node.clone()), Op::PutContainer(container.clone())],
+                    42,
+                )
+                .expect("commit");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.serial, 42);
+        assert_eq!(loaded.nodes, vec![node]);
+        assert_eq!(loaded.containers, vec![container.clone()]);
+        store
+            .commit(
+                &[
+                    Op::DeleteContainer(container.key),
+                    Op::DeleteNode(label("node-do")),
+                ],
+                43,
+            )
+            .expect("delete");
+        let loaded = store.load().expect("load");
+        assert!(loaded.nodes.is_empty() && loaded.containers.is_empty());
+    }
+}
