@@ -242,7 +242,9 @@ impl Builder {
                         additionals: Box::new([]),
                         rotation: set.rotation,
                         limit: set.limit,
-                        cursor: AtomicU32::new(0),
+                        // Start somewhere new after each change, so frequent updates do not
+                        // keep sending every first answer to the same record.
+                        cursor: AtomicU32::new(serial),
                     }
                 })
                 .collect();
@@ -355,12 +357,23 @@ pub fn build<'a>(
         let svc = name::relative(&[c.service.as_str(), stack, user, "svc"]);
         b.name(&cont);
         b.name(&svc);
-        let Some(&(node_addr, true)) = node_index.get(c.node.as_str()) else {
-            continue;
+        let srv_owner = |port: &crate::model::Port| {
+            let mut owner = Vec::with_capacity(svc.len() + 12);
+            name::push_label(&mut owner, &format!("_{}", port.container_port));
+            name::push_label(&mut owner, proto_label(port.protocol));
+            owner.extend_from_slice(&svc);
+            owner
         };
-        if !c.running {
-            continue;
-        }
+        let node_addr = match node_index.get(c.node.as_str()) {
+            Some(&(addr, true)) if c.running => addr,
+            _ => {
+                // Known but not answering: its names exist without data (NODATA, not NXDOMAIN).
+                for port in &c.ports {
+                    b.name(&srv_owner(port));
+                }
+                continue;
+            }
+        };
         let addr = c.address.unwrap_or(node_addr);
         b.address(&cont, addr, policy, 0);
         b.address(&svc, addr, policy, policy.max_answers);
@@ -368,10 +381,7 @@ pub fn build<'a>(
         let mut target = cont.clone();
         target.extend_from_slice(&zone.apex);
         for port in &c.ports {
-            let mut owner = Vec::with_capacity(svc.len() + 12);
-            name::push_label(&mut owner, &format!("_{}", port.container_port));
-            name::push_label(&mut owner, proto_label(port.protocol));
-            owner.extend_from_slice(&svc);
+            let owner = srv_owner(port);
             let mut rdata = Vec::with_capacity(6 + target.len());
             rdata.extend_from_slice(&0u16.to_be_bytes());
             rdata.extend_from_slice(&1u16.to_be_bytes());
@@ -399,3 +409,147 @@ fn proto_label(p: Protocol) -> &'static str {
 
 /// Where the current snapshot is published: the writer stores, queries load, nobody waits.
 pub type SnapshotHandle = std::sync::Arc<arc_swap::ArcSwap<Snapshot>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerKey, Label, Port};
+    use crate::zone::Soa;
+
+    fn label(s: &str) -> Label {
+        Label::parse("test", s).expect("valid label")
+    }
+
+    fn zone() -> Zone {
+        Zone {
+            apex: b"\x07cluster\x04test\x00".to_vec(),
+            soa: Soa {
+                mname: b"\x03ns1\x07cluster\x04test\x00".to_vec(),
+                rname: b"\x0ahostmaster\x07cluster\x04test\x00".to_vec(),
+                file_serial: 1,
+                refresh: 3600,
+                retry: 600,
+                expire: 86400,
+                minimum: 5,
+                ttl: 3600,
+            },
+            records: vec![],
+        }
+    }
+
+    fn node(name: &str, addr: &str) -> Node {
+        Node {
+            name: label(name),
+            address: addr.parse().expect("ip"),
+            labels: Default::default(),
+            tags: vec![],
+            capacity: None,
+            token_sha256: String::new(),
+        }
+    }
+
+    fn container(name: &str, node: &str, running: bool) -> Container {
+        Container {
+            key: ContainerKey {
+                user: label("u"),
+                stack: label("s"),
+                name: label(name),
+            },
+            node: label(node),
+            service: label("web"),
+            address: None,
+            ports: vec![Port {
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: Protocol::Tcp,
+            }],
+            generation: 1,
+            running,
+        }
+    }
+
+    const POLICY: Policy = Policy {
+        ttl: 5,
+        rotation: Rotation::Cyclic,
+        max_answers: 0,
+    };
+
+    #[test]
+    fn builds_platform_names_with_empty_non_terminals() {
+        let nodes = [node("n1", "10.0.0.1"), node("n2", "10.0.0.2")];
+        let views = [(0, true), (1, false)].map(|(i, live)| NodeView {
+            node: &nodes[i],
+            live,
+        });
+        let containers = [
+            container("web-1", "n1", true),
+            container("web-2", "n1", true),
+            container("web-3", "n2", true),
+            container("web-4", "n1", false),
+        ];
+        let snap = build(&zone(), 9, &POLICY, views.into_iter(), containers.iter());
+        let svc = snap
+            .lookup(&name::relative(&["web", "s", "u", "svc"]))
+            .expect("svc");
+        let a = svc.rrset(rtype::A).expect("A");
+        assert_eq!(
+            &*a.records,
+            &[Box::from(&[10u8, 0, 0, 1][..])],
+            "de-duplicated, live only"
+        );
+        let srv = snap
+            .lookup(&name::relative(&["_80", "_tcp", "web", "s", "u", "svc"]))
+            .expect("srv");
+        let srv = srv.rrset(rtype::SRV).expect("SRV");
+        assert_eq!(srv.records.len(), 2, "web-1 and web-2");
+        assert_eq!(srv.additionals.len(), 2, "their addresses");
+        for ent in [
+            &["s", "u", "svc"][..],
+            &["u", "svc"],
+            &["svc"],
+            &["_tcp", "web", "s", "u", "svc"],
+            &["node"],
+        ] {
+            let entry = snap.lookup(&name::relative(ent)).expect("empty non-terminal");
+            assert!(entry.rrsets.is_empty(), "{ent:?}");
+        }
+        let lost = snap
+            .lookup(&name::relative(&["web-3", "s", "u", "cont"]))
+            .expect("known");
+        assert!(lost.rrsets.is_empty(), "a container on a lost node is NODATA");
+        assert!(
+            snap.lookup(&name::relative(&["n2", "node"]))
+                .expect("node")
+                .rrset(rtype::A)
+                .is_some()
+        );
+        let apex = snap.lookup(b"").expect("apex");
+        assert_eq!(
+            apex.rrset(rtype::SOA).expect("SOA").records[0][..],
+            zone().soa.rdata(9)[..]
+        );
+        assert_eq!(snap.serial, 9);
+    }
+
+    #[test]
+    fn cyclic_rotation_visits_every_start() {
+        let nodes = [node("n1", "10.0.0.1")];
+        let mut containers: Vec<_> = (1..=3)
+            .map(|i| container(&format!("web-{i}"), "n1", true))
+            .collect();
+        for (i, c) in containers.iter_mut().enumerate() {
+            c.address = Some(format!("10.9.0.{i}").parse().expect("ip"));
+        }
+        let views = [NodeView {
+            node: &nodes[0],
+            live: true,
+        }];
+        let snap = build(&zone(), 1, &POLICY, views.into_iter(), containers.iter());
+        let a = snap
+            .lookup(&name::relative(&["web", "s", "u", "svc"]))
+            .and_then(|e| e.rrset(rtype::A))
+            .expect("A");
+        let starts: std::collections::BTreeSet<_> = (0..3).map(|_| a.next_start()).collect();
+        assert_eq!(starts.len(), 3);
+    }
+}

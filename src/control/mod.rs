@@ -119,6 +119,7 @@ impl Control {
             serial,
             publisher,
             snapshots: snapshots.clone(),
+            leases_pending: false,
         };
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
@@ -179,6 +180,8 @@ struct Writer {
     serial: u32,
     publisher: Publisher,
     snapshots: SnapshotHandle,
+    /// A lease change whose commit failed: the next batch publishes it even if empty.
+    leases_pending: bool,
 }
 
 impl Writer {
@@ -208,15 +211,18 @@ impl Writer {
 
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
     fn commit(&mut self, changes: Changes) -> Result<u32, ControlError> {
-        if changes.is_empty() {
+        if changes.is_empty() && !self.leases_pending {
             return Ok(self.serial);
         }
         let serial = self.serial.wrapping_add(1);
         if let Err(e) = self.store.commit(&changes.ops, serial) {
             tracing::error!(error = %e, "commit failed; reloading state from the database");
             self.reload();
+            // Leases are kept across the reload; what they changed still has to be published.
+            self.leases_pending |= changes.leases_changed;
             return Err(ControlError::Storage(e.to_string()));
         }
+        self.leases_pending = false;
         self.serial = serial;
         let started = Instant::now();
         let snapshot = self.publisher.build(&self.state, serial);

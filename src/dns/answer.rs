@@ -156,7 +156,8 @@ fn answer(
     };
     let reserve = if query.edns.is_some() { OPT_LEN } else { 0 };
     let rel = name::strip_apex(query.lower_qname(), &snapshot.apex);
-    let apex_at = (HEADER_LEN + query.qname_len - snapshot.apex.len()) as u16;
+    // Only meaningful when the name is in the zone (then it ends with the apex).
+    let apex_at = (HEADER_LEN + query.qname_len).saturating_sub(snapshot.apex.len()) as u16;
     let mut msg = Message {
         out,
         limit,
@@ -192,7 +193,12 @@ fn answer(
 fn resolve(snapshot: &Snapshot, msg: &mut Message<'_>, rel: &[u8], qtype: u16, scratch: &mut Scratch) -> u16 {
     let mut owner = HEADER_LEN as u16;
     let mut rel = rel;
-    for _ in 0..MAX_CNAME_CHAIN {
+    let mut visited: [&[u8]; MAX_CNAME_CHAIN] = [&[]; MAX_CNAME_CHAIN];
+    for step in 0..MAX_CNAME_CHAIN {
+        if visited[..step].contains(&rel) {
+            return rcode::NOERROR; // A loop in the zone file: stop at the first repeat.
+        }
+        visited[step] = rel;
         let Some(entry) = snapshot.lookup(rel) else {
             msg.negative(snapshot);
             return rcode::NXDOMAIN;

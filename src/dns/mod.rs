@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::SnapshotHandle;
@@ -66,9 +65,7 @@ impl DnsServer {
     ) -> Result<Self, DnsError> {
         let sockets = udp::bind(addr, udp_workers).map_err(|source| DnsError::BindUdp { addr, source })?;
         let bound = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(addr);
-        let listener = TcpListener::bind(bound)
-            .await
-            .map_err(|source| DnsError::BindTcp { addr: bound, source })?;
+        let listener = tcp::bind(bound).map_err(|source| DnsError::BindTcp { addr: bound, source })?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(sockets.len());

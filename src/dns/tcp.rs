@@ -17,6 +17,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections beyond this are closed at once, so a flood cannot exhaust memory.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Binds the listener like the UDP sockets: IPv6 addresses serve IPv6 only.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Accepts connections until `cancel` fires.
 pub async fn serve(listener: TcpListener, snapshots: SnapshotHandle, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -66,7 +66,15 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, stop: Arc<AtomicBool>
             }
         };
         let snapshot = snapshots.load();
-        answer::respond(&snapshot, &packet[..len], Transport::Udp, &mut scratch, &mut out);
+        // A bug in answer building must cost one query, not the worker.
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer::respond(&snapshot, &packet[..len], Transport::Udp, &mut scratch, &mut out)
+        }));
+        if answered.is_err() {
+            tracing::error!(%peer, "answering a query panicked; query dropped");
+            scratch = Scratch::default();
+            out.clear();
+        }
         if !out.is_empty() {
             if let Err(e) = socket.send_to(&out, peer) {
                 tracing::debug!(error = %e, %peer, "udp send failed");

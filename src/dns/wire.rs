@@ -266,10 +266,10 @@ mod tests {
 
     #[test]
     fn rejects_what_cannot_be_read() {
-        assert_eq!(parse(&[0; 5]).unwrap_err(), Reject::Drop);
+        assert!(matches!(parse(&[0; 5]), Err(Reject::Drop)));
         let mut response = query(b"\x00", 1, &[], 0);
         response[2] |= 0x80;
-        assert_eq!(parse(&response).unwrap_err(), Reject::Drop);
+        assert!(matches!(parse(&response), Err(Reject::Drop)));
         let formerr = |buf: &[u8]| {
             matches!(
                 parse(buf),

@@ -1,0 +1,8 @@
+//! One integration binary: each module starts real servers and talks to them over loopback.
+
+mod api;
+mod dns;
+mod durability;
+mod leases;
+mod seed;
+mod support;

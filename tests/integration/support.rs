@@ -1,0 +1,325 @@
+//! Test harness: the real `stackdns` binary on ephemeral loopback ports with a temp data dir,
+//! a real HTTP client, and a DNS client built on hickory-proto (an independent codec).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "admin-secret-for-tests";
+pub const ZONE: &str = "cluster.test.";
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub dns: SocketAddr,
+    pub api: String,
+    log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a server with a fresh data dir and the given extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut server = Server::start_in(&data, extra, true);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on `data` (kept by the caller); `admin_env` sets STACKDNS_ADMIN_TOKEN.
+    pub fn start_in(data: &Path, extra: &[&str], admin_env: bool) -> Server {
+        let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackdns"));
+        cmd.args([
+            "serve",
+            "--dns",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--udp-workers",
+            "2",
+        ])
+        .arg("--data")
+        .arg(data)
+        .arg("--zone-file")
+        .arg(zone)
+        .args(extra)
+        .env("STACKDNS_LOG", "info")
+        .env_remove("STACKDNS_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if admin_env {
+            cmd.env("STACKDNS_ADMIN_TOKEN", ADMIN);
+        }
+        let mut child = cmd.spawn().expect("spawn stackdns");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening dns=").nth(1) {
+                    let _ = tx.send(rest.to_owned());
+                }
+                sink.lock().expect("log lock").push_str(&(line + "\n"));
+            }
+        });
+        let Ok(listening) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            panic!("server did not start:\n{}", log.lock().expect("log lock"));
+        };
+        let (dns, api) = listening.split_once(" api=").expect("listening line");
+        Server {
+            child,
+            dns: dns.trim().parse().expect("dns addr"),
+            api: format!("http://{}", api.trim()),
+            log,
+            _dir: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self._dir.take()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a request; returns status and JSON body (Null if the body is not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+
+    /// Sends raw bytes as the body.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Registers a node as admin; returns its token.
+    pub async fn add_node(&self, name: &str, address: &str) -> String {
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/v1/nodes/{name}"),
+                Some(ADMIN),
+                Some(json!({"address": address})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Reports a running container (user honeniq, stack quickstart-ruby) as its node.
+    pub async fn report(&self, node: &str, token: &str, container: &str, body: Value) -> (u16, Value) {
+        let path = format!("/v1/nodes/{node}/containers/honeniq/quickstart-ruby/{container}");
+        self.call("PUT", &path, Some(token), Some(body)).await
+    }
+
+    pub fn dns(&self) -> Dns {
+        Dns { addr: self.dns }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A body for `report`: service web, port 80 published on host port 80.
+pub fn web(generation: u64) -> Value {
+    json!({"service": "web", "ports": [{"container_port": 80, "host_port": 80, "protocol": "tcp"}], "generation": generation})
+}
+
+/// A DNS client talking to one server.
+pub struct Dns {
+    pub addr: SocketAddr,
+}
+
+/// How to ask.
+#[derive(Clone, Copy)]
+pub struct Ask {
+    pub edns: Option<u16>,
+    pub tcp: bool,
+}
+
+impl Default for Ask {
+    fn default() -> Self {
+        Ask {
+            edns: Some(1232),
+            tcp: false,
+        }
+    }
+}
+
+pub fn fqdn(name: &str) -> Name {
+    Name::from_ascii(name).expect("name")
+}
+
+impl Dns {
+    pub fn query(&self, name: &str, rtype: RecordType) -> Message {
+        self.ask(name, rtype, Ask::default())
+    }
+
+    pub fn ask(&self, name: &str, rtype: RecordType, how: Ask) -> Message {
+        let mut msg = Message::query();
+        msg.metadata.id = 0x5eed;
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(fqdn(name), rtype));
+        if let Some(size) = how.edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(size);
+            msg.set_edns(edns);
+        }
+        let bytes = msg.to_vec().expect("encode");
+        let reply = if how.tcp {
+            self.tcp_raw(&bytes)
+        } else {
+            self.udp_raw(&bytes)
+        }
+        .expect("an answer");
+        let parsed = Message::from_vec(&reply).expect("answer parses");
+        assert_eq!(parsed.metadata.id, 0x5eed);
+        parsed
+    }
+
+    /// Sends raw bytes over UDP; `None` if nothing came back within a second.
+    pub fn udp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        socket.send_to(packet, self.addr).expect("send");
+        let mut buf = vec![0u8; 65535];
+        let (len, _) = socket.recv_from(&mut buf).ok()?;
+        buf.truncate(len);
+        Some(buf)
+    }
+
+    /// Sends one length-prefixed message over a new TCP connection.
+    pub fn tcp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(packet);
+        stream.write_all(&framed).expect("write");
+        read_frame(&mut stream)
+    }
+
+    /// The sorted IPv4 addresses answered for `name`.
+    pub fn a(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .query(name, RecordType::A)
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The zone's SOA serial as answered now.
+    pub fn serial(&self) -> u32 {
+        let reply = self.query(ZONE, RecordType::SOA);
+        match reply.answers.first().map(|r| &r.data) {
+            Some(hickory_proto::rr::RData::SOA(soa)) => soa.serial,
+            other => panic!("no SOA: {other:?}"),
+        }
+    }
+}
+
+pub fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
