@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The README walkthrough, run for real against a built binary with curl and dig, with checks.
+#
+#   scripts/walkthrough.sh [path/to/stackdns]     (default: target/debug/stackdns)
+#
+# Starts the server on its default ports (DNS 127.0.0.1:1053, API 127.0.0.1:8053) with a fresh
+# data directory, follows the README, checks every answer, and stops the server by its PID.
+set -euo pipefail
+
+BIN="${1:-target/debug/stackdns}"
+WORK="$(mktemp -d)"
+DNS_PORT=1053
+API=http://127.0.0.1:8053
+PID=
+
+cleanup() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() { echo "walkthrough: FAILED: $*" >&2; echo "--- server log ---" >&2; cat "$WORK/log" >&2; exit 1; }
+
+"$BIN" serve --data "$WORK/stackdns-data" --zone-file zones/cluster.test.zone >"$WORK/log" 2>&1 &
+PID=$!
+for _ in $(seq 100); do grep -q "listening dns=" "$WORK/log" && break; sleep 0.1; done
+grep -q "listening dns=127.0.0.1:1053 api=127.0.0.1:8053" "$WORK/log" || fail "server did not start on the default ports"
+
+# --- the README's commands, verbatim apart from the data directory ---
+TOKEN=$(cat "$WORK/stackdns-data/admin.token")
+AUTH="Authorization: Bearer $TOKEN"
+
+DO_TOKEN=$(curl -sf -X PUT -H "$AUTH" $API/v1/nodes/node-do -d '{"address":"95.85.30.162"}' | jq -r .token)
+EC2_TOKEN=$(curl -sf -X PUT -H "$AUTH" $API/v1/nodes/node-ec2 -d '{"address":"52.193.37.165"}' | jq -r .token)
+
+curl -sf -X PUT -H "Authorization: Bearer $DO_TOKEN" \
+  $API/v1/nodes/node-do/containers/honeniq/quickstart-ruby/web-1 \
+  -d '{"service":"web","ports":[{"container_port":80,"host_port":80}],"generation":1}' >/dev/null
+curl -sf -X PUT -H "Authorization: Bearer $EC2_TOKEN" \
+  $API/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-2 \
+  -d '{"service":"web","ports":[{"container_port":80,"host_port":80}],"generation":1}' >/dev/null
+
+q() { dig @127.0.0.1 -p $DNS_PORT +short "$@"; }
+# --- checks ---
+both=$(q web.quickstart-ruby.honeniq.svc.cluster.test | sort | tr '\n' ' ')
+[ "$both" = "52.193.37.165 95.85.30.162 " ] || fail "svc answered '$both'"
+first1=$(q web.quickstart-ruby.honeniq.svc.cluster.test | head -1)
+first2=$(q web.quickstart-ruby.honeniq.svc.cluster.test | head -1)
+[ "$first1" != "$first2" ] || fail "order did not rotate ($first1 twice)"
+[ "$(q web-1.quickstart-ruby.honeniq.cont.cluster.test)" = "95.85.30.162" ] || fail "cont name"
+[ "$(q node-ec2.node.cluster.test)" = "52.193.37.165" ] || fail "node name"
+srv=$(q _80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test SRV | sort | tr '\n' ' ')
+[ "$srv" = "0 1 80 web-1.quickstart-ruby.honeniq.cont.cluster.test. 0 1 80 web-2.quickstart-ruby.honeniq.cont.cluster.test. " ] \
+  || fail "SRV answered '$srv'"
+dig @127.0.0.1 -p $DNS_PORT nope.svc.cluster.test | grep -q "status: NXDOMAIN" || fail "NXDOMAIN"
+dig @127.0.0.1 -p $DNS_PORT example.com | grep -q "status: REFUSED" || fail "REFUSED"
+dig @127.0.0.1 -p $DNS_PORT +tcp web.quickstart-ruby.honeniq.svc.cluster.test | grep -q "flags: qr aa rd;" || fail "TCP, AA"
+
+# Stopping web-2 takes it out of DNS.
+curl -sf -X DELETE -H "Authorization: Bearer $EC2_TOKEN" \
+  "$API/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-2?generation=1" >/dev/null
+[ "$(q web.quickstart-ruby.honeniq.svc.cluster.test)" = "95.85.30.162" ] || fail "web-2 still answered"
+
+kill -TERM "$PID"; wait "$PID" || fail "unclean exit on SIGTERM"; PID=
+echo "walkthrough: 1 passed, 0 failed"
