@@ -15,8 +15,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("stackdns: {e:#}");
+            // Every error message already names its cause.
+            eprintln!("stackdns: {e}");
             std::process::ExitCode::FAILURE
         }
     }

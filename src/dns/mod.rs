@@ -45,6 +45,31 @@ pub enum DnsError {
     Thread(std::io::Error),
 }
 
+/// How many ports to try when asked for port 0 and the UDP port's TCP twin is taken.
+const PORT_ATTEMPTS: usize = 32;
+
+/// Binds UDP and TCP on the same port. With port 0 the kernel picks a free UDP port, whose TCP
+/// twin may be in use: then another port is tried.
+fn bind(
+    addr: SocketAddr,
+    udp_workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, tokio::net::TcpListener), DnsError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = udp::bind(addr, udp_workers).map_err(|source| DnsError::BindUdp { addr, source })?;
+        let bound = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(addr);
+        match tcp::bind(bound) {
+            Ok(listener) => return Ok((sockets, listener)),
+            Err(e)
+                if addr.port() == 0
+                    && attempt < PORT_ATTEMPTS
+                    && e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(source) => return Err(DnsError::BindTcp { addr: bound, source }),
+        }
+    }
+}
+
 /// Running listeners. Dropping it does not stop them: call [`DnsServer::stop`].
 pub struct DnsServer {
     /// The bound address (UDP and TCP share the port).
@@ -63,9 +88,10 @@ impl DnsServer {
         snapshots: SnapshotHandle,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
-        let sockets = udp::bind(addr, udp_workers).map_err(|source| DnsError::BindUdp { addr, source })?;
-        let bound = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(addr);
-        let listener = tcp::bind(bound).map_err(|source| DnsError::BindTcp { addr: bound, source })?;
+        let (sockets, listener) = bind(addr, udp_workers)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| DnsError::BindTcp { addr, source })?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(sockets.len());

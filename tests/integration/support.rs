@@ -85,7 +85,12 @@ impl Server {
             api: format!("http://{}", api.trim()),
             log,
             _dir: None,
-            http: reqwest::Client::new(),
+            // A connection per request: a pooled connection that the server closed after a
+            // refused (413) body fails the next request on the client side.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
         }
     }
 
