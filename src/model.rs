@@ -152,6 +152,20 @@ impl fmt::Display for ContainerKey {
     }
 }
 
+/// Identity of a service: `web` of stack `quickstart-ruby` of user `honeniq`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub user: Label,
+    pub stack: Label,
+    pub service: Label,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.service, self.stack, self.user)
+    }
+}
+
 /// What an agent reported about one container, and what we remember after it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
@@ -167,4 +181,15 @@ pub struct Container {
     /// `false` once stopped: the record stays as a tombstone so a late report from before the
     /// stop cannot bring the container back.
     pub running: bool,
+}
+
+impl Container {
+    /// The service this container belongs to.
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            user: self.key.user.clone(),
+            stack: self.key.stack.clone(),
+            service: self.service.clone(),
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //!                                       | run every queued job against State (validate, mutate,
 //!                                       |   record store Ops)            <- group commit
 //!                                       | Store::commit(ops, serial+1)   (one fsync for all)
-//!                                       | snapshot::build -> SnapshotHandle::store
+//!                                       | Projection: recompute the names the batch touched
+//!                                       | publish -> SnapshotHandle::store
 //!  API handler <--(result, serial)------+ answer every job of the batch
 //! ```
 //!
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::snapshot::{self, Policy, Snapshot, SnapshotHandle};
+use crate::snapshot::platform::Member;
+use crate::snapshot::{Policy, Projection, SnapshotHandle};
 use crate::store::{Store, StoreError};
 use crate::zone::Zone;
 use state::{Changes, State};
@@ -110,7 +112,15 @@ impl Control {
             serial,
             "state loaded"
         );
-        let first = publisher.build(&state, serial);
+        let started = Instant::now();
+        let mut projection = Projection::new(publisher.zone.clone(), publisher.policy);
+        project(&mut projection, &state, state.everything());
+        let first = projection.publish(serial);
+        tracing::info!(
+            names = first.len(),
+            build_ms = started.elapsed().as_millis() as u64,
+            "zone built"
+        );
         let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(first));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
@@ -118,8 +128,9 @@ impl Control {
             state,
             serial,
             publisher,
+            projection,
             snapshots: snapshots.clone(),
-            leases_pending: false,
+            rebuild: false,
         };
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
@@ -161,15 +172,35 @@ impl Control {
     }
 }
 
-impl Publisher {
-    fn build(&self, state: &State, serial: u32) -> Snapshot {
-        snapshot::build(
-            &self.zone,
-            serial,
-            &self.policy,
-            state.node_views(),
-            state.containers.values(),
-        )
+/// Recomputes the DNS names of everything `changes` touched: each node's own name, every
+/// container on a touched node, and every service of a touched container.
+fn project(projection: &mut Projection, state: &State, changes: Changes) {
+    let Changes {
+        nodes,
+        mut containers,
+        mut services,
+        ..
+    } = changes;
+    for node in &nodes {
+        projection.node(node, state.nodes.get(node).map(|n| n.node.address));
+        containers.extend(state.containers_of_node(node).cloned());
+    }
+    for key in &containers {
+        let c = state.containers.get(key);
+        if let Some(c) = c {
+            services.insert(c.service_key());
+        }
+        projection.container(key, c.is_some(), c.and_then(|c| state.live_address(c)));
+    }
+    let mut members = Vec::new();
+    for service in &services {
+        members.clear();
+        members.extend(state.containers_of_service(service).map(|c| Member {
+            key: &c.key,
+            address: state.live_address(c),
+            ports: &c.ports,
+        }));
+        projection.service(service, &members);
     }
 }
 
@@ -179,9 +210,11 @@ struct Writer {
     state: State,
     serial: u32,
     publisher: Publisher,
+    projection: Projection,
     snapshots: SnapshotHandle,
-    /// A lease change whose commit failed: the next batch publishes it even if empty.
-    leases_pending: bool,
+    /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
+    /// (lease changes of the failed batch are kept in memory and must still be published).
+    rebuild: bool,
 }
 
 impl Writer {
@@ -211,26 +244,31 @@ impl Writer {
 
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
     fn commit(&mut self, changes: Changes) -> Result<u32, ControlError> {
-        if changes.is_empty() && !self.leases_pending {
+        if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
         }
         let serial = self.serial.wrapping_add(1);
         if let Err(e) = self.store.commit(&changes.ops, serial) {
             tracing::error!(error = %e, "commit failed; reloading state from the database");
             self.reload();
-            // Leases are kept across the reload; what they changed still has to be published.
-            self.leases_pending |= changes.leases_changed;
+            self.rebuild = true;
             return Err(ControlError::Storage(e.to_string()));
         }
-        self.leases_pending = false;
         self.serial = serial;
         let started = Instant::now();
-        let snapshot = self.publisher.build(&self.state, serial);
-        self.snapshots.store(Arc::new(snapshot));
+        let ops = changes.ops.len();
+        if self.rebuild {
+            self.projection = Projection::new(self.publisher.zone.clone(), self.publisher.policy);
+            project(&mut self.projection, &self.state, self.state.everything());
+            self.rebuild = false;
+        } else {
+            project(&mut self.projection, &self.state, changes);
+        }
+        self.snapshots.store(Arc::new(self.projection.publish(serial)));
         tracing::debug!(
             serial,
-            ops = changes.ops.len(),
-            build_us = started.elapsed().as_micros() as u64,
+            ops,
+            publish_us = started.elapsed().as_micros() as u64,
             "published"
         );
         Ok(serial)

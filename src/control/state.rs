@@ -11,8 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::ControlError;
-use crate::model::{Capacity, Container, ContainerKey, Label, Node, Port};
-use crate::snapshot::NodeView;
+use crate::model::{Capacity, Container, ContainerKey, Label, Node, Port, ServiceKey};
 use crate::store::{Loaded, Op};
 
 /// Who sent a request, as far as the API could tell without the state.
@@ -50,17 +49,19 @@ pub struct Report {
     pub generation: u64,
 }
 
-/// What one batch of operations changed.
+/// What one batch of operations changed: what to store, and which DNS names to recompute.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub ops: Vec<Op>,
-    /// Set when DNS answers change without a stored change (a lease lapsed or came back).
-    pub leases_changed: bool,
+    /// Nodes whose address, existence or lease changed (their containers follow).
+    pub nodes: BTreeSet<Label>,
+    pub containers: BTreeSet<ContainerKey>,
+    pub services: BTreeSet<ServiceKey>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && !self.leases_changed
+        self.ops.is_empty() && self.nodes.is_empty() && self.containers.is_empty() && self.services.is_empty()
     }
 }
 
@@ -78,6 +79,8 @@ pub struct State {
     pub containers: BTreeMap<ContainerKey, Container>,
     /// Running and stopped containers last reported by each node.
     by_node: HashMap<Label, BTreeSet<ContainerKey>>,
+    /// Running and stopped containers of each service.
+    by_service: HashMap<ServiceKey, BTreeSet<ContainerKey>>,
 }
 
 impl State {
@@ -106,6 +109,10 @@ impl State {
             .entry(c.node.clone())
             .or_default()
             .insert(c.key.clone());
+        self.by_service
+            .entry(c.service_key())
+            .or_default()
+            .insert(c.key.clone());
     }
 
     fn unindex(&mut self, c: &Container) {
@@ -115,23 +122,55 @@ impl State {
                 self.by_node.remove(&c.node);
             }
         }
+        let service = c.service_key();
+        if let Some(keys) = self.by_service.get_mut(&service) {
+            keys.remove(&c.key);
+            if keys.is_empty() {
+                self.by_service.remove(&service);
+            }
+        }
     }
 
     fn store_container(&mut self, c: Container, changes: &mut Changes) {
         if let Some(old) = self.containers.get(&c.key).cloned() {
             self.unindex(&old);
+            changes.services.insert(old.service_key());
         }
         self.index(&c);
+        changes.containers.insert(c.key.clone());
+        changes.services.insert(c.service_key());
         changes.ops.push(Op::PutContainer(c.clone()));
         self.containers.insert(c.key.clone(), c);
     }
 
-    /// The nodes as the snapshot builder wants them.
-    pub fn node_views(&self) -> impl Iterator<Item = NodeView<'_>> {
-        self.nodes.values().map(|n| NodeView {
-            node: &n.node,
-            live: n.live,
-        })
+    /// Every node, container and service marked changed: for building DNS from scratch.
+    pub fn everything(&self) -> Changes {
+        Changes {
+            ops: Vec::new(),
+            nodes: self.nodes.keys().cloned().collect(),
+            containers: self.containers.keys().cloned().collect(),
+            services: self.by_service.keys().cloned().collect(),
+        }
+    }
+
+    /// Where a container answers in DNS: only while it runs on a live node.
+    pub fn live_address(&self, c: &Container) -> Option<IpAddr> {
+        let node = self.nodes.get(&c.node).filter(|n| n.live && c.running)?;
+        Some(c.address.unwrap_or(node.node.address))
+    }
+
+    /// Every known container (running or stopped) last reported by `node`.
+    pub fn containers_of_node(&self, node: &Label) -> impl Iterator<Item = &ContainerKey> {
+        self.by_node.get(node).into_iter().flatten()
+    }
+
+    /// Every known container (running or stopped) of `service`.
+    pub fn containers_of_service(&self, service: &ServiceKey) -> impl Iterator<Item = &Container> {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.containers.get(k))
     }
 
     /// Running containers last reported by `node`.
@@ -199,6 +238,7 @@ impl State {
             Some(_) => Effect::Updated,
         };
         changes.ops.push(Op::PutNode(node.clone()));
+        changes.nodes.insert(name.clone());
         let (last_seen, live) = existing.map_or((now, true), |n| (n.last_seen, n.live));
         self.nodes.insert(
             name.clone(),
@@ -235,6 +275,7 @@ impl State {
             self.store_container(c, changes);
         }
         changes.ops.push(Op::DeleteNode(name.clone()));
+        changes.nodes.insert(name.clone());
         let removed = self.nodes.remove(name).map(|n| n.node);
         removed.ok_or_else(|| ControlError::NotFound {
             what: "node",
@@ -254,7 +295,7 @@ impl State {
             n.last_seen = now;
             if !n.live {
                 n.live = true;
-                changes.leases_changed = true;
+                changes.nodes.insert(name.clone());
                 tracing::info!(node = %name, "node lease renewed; node is live again");
             }
         }
@@ -266,7 +307,7 @@ impl State {
         for n in self.nodes.values_mut() {
             if n.live && now.saturating_duration_since(n.last_seen) > ttl {
                 n.live = false;
-                changes.leases_changed = true;
+                changes.nodes.insert(n.node.name.clone());
                 tracing::warn!(node = %n.node.name, ttl_s = ttl.as_secs_f64(), "node lease lapsed; node is lost and its containers leave DNS");
             }
         }

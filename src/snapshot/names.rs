@@ -1,0 +1,196 @@
+//! The name table: a hash map split into shards, each behind an `Arc`, copied on write.
+//!
+//! The writer keeps one `Names` and changes it in place; [`Names::freeze`] hands the DNS path
+//! an immutable view by cloning the shard pointers. A later change to a shard still shared
+//! with a published view copies that shard only (`Arc::make_mut`), so publishing a change costs
+//! O(shards touched), not O(zone). Keys and entries are `Arc`s, so copying a shard is cheap.
+//!
+//! Empty non-terminals are kept by reference counting: every name counts the names with data
+//! below it, and exists while it has data of its own or anything below it.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use super::Entry;
+use crate::name;
+
+/// Shard count: a power of two, enough that one shard stays small (about 750 names at a
+/// million containers) while a publication copies only 4096 pointers.
+const SHARDS: usize = 4096;
+
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+#[derive(Clone)]
+struct Slot {
+    entry: Arc<Entry>,
+    /// The name was set (it has data, or is known without data); unset names exist only as
+    /// empty non-terminals.
+    own: bool,
+    /// Names set below this one; it stays as an empty non-terminal while this is non-zero.
+    below: u32,
+}
+
+#[derive(Clone, Default)]
+struct Shard {
+    map: Map<Arc<[u8]>, Slot>,
+}
+
+/// The writer's mutable name table.
+pub struct Names {
+    /// Picks the shard; the inner maps have seeds of their own.
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Arc<Shard>>,
+    empty: Arc<Entry>,
+    len: usize,
+}
+
+/// An immutable view of the table, as published.
+#[derive(Clone)]
+pub struct Frozen {
+    hasher: foldhash::fast::RandomState,
+    shards: Arc<[Arc<Shard>]>,
+    len: usize,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            empty: Arc::new(Entry::default()),
+            len: 0,
+        }
+    }
+}
+
+impl Names {
+    fn shard_of(hasher: &foldhash::fast::RandomState, rel: &[u8]) -> usize {
+        hasher.hash_one(rel) as usize & (SHARDS - 1)
+    }
+
+    fn shard_mut(&mut self, rel: &[u8]) -> &mut Shard {
+        let i = Self::shard_of(&self.hasher, rel);
+        Arc::make_mut(&mut self.shards[i])
+    }
+
+    pub fn get(&self, rel: &[u8]) -> Option<&Entry> {
+        let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
+        shard.map.get(rel).map(|s| &*s.entry)
+    }
+
+    /// Gives `rel` this entry. Setting an equal entry again changes nothing, so the published
+    /// shard is not copied and the RRsets keep their rotation cursors.
+    pub fn set(&mut self, rel: &[u8], entry: Entry) {
+        if let Some(slot) = self.shards[Self::shard_of(&self.hasher, rel)].map.get(rel) {
+            if slot.own && slot.entry.same_data(&entry) {
+                return;
+            }
+        }
+        let entry = Arc::new(entry);
+        let shard = self.shard_mut(rel);
+        let (newly_set, inserted) = match shard.map.get_mut(rel) {
+            Some(slot) => {
+                let was_own = slot.own;
+                slot.entry = entry;
+                slot.own = true;
+                (!was_own, false)
+            }
+            None => {
+                let slot = Slot {
+                    entry,
+                    own: true,
+                    below: 0,
+                };
+                shard.map.insert(rel.into(), slot);
+                (true, true)
+            }
+        };
+        self.len += usize::from(inserted);
+        if newly_set {
+            for parent in name::ancestors(rel) {
+                self.count_in(parent);
+            }
+        }
+    }
+
+    /// Takes away what was set at `rel`; it stays as an empty non-terminal if names remain below.
+    pub fn unset(&mut self, rel: &[u8]) {
+        let empty = self.empty.clone();
+        let shard = self.shard_mut(rel);
+        let Some(slot) = shard.map.get_mut(rel) else {
+            return;
+        };
+        if !slot.own {
+            return;
+        }
+        slot.own = false;
+        slot.entry = empty;
+        if slot.below == 0 {
+            shard.map.remove(rel);
+            self.len -= 1;
+        }
+        for parent in name::ancestors(rel) {
+            self.count_out(parent);
+        }
+    }
+
+    /// One more set name below `parent`; creates it as an empty non-terminal if needed.
+    fn count_in(&mut self, parent: &[u8]) {
+        let empty = self.empty.clone();
+        let shard = self.shard_mut(parent);
+        if let Some(slot) = shard.map.get_mut(parent) {
+            slot.below += 1;
+            return;
+        }
+        let slot = Slot {
+            entry: empty,
+            own: false,
+            below: 1,
+        };
+        shard.map.insert(parent.into(), slot);
+        self.len += 1;
+    }
+
+    /// One set name fewer below `parent`; an empty non-terminal with nothing below goes.
+    fn count_out(&mut self, parent: &[u8]) {
+        let shard = self.shard_mut(parent);
+        let Some(slot) = shard.map.get_mut(parent) else {
+            return;
+        };
+        slot.below = slot.below.saturating_sub(1);
+        if slot.below == 0 && !slot.own {
+            shard.map.remove(parent);
+            self.len -= 1;
+        }
+    }
+
+    /// The published view: shares every shard with this table until the next change.
+    pub fn freeze(&self) -> Frozen {
+        Frozen {
+            hasher: self.hasher.clone(),
+            shards: self.shards.iter().cloned().collect(),
+            len: self.len,
+        }
+    }
+}
+
+impl Frozen {
+    pub fn get(&self, rel: &[u8]) -> Option<&Entry> {
+        let shard = &self.shards[Names::shard_of(&self.hasher, rel)];
+        shard.map.get(rel).map(|s| &*s.entry)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.map.iter().map(|(k, v)| (&k[..], &*v.entry)))
+    }
+}

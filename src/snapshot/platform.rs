@@ -1,0 +1,256 @@
+//! How the platform's state becomes DNS names (design §2), one node, container or service at
+//! a time.
+//!
+//! - `<node>.node` → the node's address, whatever its lease.
+//! - `<c>.<stack>.<user>.cont` → exists for every known container; has an address only while it
+//!   runs on a live node (the agent-reported address, else the node's).
+//! - `<service>.<stack>.<user>.svc` → exists while any container of it is known; lists the
+//!   de-duplicated addresses of its running containers on live nodes.
+//! - `_<port>._<proto>.<service>…svc` SRV → one record per running container and published
+//!   port: priority 0, weight 1, the host port (or the container port when none is published),
+//!   target its `cont` name, whose address rides in the additional section.
+//!
+//! The caller (the control writer) says what changed; the projection recomputes exactly those
+//! names. Nothing here reads the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::names::Names;
+use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
+use crate::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
+use crate::name;
+use crate::zone::{Zone, rtype};
+
+/// A container of a service, as the service's names need it.
+pub struct Member<'a> {
+    pub key: &'a ContainerKey,
+    /// Where it answers, if it runs on a live node.
+    pub address: Option<IpAddr>,
+    pub ports: &'a [Port],
+}
+
+/// Records with the additional records of each.
+type Items = Vec<(Box<[u8]>, Extras)>;
+/// A zone-file RRset: (type, TTL, records with their extras).
+type StaticSet = (u16, u32, Items);
+/// The zone file's records grouped by owner, then type: (TTL, RDATA list).
+type ByName<'z> = BTreeMap<&'z [u8], BTreeMap<u16, (u32, Vec<Box<[u8]>>)>>;
+
+/// The writer's side of the zone: the mutable name table plus what is needed to update it.
+pub struct Projection {
+    zone: Zone,
+    policy: Policy,
+    names: Names,
+    /// The apex's zone-file RRsets; the apex entry is rebuilt with each serial's SOA.
+    apex_sets: Vec<StaticSet>,
+    /// SRV owner names each service set last time, to unset the ones that disappear.
+    srv_owners: HashMap<ServiceKey, Vec<Box<[u8]>>>,
+}
+
+impl Projection {
+    /// A projection holding the zone file's records and nothing dynamic yet.
+    pub fn new(zone: Zone, policy: Policy) -> Self {
+        let mut by_name: ByName<'_> = BTreeMap::new();
+        for r in &zone.records {
+            let set = by_name
+                .entry(&r.owner)
+                .or_default()
+                .entry(r.rtype)
+                .or_insert((r.ttl, Vec::new()));
+            set.1.push(r.rdata.clone().into_boxed_slice());
+        }
+        // Glue and other in-zone target addresses, looked up among the zone file's names.
+        let extras_for = |rtype: u16, rdata: &[u8]| -> Extras {
+            let Some(target) = RRset::target_offset(rtype)
+                .filter(|_| rtype != rtype::CNAME)
+                .and_then(|at| rdata.get(at..))
+                .and_then(|t| name::strip_apex(t, &zone.apex))
+            else {
+                return Vec::new();
+            };
+            let sets = by_name.get(target);
+            [rtype::A, rtype::AAAA]
+                .into_iter()
+                .filter_map(|t| sets.and_then(|s| s.get(&t)).map(|(ttl, rs)| (t, *ttl, rs)))
+                .flat_map(|(t, ttl, rs)| rs.iter().map(move |r| (t, ttl, r.clone())))
+                .collect()
+        };
+        let mut statics: Vec<(Vec<u8>, Vec<StaticSet>)> = Vec::new();
+        for (owner, sets) in &by_name {
+            let sets = sets
+                .iter()
+                .map(|(&t, (ttl, records))| {
+                    let items = records.iter().map(|r| (r.clone(), extras_for(t, r))).collect();
+                    (t, *ttl, items)
+                })
+                .collect();
+            statics.push((owner.to_vec(), sets));
+        }
+
+        let mut projection = Self {
+            zone,
+            policy,
+            names: Names::default(),
+            apex_sets: Vec::new(),
+            srv_owners: HashMap::new(),
+        };
+        for (owner, sets) in statics {
+            if owner.is_empty() {
+                projection.apex_sets = sets;
+            } else {
+                projection.names.set(&owner, static_entry(&sets));
+            }
+        }
+        projection
+    }
+
+    fn address_sets(&self, addrs: impl IntoIterator<Item = IpAddr>, limit: u16) -> Vec<RRset> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => v4.push(Box::from(&a.octets()[..])),
+                IpAddr::V6(a) => v6.push(Box::from(&a.octets()[..])),
+            }
+        }
+        let Policy { ttl, rotation, .. } = self.policy;
+        vec![
+            RRset::new(rtype::A, ttl, rotation, limit, v4),
+            RRset::new(rtype::AAAA, ttl, rotation, limit, v6),
+        ]
+    }
+
+    /// `<node>.node`: the node's address, or gone when `address` is `None`.
+    pub fn node(&mut self, node: &Label, address: Option<IpAddr>) {
+        let rel = name::relative(&[node.as_str(), "node"]);
+        match address {
+            Some(addr) => {
+                let entry = Entry::new(self.address_sets([addr], 0));
+                self.names.set(&rel, entry);
+            }
+            None => self.names.unset(&rel),
+        }
+    }
+
+    /// `<c>.<stack>.<user>.cont`: `known` says whether it exists at all, `address` whether it
+    /// answers.
+    pub fn container(&mut self, key: &ContainerKey, known: bool, address: Option<IpAddr>) {
+        let rel = cont_name(key);
+        if !known {
+            self.names.unset(&rel);
+            return;
+        }
+        let entry = Entry::new(self.address_sets(address, 0));
+        self.names.set(&rel, entry);
+    }
+
+    /// The service's name and its SRV names, from every known container of it.
+    pub fn service(&mut self, key: &ServiceKey, members: &[Member<'_>]) {
+        let svc = name::relative(&[key.service.as_str(), key.stack.as_str(), key.user.as_str(), "svc"]);
+        let old_owners = self.srv_owners.remove(key).unwrap_or_default();
+        if members.is_empty() {
+            self.names.unset(&svc);
+            for owner in old_owners {
+                self.names.unset(&owner);
+            }
+            return;
+        }
+        let Policy {
+            ttl,
+            rotation,
+            max_answers,
+        } = self.policy;
+        let entry = Entry::new(self.address_sets(members.iter().filter_map(|m| m.address), max_answers));
+        self.names.set(&svc, entry);
+
+        let mut srv: BTreeMap<Box<[u8]>, Items> = BTreeMap::new();
+        for m in members {
+            for port in m.ports {
+                let records = srv.entry(srv_owner(port, &svc).into_boxed_slice()).or_default();
+                let Some(addr) = m.address else {
+                    continue; // Known, not answering: the name exists without data.
+                };
+                let mut rdata = Vec::with_capacity(64);
+                rdata.extend_from_slice(&0u16.to_be_bytes());
+                rdata.extend_from_slice(&1u16.to_be_bytes());
+                rdata.extend_from_slice(&port.host_port.unwrap_or(port.container_port).to_be_bytes());
+                rdata.extend_from_slice(&cont_name(m.key));
+                rdata.extend_from_slice(&self.zone.apex);
+                let extra = match addr {
+                    IpAddr::V4(a) => (rtype::A, ttl, Box::from(&a.octets()[..])),
+                    IpAddr::V6(a) => (rtype::AAAA, ttl, Box::from(&a.octets()[..])),
+                };
+                records.push((rdata.into_boxed_slice(), vec![extra]));
+            }
+        }
+        let owners: Vec<Box<[u8]>> = srv.keys().cloned().collect();
+        for (owner, items) in srv {
+            let entry = Entry::new(vec![RRset::with_extras(
+                rtype::SRV,
+                ttl,
+                rotation,
+                max_answers,
+                items,
+            )]);
+            self.names.set(&owner, entry);
+        }
+        for gone in old_owners.iter().filter(|o| !owners.contains(o)) {
+            self.names.unset(gone);
+        }
+        self.srv_owners.insert(key.clone(), owners);
+    }
+
+    /// Freezes the current names into a snapshot at `serial`, with the apex SOA carrying it.
+    pub fn publish(&mut self, serial: u32) -> Snapshot {
+        let soa_rdata = self.zone.soa.rdata(serial);
+        let mut apex = static_sets(&self.apex_sets);
+        apex.push(RRset::new(
+            rtype::SOA,
+            self.zone.soa.ttl,
+            Rotation::Fixed,
+            0,
+            vec![soa_rdata.clone().into_boxed_slice()],
+        ));
+        self.names.set(b"", Entry::new(apex));
+        Snapshot {
+            serial,
+            apex: self.zone.apex.clone().into_boxed_slice(),
+            soa_rdata: soa_rdata.into_boxed_slice(),
+            negative_ttl: self.zone.soa.negative_ttl(),
+            names: self.names.freeze(),
+        }
+    }
+}
+
+fn static_sets(sets: &[StaticSet]) -> Vec<RRset> {
+    sets.iter()
+        .map(|(t, ttl, items)| RRset::with_extras(*t, *ttl, Rotation::Cyclic, 0, items.clone()))
+        .collect()
+}
+
+fn static_entry(sets: &[StaticSet]) -> Entry {
+    Entry::new(static_sets(sets))
+}
+
+/// `<name>.<stack>.<user>.cont`, relative to the apex.
+pub fn cont_name(key: &ContainerKey) -> Vec<u8> {
+    name::relative(&[key.name.as_str(), key.stack.as_str(), key.user.as_str(), "cont"])
+}
+
+/// `_<port>._<proto>.<svc>`, relative to the apex.
+fn srv_owner(port: &Port, svc: &[u8]) -> Vec<u8> {
+    let mut owner = Vec::with_capacity(svc.len() + 12);
+    name::push_label(&mut owner, &format!("_{}", port.container_port));
+    name::push_label(
+        &mut owner,
+        match port.protocol {
+            Protocol::Tcp => "_tcp",
+            Protocol::Udp => "_udp",
+        },
+    );
+    owner.extend_from_slice(svc);
+    owner
+}
+
+#[cfg(test)]
+mod tests;
