@@ -1,8 +1,10 @@
 //! Bearer tokens: generation, hashing and the caller extractor.
 //!
 //! Tokens are 256 random bits, so a plain SHA-256 is a sound storage hash (there is nothing to
-//! brute-force); only hashes are stored. The admin token is compared here; node tokens are
-//! checked by the writer against the node they act on (`State::authorize_node`).
+//! brute-force); only hashes are stored. The admin token is compared here, and node tokens are
+//! looked up in the writer's published token index, so an unknown token is refused without
+//! reaching the writer. Jobs check a node token again against the node they act on
+//! (`State::authorize_node`), since it may have been rotated meanwhile.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -51,9 +53,15 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let hashed = hash_token(token);
         if same(&hashed, &state.admin_token_sha256) {
-            Ok(Caller::Admin)
-        } else {
-            Ok(Caller::Token(hashed))
+            return Ok(Caller::Admin);
+        }
+        // Unknown tokens are refused here, before any work reaches the writer.
+        match state.control.node_of_token(&hashed) {
+            Some(node) => Ok(Caller::Node {
+                node,
+                token_sha256: hashed,
+            }),
+            None => Err(ApiError::unauthorized("the bearer token is not known")),
         }
     }
 }
@@ -67,21 +75,9 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
             Caller::Admin => Ok(Admin),
-            // A node's token is known but not enough (403); any other token is unknown (401).
-            Caller::Token(token) => {
-                let known = state
-                    .control
-                    .run(move |ctx| Ok(ctx.state.nodes.values().any(|n| n.node.token_sha256 == token)))
-                    .await?
-                    .value;
-                Err(if known {
-                    ApiError::forbidden(
-                        "this endpoint needs the admin token; a node token may only act on its own node",
-                    )
-                } else {
-                    ApiError::unauthorized("the bearer token is not known")
-                })
-            }
+            Caller::Node { .. } => Err(ApiError::forbidden(
+                "this endpoint needs the admin token; a node token may only act on its own node",
+            )),
         }
     }
 }

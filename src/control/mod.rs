@@ -16,15 +16,17 @@
 
 pub mod state;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::Label;
 use crate::snapshot::platform::Member;
 use crate::snapshot::{Policy, Projection, SnapshotHandle};
-use crate::store::{Store, StoreError};
+use crate::store::{Op, Store, StoreError};
 use crate::zone::Zone;
 use state::{Changes, State};
 
@@ -78,11 +80,16 @@ pub struct Committed<T> {
     pub serial: u32,
 }
 
+/// Node token hashes (SHA-256 hex) and the node each belongs to, republished by the writer
+/// whenever a node or its token changes.
+pub type TokenIndex = Arc<arc_swap::ArcSwap<HashMap<String, Label>>>;
+
 /// Handle to the writer; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
     jobs: mpsc::Sender<Job>,
     snapshots: SnapshotHandle,
+    tokens: TokenIndex,
 }
 
 /// Fixed inputs of every snapshot.
@@ -122,6 +129,7 @@ impl Control {
             "zone built"
         );
         let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+        let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(state.token_index()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             store,
@@ -130,13 +138,26 @@ impl Control {
             publisher,
             projection,
             snapshots: snapshots.clone(),
+            tokens: tokens.clone(),
             rebuild: false,
         };
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Redb(format!("cannot start the writer thread: {e}")))?;
-        Ok((Control { jobs: tx, snapshots }, thread))
+        Ok((
+            Control {
+                jobs: tx,
+                snapshots,
+                tokens,
+            },
+            thread,
+        ))
+    }
+
+    /// The node that `token_sha256` belongs to, as of the last commit.
+    pub fn node_of_token(&self, token_sha256: &str) -> Option<Label> {
+        self.tokens.load().get(token_sha256).cloned()
     }
 
     /// The handle DNS reads snapshots from.
@@ -212,6 +233,7 @@ struct Writer {
     publisher: Publisher,
     projection: Projection,
     snapshots: SnapshotHandle,
+    tokens: TokenIndex,
     /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
     /// (lease changes of the failed batch are kept in memory and must still be published).
     rebuild: bool,
@@ -257,6 +279,13 @@ impl Writer {
         self.serial = serial;
         let started = Instant::now();
         let ops = changes.ops.len();
+        let nodes_changed = changes
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::PutNode(_) | Op::DeleteNode(_)));
+        if nodes_changed || self.rebuild {
+            self.tokens.store(Arc::new(self.state.token_index()));
+        }
         if self.rebuild {
             self.projection = Projection::new(self.publisher.zone.clone(), self.publisher.policy);
             project(&mut self.projection, &self.state, self.state.everything());

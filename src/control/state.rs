@@ -18,8 +18,11 @@ use crate::store::{Loaded, Op};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    /// Some other bearer token, by its SHA-256 (hex).
-    Token(String),
+    /// A node's token, by its SHA-256 (hex), as the published token index knew it.
+    Node {
+        node: Label,
+        token_sha256: String,
+    },
 }
 
 /// A registered node and its lease.
@@ -185,26 +188,33 @@ impl State {
 
     /// Checks that `caller` may act on node `name`: the admin, or that node's own token.
     ///
-    /// A token that belongs to no node is 401; another node's token is 403.
+    /// A token that no longer belongs to its node is 401; another node's token is 403.
     pub fn authorize_node(&self, caller: &Caller, name: &Label) -> Result<(), ControlError> {
-        let token = match caller {
-            Caller::Admin => return Ok(()),
-            Caller::Token(token) => token,
-        };
-        if self
-            .nodes
-            .get(name)
-            .is_some_and(|n| &n.node.token_sha256 == token)
-        {
+        let Caller::Node { node, token_sha256 } = caller else {
             return Ok(());
+        };
+        // Checked again here: the token may have been rotated since the index was read.
+        let current = self
+            .nodes
+            .get(node)
+            .is_some_and(|n| &n.node.token_sha256 == token_sha256);
+        if !current {
+            return Err(ControlError::Unauthorized);
         }
-        match self.nodes.values().find(|n| &n.node.token_sha256 == token) {
-            Some(owner) => Err(ControlError::Forbidden(format!(
-                "this token belongs to node {}; it may only act on that node, not on {name}",
-                owner.node.name
-            ))),
-            None => Err(ControlError::Unauthorized),
+        if node != name {
+            return Err(ControlError::Forbidden(format!(
+                "this token belongs to node {node}; it may only act on that node, not on {name}"
+            )));
         }
+        Ok(())
+    }
+
+    /// Node token hashes and their nodes, for the API to recognise callers without a job.
+    pub fn token_index(&self) -> HashMap<String, Label> {
+        self.nodes
+            .values()
+            .map(|n| (n.node.token_sha256.clone(), n.node.name.clone()))
+            .collect()
     }
 
     fn node(&self, name: &Label) -> Result<&NodeState, ControlError> {

@@ -137,16 +137,21 @@ fn leases_lapse_and_renew() {
 #[test]
 fn node_tokens_only_act_on_their_node() {
     let s = state(Instant::now());
+    let node = |n: &str, t: &str| Caller::Node {
+        node: label(n),
+        token_sha256: t.into(),
+    };
     assert!(s.authorize_node(&Caller::Admin, &label("zzz")).is_ok());
-    assert!(s.authorize_node(&Caller::Token("ta".into()), &label("a")).is_ok());
+    assert!(s.authorize_node(&node("a", "ta"), &label("a")).is_ok());
     assert!(matches!(
-        s.authorize_node(&Caller::Token("ta".into()), &label("b")),
+        s.authorize_node(&node("a", "ta"), &label("b")),
         Err(ControlError::Forbidden(_))
     ));
     assert!(matches!(
-        s.authorize_node(&Caller::Token("nope".into()), &label("a")),
+        s.authorize_node(&node("a", "stale"), &label("a")),
         Err(ControlError::Unauthorized)
     ));
+    assert_eq!(s.token_index().get("tb"), Some(&label("b")));
 }
 
 #[test]
