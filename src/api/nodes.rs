@@ -430,7 +430,7 @@ async fn list_containers(
     State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
-) -> Reply<ContainerListResponse> {
+) -> Reply<ContainerList> {
     let node = Label::parse("node", &node)?;
     let apex = app.apex.clone();
     let done = app
@@ -450,12 +450,8 @@ async fn list_containers(
                 .collect())
         })
         .await?;
-    ok(ContainerListResponse {
+    ok(ContainerList {
         containers: done.value,
-        started: 0,
-        updated: 0,
-        stopped: 0,
-        unchanged: 0,
         serial: done.serial,
     })
 }

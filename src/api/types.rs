@@ -129,6 +129,13 @@ pub struct ContainerListResponse {
     pub serial: u32,
 }
 
+/// `GET /v1/nodes/{node}/containers`: what the node runs, as stackdns knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerList {
+    pub containers: Vec<ContainerInfo>,
+    pub serial: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub node: String,
