@@ -59,6 +59,23 @@ pub struct ServeArgs {
     /// Most addresses or SRV records per svc answer (0 = all); a rotating, fair subset.
     #[arg(long, env = "STACKDNS_MAX_ANSWERS", default_value_t = 0)]
     pub max_answers: u16,
+    /// Networks allowed to transfer the zone (AXFR/IXFR), e.g. 127.0.0.1/32; repeatable.
+    /// Without any, transfers are refused.
+    #[arg(
+        long = "allow-transfer",
+        env = "STACKDNS_ALLOW_TRANSFER",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_transfer: Vec<ipnet::IpNet>,
+    /// Secondary to send NOTIFY to after each published serial (ADDR:PORT); repeatable.
+    #[arg(
+        long = "notify",
+        env = "STACKDNS_NOTIFY",
+        value_delimiter = ',',
+        value_name = "ADDR:PORT"
+    )]
+    pub notify: Vec<SocketAddr>,
     /// UDP worker threads (sockets sharing the port); default: one per CPU.
     #[arg(long, env = "STACKDNS_UDP_WORKERS")]
     pub udp_workers: Option<usize>,

@@ -7,10 +7,10 @@
 //! | [`model`]   | validated names, nodes, containers, ports (pure)                      |
 //! | [`name`]    | wire-form domain names (pure)                                         |
 //! | [`zone`]    | the zone file's apex, SOA and static records (pure)                   |
-//! | [`snapshot`]| the immutable zone the DNS path reads, and how it is built (pure)     |
+//! | [`snapshot`]| the immutable zone the DNS path reads, and how changes update it (pure)|
 //! | [`store`]   | redb schema and durable commits                                       |
 //! | [`control`] | the single writer: state, leases, group commit, snapshot publication  |
-//! | [`dns`]     | UDP/TCP transports, query parsing, answers (only hickory importer)    |
+//! | [`dns`]     | UDP/TCP transports, queries, answers, AXFR, NOTIFY (only hickory user)|
 //! | [`api`]     | the HTTP/JSON registration API (axum)                                 |
 //! | [`server`]  | wiring, start-up and shutdown                                         |
 //!
@@ -21,7 +21,8 @@
 //!
 //! ```text
 //! HTTP write:  agent --PUT--> api (auth, validate) --job--> control writer
-//!              --> store.commit (one fsync per batch) --> snapshot::build --> ArcSwap::store
+//!              --> store.commit (one fsync per batch) --> Projection: recompute touched names
+//!              --> ArcSwap::store
 //!              --> response {serial}   (already answered by DNS)
 //!
 //! DNS query:   socket --> dns::wire::parse --> ArcSwap::load --> Snapshot::lookup

@@ -47,6 +47,7 @@ pub struct Server {
     dns: DnsServer,
     api: tokio::task::JoinHandle<()>,
     leases: tokio::task::JoinHandle<()>,
+    notifiers: Vec<tokio::task::JoinHandle<()>>,
     writer: std::thread::JoinHandle<()>,
 }
 
@@ -72,7 +73,17 @@ impl Server {
         };
         let (control, writer) = Control::start(&args.data.join("stackdns.redb"), Publisher { zone, policy })?;
         let cancel = CancellationToken::new();
-        let dns = DnsServer::start(args.dns, args.udp_workers(), control.snapshots(), cancel.clone()).await?;
+        let acl = crate::dns::xfr::TransferAcl {
+            allow: args.allow_transfer.clone(),
+        };
+        let dns = DnsServer::start(
+            args.dns,
+            args.udp_workers(),
+            control.snapshots(),
+            acl,
+            cancel.clone(),
+        )
+        .await?;
 
         let listener =
             tokio::net::TcpListener::bind(args.api)
@@ -98,6 +109,12 @@ impl Server {
                 tracing::error!(error = %e, "API server failed");
             }
         });
+        let notifiers = crate::dns::notify::start(
+            &args.notify,
+            control.snapshots(),
+            control.serials(),
+            cancel.clone(),
+        );
         let leases = tokio::spawn(check_leases(
             control,
             args.node_ttl(),
@@ -112,6 +129,7 @@ impl Server {
             dns,
             api,
             leases,
+            notifiers,
             writer,
         })
     }
@@ -121,6 +139,9 @@ impl Server {
         self.cancel.cancel();
         let _ = self.api.await;
         let _ = self.leases.await;
+        for notifier in self.notifiers {
+            let _ = notifier.await;
+        }
         self.dns.stop().await;
         // Every Control handle is gone now, so the writer drains its queue and exits.
         let writer = self.writer;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::model::Label;
 use crate::snapshot::platform::Member;
@@ -90,6 +90,8 @@ pub struct Control {
     jobs: mpsc::Sender<Job>,
     snapshots: SnapshotHandle,
     tokens: TokenIndex,
+    /// The serial of the latest published snapshot, for whoever must react to it (NOTIFY).
+    serials: watch::Receiver<u32>,
 }
 
 /// Fixed inputs of every snapshot.
@@ -131,7 +133,9 @@ impl Control {
         let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(first));
         let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(state.token_index()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (serial_tx, serials) = watch::channel(serial);
         let writer = Writer {
+            serials: serial_tx,
             store,
             state,
             serial,
@@ -150,6 +154,7 @@ impl Control {
                 jobs: tx,
                 snapshots,
                 tokens,
+                serials,
             },
             thread,
         ))
@@ -158,6 +163,11 @@ impl Control {
     /// The node that `token_sha256` belongs to, as of the last commit.
     pub fn node_of_token(&self, token_sha256: &str) -> Option<Label> {
         self.tokens.load().get(token_sha256).cloned()
+    }
+
+    /// Follows the published serial.
+    pub fn serials(&self) -> watch::Receiver<u32> {
+        self.serials.clone()
     }
 
     /// The handle DNS reads snapshots from.
@@ -234,6 +244,7 @@ struct Writer {
     projection: Projection,
     snapshots: SnapshotHandle,
     tokens: TokenIndex,
+    serials: watch::Sender<u32>,
     /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
     /// (lease changes of the failed batch are kept in memory and must still be published).
     rebuild: bool,
@@ -294,6 +305,7 @@ impl Writer {
             project(&mut self.projection, &self.state, changes);
         }
         self.snapshots.store(Arc::new(self.projection.publish(serial)));
+        self.serials.send_replace(serial);
         tracing::debug!(
             serial,
             ops,

@@ -14,9 +14,11 @@
 //! ```
 
 pub mod answer;
+pub mod notify;
 mod tcp;
 mod udp;
 pub mod wire;
+pub mod xfr;
 pub mod zonefile;
 
 use std::net::SocketAddr;
@@ -86,8 +88,10 @@ impl DnsServer {
         addr: SocketAddr,
         udp_workers: usize,
         snapshots: SnapshotHandle,
+        acl: xfr::TransferAcl,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
+        let acl = Arc::new(acl);
         let (sockets, listener) = bind(addr, udp_workers)?;
         let bound = listener
             .local_addr()
@@ -99,11 +103,14 @@ impl DnsServer {
             let (snapshots, stop) = (snapshots.clone(), stop.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || udp::serve(socket, snapshots, stop))
+                .spawn({
+                    let acl = acl.clone();
+                    move || udp::serve(socket, snapshots, acl, stop)
+                })
                 .map_err(DnsError::Thread)?;
             workers.push(worker);
         }
-        let tcp = tokio::spawn(tcp::serve(listener, snapshots, cancel));
+        let tcp = tokio::spawn(tcp::serve(listener, snapshots, acl, cancel));
         Ok(Self {
             addr: bound,
             stop,

@@ -10,6 +10,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Scratch, Transport};
+use super::wire;
+use super::xfr::{self, TransferAcl};
 use crate::snapshot::SnapshotHandle;
 
 /// A connection with no new query for this long is closed (RFC 7766 §6.2.3 suggests seconds).
@@ -31,7 +33,12 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until `cancel` fires.
-pub async fn serve(listener: TcpListener, snapshots: SnapshotHandle, cancel: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    snapshots: SnapshotHandle,
+    acl: Arc<TransferAcl>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -52,10 +59,11 @@ pub async fn serve(listener: TcpListener, snapshots: SnapshotHandle, cancel: Can
         };
         let snapshots = snapshots.clone();
         let cancel = cancel.clone();
+        let acl = acl.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                result = connection(stream, snapshots) => {
+                result = connection(stream, peer, snapshots, acl) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "tcp connection ended");
                     }
@@ -66,8 +74,60 @@ pub async fn serve(listener: TcpListener, snapshots: SnapshotHandle, cancel: Can
     }
 }
 
+/// Streams a zone transfer if `packet` asks for one of the zone; `false` if it does not.
+async fn transfer(
+    packet: &[u8],
+    snapshots: &SnapshotHandle,
+    stream: &mut TcpStream,
+) -> std::io::Result<bool> {
+    let Ok(query) = wire::parse(packet) else {
+        return Ok(false);
+    };
+    let snapshot = snapshots.load_full();
+    if !xfr::is_transfer(&query) || query.opcode != 0 || query.lower_qname() != &snapshot.apex[..] {
+        return Ok(false);
+    }
+    let started = std::time::Instant::now();
+    let client_serial = xfr::ixfr_client_serial(packet, &query);
+    // Messages are framed into one buffer and written in large chunks.
+    let mut framed = Vec::with_capacity(256 * 1024);
+    let mut chunks = Vec::new();
+    let records = xfr::transfer::<std::convert::Infallible>(&snapshot, &query, client_serial, |message| {
+        framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        framed.extend_from_slice(message);
+        if framed.len() >= 192 * 1024 {
+            chunks.push(std::mem::take(&mut framed));
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|never| match never {});
+    chunks.push(framed);
+    let bytes: usize = chunks.iter().map(Vec::len).sum();
+    for chunk in chunks {
+        stream.write_all(&chunk).await?;
+    }
+    tracing::info!(
+        serial = snapshot.serial,
+        records,
+        bytes,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        kind = if query.qtype == crate::zone::rtype::IXFR {
+            "IXFR"
+        } else {
+            "AXFR"
+        },
+        "zone transfer served"
+    );
+    Ok(true)
+}
+
 /// Serves one connection: read a message, answer it, repeat until EOF or idle timeout.
-async fn connection(mut stream: TcpStream, snapshots: SnapshotHandle) -> std::io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    snapshots: SnapshotHandle,
+    acl: Arc<TransferAcl>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut packet = Vec::new();
     let mut out = Vec::new();
@@ -84,6 +144,9 @@ async fn connection(mut stream: TcpStream, snapshots: SnapshotHandle) -> std::io
         tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if acl.allows(peer.ip()) && transfer(&packet, &snapshots, &mut stream).await? {
+            continue;
+        }
         {
             let snapshot = snapshots.load();
             answer::respond(&snapshot, &packet, Transport::Tcp, &mut scratch, &mut out);

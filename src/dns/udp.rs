@@ -13,6 +13,9 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::answer::{self, Scratch, Transport};
+use super::wire;
+use super::xfr::{self, TransferAcl};
+use crate::snapshot::Snapshot;
 use crate::snapshot::SnapshotHandle;
 
 /// How often an idle worker checks whether it should stop.
@@ -44,7 +47,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 /// Answers queries on `socket` until `stop` is set.
-pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, stop: Arc<AtomicBool>) {
+pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>, stop: Arc<AtomicBool>) {
     let mut packet = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(answer::MAX_UDP_PAYLOAD as usize);
     let mut scratch = Scratch::default();
@@ -68,7 +71,9 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, stop: Arc<AtomicBool>
         let snapshot = snapshots.load();
         // A bug in answer building must cost one query, not the worker.
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            answer::respond(&snapshot, &packet[..len], Transport::Udp, &mut scratch, &mut out)
+            if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, &packet[..len], &mut out)) {
+                answer::respond(&snapshot, &packet[..len], Transport::Udp, &mut scratch, &mut out)
+            }
         }));
         if answered.is_err() {
             tracing::error!(%peer, "answering a query panicked; query dropped");
@@ -81,4 +86,24 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, stop: Arc<AtomicBool>
             }
         }
     }
+}
+
+/// IXFR over UDP from an allowed peer (RFC 1995 §2): the current SOA alone, which says "up to
+/// date" to a current client and "come back over TCP" to any other. `false` if not an IXFR.
+fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(query) = wire::parse(packet) else {
+        return false;
+    };
+    if query.qtype != crate::zone::rtype::IXFR
+        || query.opcode != 0
+        || query.lower_qname() != &snapshot.apex[..]
+    {
+        return false;
+    }
+    out.clear();
+    let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, Some(snapshot.serial), |m| {
+        out.extend_from_slice(m);
+        Ok(())
+    });
+    true
 }

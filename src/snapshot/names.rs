@@ -115,6 +115,10 @@ impl Names {
 
     /// Takes away what was set at `rel`; it stays as an empty non-terminal if names remain below.
     pub fn unset(&mut self, rel: &[u8]) {
+        let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
+        if !shard.map.get(rel).is_some_and(|slot| slot.own) {
+            return; // Nothing to take away: leave the published shard shared.
+        }
         let empty = self.empty.clone();
         let shard = self.shard_mut(rel);
         let Some(slot) = shard.map.get_mut(rel) else {

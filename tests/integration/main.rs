@@ -4,5 +4,6 @@ mod api;
 mod dns;
 mod durability;
 mod leases;
+mod secondary;
 mod seed;
 mod support;

@@ -1,0 +1,211 @@
+//! Outgoing zone transfers over TCP: AXFR (RFC 5936), and IXFR (RFC 1995) answered with the
+//! whole zone or "up to date".
+//!
+//! A transfer reads one snapshot from start to end, so it is consistent whatever changes while
+//! it streams. Messages are cut at about 16 KiB; each repeats the question, so every owner name
+//! is written as its labels below the apex plus a pointer to the apex in the question, and
+//! compression keeps working in every message. The SOA comes first and last (RFC 5936 §2.2).
+//!
+//! Who may transfer is decided by [`TransferAcl`]; others get REFUSED.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::wire::{HEADER_LEN, Query, flag};
+use crate::snapshot::{Entry, Snapshot};
+use crate::zone::rtype;
+
+/// Target size of one transfer message: big enough to amortise headers, small enough that
+/// compression pointers (14 bits) reach everything.
+const MESSAGE_TARGET: usize = 16 * 1024;
+
+/// Which peers may transfer the zone.
+#[derive(Debug, Clone, Default)]
+pub struct TransferAcl {
+    pub allow: Vec<IpNet>,
+}
+
+impl TransferAcl {
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// Whether the query asks for a transfer of this zone (its apex, class IN or ANY).
+pub fn is_transfer(query: &Query<'_>) -> bool {
+    matches!(query.qtype, rtype::AXFR | rtype::IXFR)
+}
+
+/// The serial in an IXFR query's authority SOA (RFC 1995 §3), if there is one.
+pub fn ixfr_client_serial(packet: &[u8], query: &Query<'_>) -> Option<u32> {
+    if query.qtype != rtype::IXFR {
+        return None;
+    }
+    // The authority SOA's serial is the first 32 bits after its two names; the names in a
+    // query's SOA are normally pointers or short, so walk them.
+    let mut pos = HEADER_LEN + query.question.len();
+    pos = skip_name(packet, pos)?;
+    let rt = u16::from_be_bytes([*packet.get(pos)?, *packet.get(pos + 1)?]);
+    if rt != rtype::SOA {
+        return None;
+    }
+    pos += 10; // type, class, TTL, RDLENGTH
+    pos = skip_name(packet, pos)?;
+    pos = skip_name(packet, pos)?;
+    Some(u32::from_be_bytes(packet.get(pos..pos + 4)?.try_into().ok()?))
+}
+
+fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *packet.get(pos)?;
+        match len & 0xC0 {
+            0x00 if len == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + len as usize,
+            0xC0 => return Some(pos + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one.
+///
+/// An IXFR whose client already has the current serial gets the SOA alone (RFC 1995 §2);
+/// any other transfer gets the whole zone in AXFR form, which RFC 1995 §4 allows as an IXFR
+/// answer.
+pub fn transfer<E>(
+    snapshot: &Snapshot,
+    query: &Query<'_>,
+    client_serial: Option<u32>,
+    mut send: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut w = Writer::new(query);
+    let apex_at = (HEADER_LEN + query.qname_len - snapshot.apex.len()) as u16;
+    let soa = &snapshot.soa_rdata;
+    let soa_ttl = snapshot
+        .lookup(b"")
+        .and_then(|e| e.rrset(rtype::SOA))
+        .map_or(0, |s| s.ttl);
+    if client_serial == Some(snapshot.serial) {
+        w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
+        return w.finish(&mut send).map(|()| 1);
+    }
+    let mut count = 0usize;
+    w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
+    for (rel, entry) in snapshot.iter() {
+        count += w.entry(&mut send, apex_at, rel, entry)?;
+    }
+    w.flush_if_full(&mut send, 12 + soa.len())?;
+    w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
+    w.finish(&mut send)?;
+    Ok(count + 2)
+}
+
+/// Builds the messages of one transfer.
+struct Writer<'q> {
+    header: [u8; HEADER_LEN],
+    question: &'q [u8],
+    out: Vec<u8>,
+    count: u16,
+}
+
+impl<'q> Writer<'q> {
+    fn new(query: &Query<'q>) -> Self {
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(&query.id.to_be_bytes());
+        let flags = flag::QR | flag::AA | (query.flags & flag::RD);
+        header[2..4].copy_from_slice(&flags.to_be_bytes());
+        header[5] = 1;
+        let mut w = Self {
+            header,
+            question: query.question,
+            out: Vec::with_capacity(MESSAGE_TARGET + 1024),
+            count: 0,
+        };
+        w.start();
+        w
+    }
+
+    fn start(&mut self) {
+        self.out.clear();
+        self.out.extend_from_slice(&self.header);
+        self.out.extend_from_slice(self.question);
+        self.count = 0;
+    }
+
+    /// Appends a record whose owner is `rel` (labels below the apex) plus the apex pointer.
+    fn record(&mut self, apex_at: u16, rel: &[u8], rt: u16, ttl: u32, rdata: &[u8]) {
+        self.out.extend_from_slice(rel);
+        self.out.extend_from_slice(&(0xC000 | apex_at).to_be_bytes());
+        self.out.extend_from_slice(&rt.to_be_bytes());
+        self.out.extend_from_slice(&1u16.to_be_bytes());
+        self.out.extend_from_slice(&ttl.to_be_bytes());
+        self.out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.out.extend_from_slice(rdata);
+        self.count += 1;
+    }
+
+    /// Sends the current message if adding `more` bytes would pass the target size.
+    fn flush_if_full<E>(
+        &mut self,
+        send: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        more: usize,
+    ) -> Result<(), E> {
+        if self.count > 0 && self.out.len() + more > MESSAGE_TARGET {
+            self.finish(send)?;
+            self.start();
+        }
+        Ok(())
+    }
+
+    /// Writes every record of one name except the apex SOA (which frames the transfer).
+    fn entry<E>(
+        &mut self,
+        send: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        apex_at: u16,
+        rel: &[u8],
+        entry: &Entry,
+    ) -> Result<usize, E> {
+        let mut written = 0;
+        for set in entry.rrsets.iter() {
+            if rel.is_empty() && set.rtype == rtype::SOA {
+                continue;
+            }
+            for rdata in set.records.iter() {
+                self.flush_if_full(send, rel.len() + 12 + rdata.len())?;
+                self.record(apex_at, rel, set.rtype, set.ttl, rdata);
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    fn finish<E>(&mut self, send: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        self.out[6..8].copy_from_slice(&self.count.to_be_bytes());
+        send(&self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_matches_networks_and_mapped_addresses() {
+        let acl = TransferAcl {
+            allow: vec![
+                "127.0.0.0/8".parse().expect("net"),
+                "fd00::/8".parse().expect("net"),
+            ],
+        };
+        assert!(acl.allows("127.0.0.2".parse().expect("ip")));
+        assert!(acl.allows("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(acl.allows("fd12::1".parse().expect("ip")));
+        assert!(!acl.allows("10.0.0.1".parse().expect("ip")));
+        assert!(!TransferAcl::default().allows("127.0.0.1".parse().expect("ip")));
+    }
+}

@@ -1,0 +1,208 @@
+//! Real secondaries: Knot DNS takes the zone by transfer after NOTIFY and answers the same.
+//!
+//! Needs `knotd` (Debian package `knot`). Where it is not installed the test says so and
+//! passes, unless STACKDNS_REQUIRE_PEERS=1 (set by `.ci/run`, which installs it).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use serde_json::json;
+
+use crate::support::*;
+
+/// A knotd process, killed when dropped.
+struct Knot {
+    child: Child,
+    dns: Dns,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find(binary: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(binary))
+        .find(|p| p.exists())
+}
+
+/// The knotd binary, or `None` (with a note) where it is absent and not required.
+fn knotd() -> Option<PathBuf> {
+    let found = find("knotd");
+    if found.is_none() {
+        assert!(
+            std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "knotd is required (STACKDNS_REQUIRE_PEERS=1): apt-get install knot"
+        );
+        eprintln!("knotd not installed: skipping the Knot secondary test (apt-get install knot)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// knotd on `port` as a secondary of `primary`, notified by it.
+fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16) -> Knot {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let conf = format!(
+        "server:\n  listen: 127.0.0.1@{port}\n  rundir: {d}\n\
+         control:\n  listen: {d}/knot.sock\n\
+         log:\n  - target: {d}/knot.log\n    any: info\n\
+         database:\n  storage: {d}/db\n\
+         remote:\n  - id: primary\n    address: {}@{}\n\
+         acl:\n  - id: from_primary\n    address: 127.0.0.1\n    action: notify\n\
+         template:\n  - id: default\n    storage: {d}/zones\n\
+         zone:\n  - domain: cluster.test\n    master: primary\n    acl: from_primary\n",
+        primary.ip(),
+        primary.port()
+    );
+    let path = dir.path().join("knot.conf");
+    std::fs::write(&path, conf).expect("write knot.conf");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start knotd");
+    Knot {
+        child,
+        dns: Dns {
+            addr: ([127, 0, 0, 1], port).into(),
+        },
+        log: dir.path().join("knot.log"),
+        _dir: dir,
+    }
+}
+
+/// Every record of `name` and type as text, sorted: comparable across servers.
+fn rrset(dns: &Dns, name: &str, rtype: RecordType) -> BTreeSet<String> {
+    let how = Ask {
+        edns: Some(1232),
+        tcp: true,
+    };
+    dns.ask(name, rtype, how)
+        .answers
+        .iter()
+        .map(|r| format!("{} {}", r.ttl, r.data))
+        .collect()
+}
+
+/// The zone's serial as `dns` answers it; `None` while it has no zone (or does not answer).
+fn serial_of(dns: &Dns) -> Option<u32> {
+    let reply = std::panic::catch_unwind(|| dns.query(ZONE, RecordType::SOA)).ok()?;
+    match reply.answers.first().map(|r| &r.data) {
+        Some(hickory_proto::rr::RData::SOA(soa)) => Some(soa.serial),
+        _ => None,
+    }
+}
+
+const NAMES: [(&str, RecordType); 6] = [
+    ("web.quickstart-ruby.honeniq.svc.cluster.test.", RecordType::A),
+    ("web-1.quickstart-ruby.honeniq.cont.cluster.test.", RecordType::A),
+    ("web-2.quickstart-ruby.honeniq.cont.cluster.test.", RecordType::A),
+    (
+        "_80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test.",
+        RecordType::SRV,
+    ),
+    ("node-do.node.cluster.test.", RecordType::A),
+    ("node-ec2.node.cluster.test.", RecordType::A),
+];
+
+fn converged(primary: &Dns, knot: &Dns) -> bool {
+    serial_of(knot) == serial_of(primary)
+        && NAMES
+            .iter()
+            .all(|(name, t)| rrset(primary, name, *t) == rrset(knot, name, *t))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn knot_follows_by_notify_and_transfer() {
+    let Some(bin) = knotd() else { return };
+    let knot_port = free_port();
+    let notify = format!("127.0.0.1:{knot_port}");
+    let s = Server::start(&[
+        "--allow-transfer",
+        "127.0.0.1/32",
+        "--notify",
+        &notify,
+        "--node-ttl",
+        "2",
+        "--lease-check-ms",
+        "100",
+    ]);
+    let t_do = s.add_node("node-do", "95.85.30.162").await;
+    let t_ec2 = s.add_node("node-ec2", "52.193.37.165").await;
+    s.report("node-do", &t_do, "web-1", web(1)).await;
+    s.report("node-ec2", &t_ec2, "web-2", web(1)).await;
+    let body = json!({"service": "web", "address": "172.17.0.4", "generation": 1});
+    s.report("node-ec2", &t_ec2, "web-4", body).await;
+
+    let knot = start_knot(&bin, s.dns, knot_port);
+    let primary = s.dns();
+    let dump = |knot: &Knot| std::fs::read_to_string(&knot.log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(15), || converged(&primary, &knot.dns)),
+        "initial transfer:\n{}",
+        dump(&knot)
+    );
+
+    // Membership changes: a stop, a start, a lapsed lease. Each converges within 2 s of NOTIFY.
+    let hb = |token: &str, node: &str| {
+        let path = format!("/v1/nodes/{node}/heartbeat");
+        let call = s.call("POST", &path, Some(token), None);
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call)).0
+    };
+    let path = "/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-4?generation=1";
+    assert_eq!(s.call("DELETE", path, Some(&t_ec2), None).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &knot.dns)),
+        "after a stop:\n{}",
+        dump(&knot)
+    );
+    let body = json!({"service": "web", "address": "172.17.0.9", "ports": [{"container_port": 80, "host_port": 32768}], "generation": 1});
+    assert_eq!(s.report("node-do", &t_do, "web-3", body).await.0, 201);
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &knot.dns)),
+        "after a start:\n{}",
+        dump(&knot)
+    );
+    let knot_has = rrset(&knot.dns, NAMES[0].0, RecordType::A);
+    assert!(knot_has.iter().any(|r| r.ends_with("172.17.0.9")), "{knot_has:?}");
+    // node-ec2 goes silent; node-do keeps heartbeating.
+    assert!(eventually(Duration::from_secs(6), || {
+        assert_eq!(hb(&t_do, "node-do"), 200);
+        // web-2 leaves with its node; web-1 and web-3 remain, both on node-do.
+        primary.a(NAMES[2].0).is_empty()
+    }));
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &knot.dns)),
+        "after a lease loss:\n{}",
+        dump(&knot)
+    );
+    let log = dump(&knot);
+    assert_eq!(primary.a(NAMES[0].0), vec!["172.17.0.9", "95.85.30.162"]);
+    assert!(log.contains("notify, incoming"), "Knot was notified:\n{log}");
+    assert!(
+        log.contains("AXFR, incoming") && log.contains("finished"),
+        "Knot transferred:\n{log}"
+    );
+}
