@@ -68,6 +68,19 @@ pub struct ServeArgs {
         value_name = "CIDR"
     )]
     pub allow_transfer: Vec<ipnet::IpNet>,
+    /// TSIG key NAME:hmac-sha256:BASE64SECRET; requests signed with it may transfer the zone
+    /// from any address, and their answers are signed. Repeatable.
+    #[arg(
+        long = "tsig-key",
+        env = "STACKDNS_TSIG_KEY",
+        value_delimiter = ',',
+        value_name = "NAME:ALG:SECRET",
+        hide_env_values = true
+    )]
+    pub tsig_keys: Vec<crate::dns::tsig::Key>,
+    /// File of TSIG keys, one NAME:hmac-sha256:BASE64SECRET per line (# starts a comment).
+    #[arg(long = "tsig-key-file", env = "STACKDNS_TSIG_KEY_FILE", value_name = "PATH")]
+    pub tsig_key_file: Option<PathBuf>,
     /// Secondary to send NOTIFY to after each published serial (ADDR:PORT); repeatable.
     #[arg(
         long = "notify",

@@ -37,6 +37,8 @@ pub enum ServerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("admin token: {0}")]
     AdminToken(String),
+    #[error("TSIG key file {path}: {message}")]
+    TsigKeyFile { path: PathBuf, message: String },
 }
 
 /// A started server.
@@ -75,6 +77,7 @@ impl Server {
         let cancel = CancellationToken::new();
         let acl = crate::dns::xfr::TransferAcl {
             allow: args.allow_transfer.clone(),
+            keys: tsig_keys(args)?,
         };
         let dns = DnsServer::start(
             args.dns,
@@ -193,6 +196,25 @@ async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: 
             tracing::warn!(error = %e, "lease check failed");
         }
     }
+}
+
+/// The TSIG keys of `--tsig-key` and of `--tsig-key-file`.
+fn tsig_keys(args: &ServeArgs) -> Result<Vec<crate::dns::tsig::Key>, ServerError> {
+    let mut keys = args.tsig_keys.clone();
+    if let Some(path) = &args.tsig_key_file {
+        let err = |message: String| ServerError::TsigKeyFile {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                keys.push(line.parse().map_err(|e| err(format!("line {}: {e}", i + 1)))?);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// The admin token: from the file, the environment, or generated into `<data>/admin.token`.

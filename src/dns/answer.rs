@@ -46,18 +46,20 @@ pub struct Scratch {
     rng: u64,
 }
 
-/// Writes the response to `packet` into `out` (cleared first). Leaves `out` empty when the
-/// packet deserves no answer (too short to carry an ID, or itself a response).
+/// Writes the response to `packet` into `out` (cleared first), leaving `reserve` bytes of the
+/// size limit free (for a TSIG record). Leaves `out` empty when the packet deserves no answer
+/// (too short to carry an ID, or itself a response).
 pub fn respond(
     snapshot: &Snapshot,
     packet: &[u8],
     transport: Transport,
+    reserve: usize,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) {
     out.clear();
     match wire::parse(packet) {
-        Ok(query) => answer(snapshot, &query, transport, scratch, out),
+        Ok(query) => answer(snapshot, &query, transport, reserve, scratch, out),
         Err(wire::Reject::Drop) => {}
         Err(wire::Reject::Error { id, flags, rcode }) => {
             write_header(out, id, (flags & (flag::RD | 0x7800)) | flag::QR, rcode);
@@ -138,6 +140,7 @@ fn answer(
     snapshot: &Snapshot,
     query: &Query<'_>,
     transport: Transport,
+    extra_reserve: usize,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) {
@@ -154,7 +157,7 @@ fn answer(
         Transport::Udp => udp_limit as usize,
         Transport::Tcp => MAX_TCP_PAYLOAD,
     };
-    let reserve = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let reserve = extra_reserve + if query.edns.is_some() { OPT_LEN } else { 0 };
     let rel = name::strip_apex(query.lower_qname(), &snapshot.apex);
     // Only meaningful when the name is in the zone (then it ends with the apex).
     let apex_at = (HEADER_LEN + query.qname_len).saturating_sub(snapshot.apex.len()) as u16;

@@ -16,6 +16,7 @@
 pub mod answer;
 pub mod notify;
 mod tcp;
+pub mod tsig;
 mod udp;
 pub mod wire;
 pub mod xfr;

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{self, Scratch, Transport};
+use super::tsig::{self, Check};
 use super::wire;
 use super::xfr::{self, TransferAcl};
 use crate::snapshot::SnapshotHandle;
@@ -78,6 +79,7 @@ pub async fn serve(
 async fn transfer(
     packet: &[u8],
     snapshots: &SnapshotHandle,
+    mut signer: Option<&mut tsig::Signer>,
     stream: &mut TcpStream,
 ) -> std::io::Result<bool> {
     let Ok(query) = wire::parse(packet) else {
@@ -92,7 +94,17 @@ async fn transfer(
     // Messages are framed into one buffer and written in large chunks.
     let mut framed = Vec::with_capacity(256 * 1024);
     let mut chunks = Vec::new();
+    let mut signed = Vec::new();
     let records = xfr::transfer::<std::convert::Infallible>(&snapshot, &query, client_serial, |message| {
+        let message = match signer.as_mut() {
+            Some(signer) => {
+                signed.clear();
+                signed.extend_from_slice(message);
+                signer.sign(&mut signed);
+                &signed[..]
+            }
+            None => message,
+        };
         framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
         framed.extend_from_slice(message);
         if framed.len() >= 192 * 1024 {
@@ -102,6 +114,7 @@ async fn transfer(
     })
     .unwrap_or_else(|never| match never {});
     chunks.push(framed);
+    let signed = !signed.is_empty();
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     for chunk in chunks {
         stream.write_all(&chunk).await?;
@@ -110,6 +123,7 @@ async fn transfer(
         serial = snapshot.serial,
         records,
         bytes,
+        signed,
         ms = started.elapsed().as_secs_f64() * 1e3,
         kind = if query.qtype == crate::zone::rtype::IXFR {
             "IXFR"
@@ -144,20 +158,46 @@ async fn connection(
         tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if acl.allows(peer.ip()) && transfer(&packet, &snapshots, &mut stream).await? {
+        let mut signer = match tsig::check(&acl.keys, &packet) {
+            Check::Unsigned => None,
+            Check::Valid(signer) => Some(signer),
+            Check::Refused(reply) => {
+                write_frame(&mut stream, &mut frame, &reply).await?;
+                continue;
+            }
+        };
+        // A valid signature allows a transfer from anywhere; otherwise the address must match.
+        let may_transfer = signer.is_some() || acl.allows(peer.ip());
+        if may_transfer && transfer(&packet, &snapshots, signer.as_mut(), &mut stream).await? {
             continue;
         }
         {
             let snapshot = snapshots.load();
-            answer::respond(&snapshot, &packet, Transport::Tcp, &mut scratch, &mut out);
+            let reserve = signer.as_ref().map_or(0, tsig::Signer::reserve);
+            answer::respond(
+                &snapshot,
+                &packet,
+                Transport::Tcp,
+                reserve,
+                &mut scratch,
+                &mut out,
+            );
         }
         if out.is_empty() {
             // Not a query (a response, or shorter than a header): nothing sane to say.
             return Ok(());
         }
-        frame.clear();
-        frame.extend_from_slice(&(out.len() as u16).to_be_bytes());
-        frame.extend_from_slice(&out);
-        stream.write_all(&frame).await?;
+        if let Some(signer) = signer.as_mut() {
+            signer.sign(&mut out);
+        }
+        write_frame(&mut stream, &mut frame, &out).await?;
     }
+}
+
+/// Writes one length-prefixed message with a single write.
+async fn write_frame(stream: &mut TcpStream, frame: &mut Vec<u8>, message: &[u8]) -> std::io::Result<()> {
+    frame.clear();
+    frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    frame.extend_from_slice(message);
+    stream.write_all(frame).await
 }

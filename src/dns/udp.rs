@@ -13,6 +13,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::answer::{self, Scratch, Transport};
+use super::tsig::{self, Check};
 use super::wire;
 use super::xfr::{self, TransferAcl};
 use crate::snapshot::Snapshot;
@@ -71,8 +72,26 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>
         let snapshot = snapshots.load();
         // A bug in answer building must cost one query, not the worker.
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, &packet[..len], &mut out)) {
-                answer::respond(&snapshot, &packet[..len], Transport::Udp, &mut scratch, &mut out)
+            let packet = &packet[..len];
+            match tsig::check(&acl.keys, packet) {
+                Check::Unsigned => {
+                    if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, packet, &mut out)) {
+                        answer::respond(&snapshot, packet, Transport::Udp, 0, &mut scratch, &mut out);
+                    }
+                }
+                Check::Valid(mut signer) => {
+                    if !ixfr_over_udp(&snapshot, packet, &mut out) {
+                        let reserve = signer.reserve();
+                        answer::respond(&snapshot, packet, Transport::Udp, reserve, &mut scratch, &mut out);
+                    }
+                    if !out.is_empty() {
+                        signer.sign(&mut out);
+                    }
+                }
+                Check::Refused(reply) => {
+                    out.clear();
+                    out.extend_from_slice(&reply);
+                }
             }
         }));
         if answered.is_err() {

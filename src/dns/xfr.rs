@@ -20,10 +20,12 @@ use crate::zone::rtype;
 /// compression pointers (14 bits) reach everything.
 const MESSAGE_TARGET: usize = 16 * 1024;
 
-/// Which peers may transfer the zone.
+/// Which peers may transfer the zone: those in `allow`, and any request signed with one of
+/// `keys` (which are also used to check and sign every other signed request).
 #[derive(Debug, Clone, Default)]
 pub struct TransferAcl {
     pub allow: Vec<IpNet>,
+    pub keys: Vec<super::tsig::Key>,
 }
 
 impl TransferAcl {
@@ -201,6 +203,7 @@ mod tests {
                 "127.0.0.0/8".parse().expect("net"),
                 "fd00::/8".parse().expect("net"),
             ],
+            keys: vec![],
         };
         assert!(acl.allows("127.0.0.2".parse().expect("ip")));
         assert!(acl.allows("::ffff:127.0.0.1".parse().expect("ip")));

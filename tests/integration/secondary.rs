@@ -58,16 +58,25 @@ fn free_port() -> u16 {
     }
 }
 
-/// knotd on `port` as a secondary of `primary`, notified by it.
-fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16) -> Knot {
+/// knotd on `port` as a secondary of `primary`, notified by it; with `tsig`
+/// (name, base64 secret) its transfers are signed.
+fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option<(&str, &str)>) -> Knot {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
+    let (keys, use_key) = match tsig {
+        Some((name, secret)) => (
+            format!("key:\n  - id: {name}\n    algorithm: hmac-sha256\n    secret: {secret}\n"),
+            format!("    key: {name}\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let conf = format!(
         "server:\n  listen: 127.0.0.1@{port}\n  rundir: {d}\n\
          control:\n  listen: {d}/knot.sock\n\
          log:\n  - target: {d}/knot.log\n    any: info\n\
          database:\n  storage: {d}/db\n\
-         remote:\n  - id: primary\n    address: {}@{}\n\
+         {keys}\
+         remote:\n  - id: primary\n    address: {}@{}\n{use_key}\
          acl:\n  - id: from_primary\n    address: 127.0.0.1\n    action: notify\n\
          template:\n  - id: default\n    storage: {d}/zones\n\
          zone:\n  - domain: cluster.test\n    master: primary\n    acl: from_primary\n",
@@ -108,7 +117,7 @@ fn rrset(dns: &Dns, name: &str, rtype: RecordType) -> BTreeSet<String> {
 
 /// The zone's serial as `dns` answers it; `None` while it has no zone (or does not answer).
 fn serial_of(dns: &Dns) -> Option<u32> {
-    let reply = std::panic::catch_unwind(|| dns.query(ZONE, RecordType::SOA)).ok()?;
+    let reply = dns.try_ask(ZONE, RecordType::SOA, Ask::default())?;
     match reply.answers.first().map(|r| &r.data) {
         Some(hickory_proto::rr::RData::SOA(soa)) => Some(soa.serial),
         _ => None,
@@ -156,7 +165,7 @@ async fn knot_follows_by_notify_and_transfer() {
     let body = json!({"service": "web", "address": "172.17.0.4", "generation": 1});
     s.report("node-ec2", &t_ec2, "web-4", body).await;
 
-    let knot = start_knot(&bin, s.dns, knot_port);
+    let knot = start_knot(&bin, s.dns, knot_port, None);
     let primary = s.dns();
     let dump = |knot: &Knot| std::fs::read_to_string(&knot.log).unwrap_or_default();
     assert!(
@@ -205,4 +214,46 @@ async fn knot_follows_by_notify_and_transfer() {
         log.contains("AXFR, incoming") && log.contains("finished"),
         "Knot transferred:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn knot_transfers_with_tsig_only() {
+    let Some(bin) = knotd() else { return };
+    const SECRET: &str = "c3RhY2tkbnMgdHNpZyB0ZXN0IHNlY3JldCAzMiBieXRlcyE=";
+    let knot_port = free_port();
+    let notify = format!("127.0.0.1:{knot_port}");
+    let key = format!("xfr-key:hmac-sha256:{SECRET}");
+    // No --allow-transfer: only signed transfers get the zone.
+    let s = Server::start(&["--tsig-key", &key, "--notify", &notify]);
+    let t = s.add_node("node-do", "95.85.30.162").await;
+    s.report("node-do", &t, "web-1", web(1)).await;
+    let unsigned = s.dns().ask(
+        ZONE,
+        RecordType::AXFR,
+        Ask {
+            edns: None,
+            tcp: true,
+        },
+    );
+    assert_eq!(
+        unsigned.metadata.response_code,
+        hickory_proto::op::ResponseCode::Refused
+    );
+
+    let knot = start_knot(&bin, s.dns, knot_port, Some(("xfr-key", SECRET)));
+    let primary = s.dns();
+    let dump = || std::fs::read_to_string(&knot.log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(15), || converged(&primary, &knot.dns)),
+        "signed transfer:\n{}",
+        dump()
+    );
+    s.report("node-do", &t, "web-2", web(1)).await;
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &knot.dns)),
+        "after a start:\n{}",
+        dump()
+    );
+    // Unsigned transfers are refused, so these were signed; the server's log says so too.
+    assert!(s.log().contains("signed=true"), "{}", s.log());
 }

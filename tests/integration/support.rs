@@ -236,6 +236,11 @@ impl Dns {
     }
 
     pub fn ask(&self, name: &str, rtype: RecordType, how: Ask) -> Message {
+        self.try_ask(name, rtype, how).expect("an answer")
+    }
+
+    /// Like [`Dns::ask`], `None` when nothing (parseable) comes back.
+    pub fn try_ask(&self, name: &str, rtype: RecordType, how: Ask) -> Option<Message> {
         let mut msg = Message::query();
         msg.metadata.id = 0x5eed;
         msg.metadata.recursion_desired = true;
@@ -250,11 +255,10 @@ impl Dns {
             self.tcp_raw(&bytes)
         } else {
             self.udp_raw(&bytes)
-        }
-        .expect("an answer");
-        let parsed = Message::from_vec(&reply).expect("answer parses");
+        }?;
+        let parsed = Message::from_vec(&reply).ok()?;
         assert_eq!(parsed.metadata.id, 0x5eed);
-        parsed
+        Some(parsed)
     }
 
     /// Sends raw bytes over UDP; `None` if nothing came back within a second.
@@ -272,7 +276,7 @@ impl Dns {
 
     /// Sends one length-prefixed message over a new TCP connection.
     pub fn tcp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        let mut stream = TcpStream::connect(self.addr).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");

@@ -1,0 +1,104 @@
+//! Signed requests built by hand, checked at chosen clocks (RFC 8945 §5.2 cases).
+
+use super::*;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn key() -> Key {
+    "xfr-key:hmac-sha256:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+        .parse()
+        .expect("key")
+}
+
+/// A SOA query for cluster.test signed with `secret` at `time`.
+fn signed_query(secret: &[u8], time: u64) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(b"\x07cluster\x04test\x00\x00\x06\x00\x01");
+    let mut mac = HmacSha256::new_from_slice(secret).expect("hmac");
+    mac.update(&q);
+    variables(&mut mac, &key().name, time, FUDGE, 0, &[]);
+    let digest = mac.finalize().into_bytes();
+    append_tsig(&mut q, &key().name, time, &digest, 0x1234, 0, &[]);
+    q
+}
+
+/// The TSIG error and MAC length of a NOTAUTH reply.
+fn tsig_error(reply: &[u8]) -> (u16, usize) {
+    assert_eq!(reply[3] & 0x0f, RCODE_NOTAUTH as u8, "NOTAUTH");
+    let found = find(reply).expect("a TSIG in the reply");
+    let r = &reply[name_end(reply, found.start).expect("owner") + 10..];
+    let alg = name_end(r, 0).expect("algorithm");
+    let error = u16::from_be_bytes([r[alg + 12 + found.mac.len()], r[alg + 13 + found.mac.len()]]);
+    (error, found.mac.len())
+}
+
+#[test]
+fn parses_keys() {
+    assert_eq!(key().name, b"\x07xfr-key\x00");
+    assert_eq!(key().secret, SECRET);
+    for bad in [
+        "nope",
+        "k:hmac-md5:AAAA",
+        "k:hmac-sha256:!!!",
+        "k:hmac-sha256:",
+        "a..b:hmac-sha256:AAAA",
+    ] {
+        assert!(bad.parse::<Key>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn valid_requests_are_accepted_and_answers_signed() {
+    let now = 1_800_000_000;
+    let query = signed_query(SECRET, now);
+    let Check::Valid(mut signer) = check_at(&[key()], &query, now + 10) else {
+        panic!("valid signature refused");
+    };
+    let mut reply = query[..query.len()].to_vec();
+    let end = find(&query).expect("tsig").start;
+    reply.truncate(end);
+    reply[10..12].copy_from_slice(&0u16.to_be_bytes());
+    reply[2] |= 0x80;
+    let before = reply.len();
+    signer.sign(&mut reply);
+    assert_eq!(reply.len() - before, signer.reserve());
+    assert_eq!(
+        u16::from_be_bytes([reply[10], reply[11]]),
+        1,
+        "TSIG counted in ARCOUNT"
+    );
+    assert!(matches!(
+        check_at(&[key()], &signed_query(SECRET, now), now),
+        Check::Valid(_)
+    ));
+    assert!(matches!(
+        check_at(&[key()], b"\x00\x01\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00", now),
+        Check::Unsigned
+    ));
+}
+
+#[test]
+fn bad_requests_get_the_rfc_errors() {
+    let now = 1_800_000_000;
+    let query = signed_query(SECRET, now);
+
+    let Check::Refused(reply) = check_at(&[], &query, now) else {
+        panic!("unknown key accepted")
+    };
+    assert_eq!(tsig_error(&reply), (BADKEY, 0), "BADKEY, unsigned");
+
+    let other = signed_query(b"another secret entirely, 32 byte", now);
+    let Check::Refused(reply) = check_at(&[key()], &other, now) else {
+        panic!("bad MAC accepted")
+    };
+    assert_eq!(tsig_error(&reply), (BADSIG, 0), "BADSIG, unsigned");
+
+    let mut tampered = query.clone();
+    tampered[13] ^= 0x20; // the question name's case is covered by the MAC
+    assert!(matches!(check_at(&[key()], &tampered, now), Check::Refused(_)));
+
+    let Check::Refused(reply) = check_at(&[key()], &query, now + 301) else {
+        panic!("stale time accepted")
+    };
+    assert_eq!(tsig_error(&reply), (BADTIME, MAC_LEN), "BADTIME, signed");
+}
