@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// File of TSIG keys, one NAME:hmac-sha256:BASE64SECRET per line (# starts a comment).
     #[arg(long = "tsig-key-file", env = "STACKDNS_TSIG_KEY_FILE", value_name = "PATH")]
     pub tsig_key_file: Option<PathBuf>,
+    /// Published serials whose differences are kept (in redb) to answer IXFR; older clients
+    /// get the whole zone. 0 turns the journal off.
+    #[arg(long = "ixfr-journal", env = "STACKDNS_IXFR_JOURNAL", default_value_t = 1000)]
+    pub ixfr_journal: usize,
     /// Secondary to send NOTIFY to after each published serial (ADDR:PORT); repeatable.
     #[arg(
         long = "notify",

@@ -73,7 +73,14 @@ impl Server {
             rotation: args.rotation,
             max_answers: args.max_answers,
         };
-        let (control, writer) = Control::start(&args.data.join("stackdns.redb"), Publisher { zone, policy })?;
+        let (control, writer) = Control::start(
+            &args.data.join("stackdns.redb"),
+            Publisher {
+                zone,
+                policy,
+                journal_limit: args.ixfr_journal,
+            },
+        )?;
         let cancel = CancellationToken::new();
         let acl = crate::dns::xfr::TransferAcl {
             allow: args.allow_transfer.clone(),

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::model::Label;
+use crate::snapshot::journal::Journal;
 use crate::snapshot::platform::Member;
 use crate::snapshot::{Policy, Projection, SnapshotHandle};
-use crate::store::{Op, Store, StoreError};
+use crate::store::{JournalWrite, Op, Store, StoreError};
 use crate::zone::Zone;
 use state::{Changes, State};
 
@@ -98,6 +99,14 @@ pub struct Control {
 pub struct Publisher {
     pub zone: Zone,
     pub policy: Policy,
+    /// Differences kept for IXFR (0: none).
+    pub journal_limit: usize,
+}
+
+impl Publisher {
+    fn projection(&self) -> Projection {
+        Projection::new(self.zone.clone(), self.policy, self.journal_limit)
+    }
 }
 
 impl Control {
@@ -110,23 +119,50 @@ impl Control {
         publisher: Publisher,
     ) -> Result<(Self, std::thread::JoinHandle<()>), StoreError> {
         let store = Store::open(db_path)?;
-        let loaded = store.load()?;
-        let serial = loaded.serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
-        store.commit(&[], serial)?;
+        let mut loaded = store.load()?;
+        let stored_serial = loaded.serial;
+        let stored_fingerprint = loaded.fingerprint;
+        let journal = Journal::from_diffs(std::mem::take(&mut loaded.journal));
         let now = Instant::now();
-        let state = State::from_loaded(loaded, now);
+        let mut state = State::from_loaded(loaded, now);
         tracing::info!(
             nodes = state.nodes.len(),
             containers = state.containers.len(),
-            serial,
+            serial = stored_serial,
             "state loaded"
         );
+
+        // Rebuild the zone as it was last published, then restart every lease: the difference
+        // between the two continues the IXFR journal, if the zone file and policy are the same.
         let started = Instant::now();
-        let mut projection = Projection::new(publisher.zone.clone(), publisher.policy);
-        project(&mut projection, &state, state.everything());
-        let first = projection.publish(serial);
+        let mut projection = publisher.projection();
+        project(&mut projection, &state, &state.everything());
+        let fingerprint = projection.fingerprint();
+        let same_zone = stored_fingerprint == Some(fingerprint);
+        let mut changes = Changes::default();
+        if same_zone {
+            projection.publish(stored_serial);
+            if journal.last_serial().is_none_or(|s| s == stored_serial) {
+                projection.resume_journal(journal);
+            }
+        }
+        state.revive_all(now, &mut changes);
+        project(&mut projection, &state, &changes);
+        let serial = stored_serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
+        // Without the same zone file and policy, this is the first publication of a new chain.
+        let (first, diff) = projection.publish(serial);
+        let journal_write = match &diff {
+            Some(diff) => JournalWrite::Append {
+                diff,
+                limit: publisher.journal_limit,
+            },
+            None => JournalWrite::Reset { fingerprint },
+        };
+        store.commit(&changes.ops, serial, journal_write)?;
         tracing::info!(
             names = first.len(),
+            serial,
+            journal = first.journal.len(),
             build_ms = started.elapsed().as_millis() as u64,
             "zone built"
         );
@@ -205,14 +241,10 @@ impl Control {
 
 /// Recomputes the DNS names of everything `changes` touched: each node's own name, every
 /// container on a touched node, and every service of a touched container.
-fn project(projection: &mut Projection, state: &State, changes: Changes) {
-    let Changes {
-        nodes,
-        mut containers,
-        mut services,
-        ..
-    } = changes;
-    for node in &nodes {
+fn project(projection: &mut Projection, state: &State, changes: &Changes) {
+    let mut containers = changes.containers.clone();
+    let mut services = changes.services.clone();
+    for node in &changes.nodes {
         projection.node(node, state.nodes.get(node).map(|n| n.node.address));
         containers.extend(state.containers_of_node(node).cloned());
     }
@@ -281,34 +313,45 @@ impl Writer {
             return Ok(self.serial);
         }
         let serial = self.serial.wrapping_add(1);
-        if let Err(e) = self.store.commit(&changes.ops, serial) {
+        let started = Instant::now();
+        let nodes_changed = changes
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::PutNode(_) | Op::DeleteNode(_)));
+        // Build the next snapshot first: its difference is stored with the change.
+        let mut reset = None;
+        if self.rebuild {
+            self.projection = self.publisher.projection();
+            project(&mut self.projection, &self.state, &self.state.everything());
+            reset = Some(self.projection.fingerprint());
+        } else {
+            project(&mut self.projection, &self.state, &changes);
+        }
+        let (snapshot, diff) = self.projection.publish(serial);
+        let journal_write = match (reset, &diff) {
+            (Some(fingerprint), _) => JournalWrite::Reset { fingerprint },
+            (None, Some(diff)) => JournalWrite::Append {
+                diff,
+                limit: self.publisher.journal_limit,
+            },
+            (None, None) => JournalWrite::Keep,
+        };
+        if let Err(e) = self.store.commit(&changes.ops, serial, journal_write) {
             tracing::error!(error = %e, "commit failed; reloading state from the database");
             self.reload();
             self.rebuild = true;
             return Err(ControlError::Storage(e.to_string()));
         }
         self.serial = serial;
-        let started = Instant::now();
-        let ops = changes.ops.len();
-        let nodes_changed = changes
-            .ops
-            .iter()
-            .any(|op| matches!(op, Op::PutNode(_) | Op::DeleteNode(_)));
         if nodes_changed || self.rebuild {
             self.tokens.store(Arc::new(self.state.token_index()));
         }
-        if self.rebuild {
-            self.projection = Projection::new(self.publisher.zone.clone(), self.publisher.policy);
-            project(&mut self.projection, &self.state, self.state.everything());
-            self.rebuild = false;
-        } else {
-            project(&mut self.projection, &self.state, changes);
-        }
-        self.snapshots.store(Arc::new(self.projection.publish(serial)));
+        self.rebuild = false;
+        self.snapshots.store(Arc::new(snapshot));
         self.serials.send_replace(serial);
         tracing::debug!(
             serial,
-            ops,
+            ops = changes.ops.len(),
             publish_us = started.elapsed().as_micros() as u64,
             "published"
         );

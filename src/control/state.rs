@@ -87,16 +87,19 @@ pub struct State {
 }
 
 impl State {
-    /// Rebuilds the state from what was stored; every node starts a fresh lease at `now`.
+    /// Rebuilds the state as it was last published: nodes stored as lost are lost, the others
+    /// live with a lease starting at `now`. See [`State::revive_all`] for what start-up does next.
     pub fn from_loaded(loaded: Loaded, now: Instant) -> Self {
         let mut state = State::default();
+        let lost: BTreeSet<Label> = loaded.lost.into_iter().collect();
         for node in loaded.nodes {
+            let live = !lost.contains(&node.name);
             state.nodes.insert(
                 node.name.clone(),
                 NodeState {
                     node,
                     last_seen: now,
-                    live: true,
+                    live,
                 },
             );
         }
@@ -105,6 +108,19 @@ impl State {
             state.containers.insert(c.key.clone(), c);
         }
         state
+    }
+
+    /// Every lease restarts at `now`: lost nodes are live again (a restart of stackdns must not
+    /// empty DNS; agents that are really gone lapse again after the node TTL).
+    pub fn revive_all(&mut self, now: Instant, changes: &mut Changes) {
+        for n in self.nodes.values_mut() {
+            n.last_seen = now;
+            if !n.live {
+                n.live = true;
+                changes.nodes.insert(n.node.name.clone());
+                changes.ops.push(Op::SetLost(n.node.name.clone(), false));
+            }
+        }
     }
 
     fn index(&mut self, c: &Container) {
@@ -285,6 +301,7 @@ impl State {
             self.store_container(c, changes);
         }
         changes.ops.push(Op::DeleteNode(name.clone()));
+        changes.ops.push(Op::SetLost(name.clone(), false));
         changes.nodes.insert(name.clone());
         let removed = self.nodes.remove(name).map(|n| n.node);
         removed.ok_or_else(|| ControlError::NotFound {
@@ -306,6 +323,7 @@ impl State {
             if !n.live {
                 n.live = true;
                 changes.nodes.insert(name.clone());
+                changes.ops.push(Op::SetLost(name.clone(), false));
                 tracing::info!(node = %name, "node lease renewed; node is live again");
             }
         }
@@ -318,6 +336,7 @@ impl State {
             if n.live && now.saturating_duration_since(n.last_seen) > ttl {
                 n.live = false;
                 changes.nodes.insert(n.node.name.clone());
+                changes.ops.push(Op::SetLost(n.node.name.clone(), true));
                 tracing::warn!(node = %n.node.name, ttl_s = ttl.as_secs_f64(), "node lease lapsed; node is lost and its containers leave DNS");
             }
         }

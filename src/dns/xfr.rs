@@ -74,11 +74,12 @@ fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
-/// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one.
+/// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one; returns
+/// the number of records sent.
 ///
-/// An IXFR whose client already has the current serial gets the SOA alone (RFC 1995 §2);
-/// any other transfer gets the whole zone in AXFR form, which RFC 1995 §4 allows as an IXFR
-/// answer.
+/// An IXFR whose client already has the current serial gets the SOA alone (RFC 1995 §2); one
+/// whose serial the journal reaches back to gets the differences since (RFC 1995 §4); any
+/// other transfer gets the whole zone in AXFR form, which RFC 1995 §4 allows as an IXFR answer.
 pub fn transfer<E>(
     snapshot: &Snapshot,
     query: &Query<'_>,
@@ -95,6 +96,32 @@ pub fn transfer<E>(
     if client_serial == Some(snapshot.serial) {
         w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
         return w.finish(&mut send).map(|()| 1);
+    }
+    if let Some(diffs) = client_serial.and_then(|c| snapshot.journal.since(c)) {
+        let soa_at = |serial: u32| {
+            let mut rdata = soa.to_vec();
+            let at = rdata.len() - 20;
+            rdata[at..at + 4].copy_from_slice(&serial.to_be_bytes());
+            rdata
+        };
+        let mut count = 2;
+        w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
+        for diff in diffs {
+            for (serial, records) in [(diff.from, &diff.removed), (diff.to, &diff.added)] {
+                let rdata = soa_at(serial);
+                w.flush_if_full(&mut send, 12 + rdata.len())?;
+                w.record(apex_at, &[], rtype::SOA, soa_ttl, &rdata);
+                for r in records {
+                    w.flush_if_full(&mut send, r.owner.len() + 12 + r.rdata.len())?;
+                    w.record(apex_at, &r.owner, r.rtype, r.ttl, &r.rdata);
+                }
+                count += 1 + records.len();
+            }
+        }
+        w.flush_if_full(&mut send, 12 + soa.len())?;
+        w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
+        w.finish(&mut send)?;
+        return Ok(count);
     }
     let mut count = 0usize;
     w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);

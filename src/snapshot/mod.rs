@@ -12,6 +12,7 @@
 //! costs in proportion to the change, not to the zone. The only thing a query changes is an
 //! RRset's rotation cursor, an atomic counter.
 
+pub mod journal;
 pub mod names;
 pub mod platform;
 
@@ -194,6 +195,8 @@ pub struct Snapshot {
     pub soa_rdata: Box<[u8]>,
     /// TTL of the SOA in negative answers: min(SOA TTL, SOA MINIMUM) (RFC 2308 §3).
     pub negative_ttl: u32,
+    /// The differences that led to this serial, for IXFR.
+    pub journal: journal::Journal,
     names: names::Frozen,
 }
 

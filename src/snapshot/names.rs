@@ -42,7 +42,12 @@ pub struct Names {
     shards: Vec<Arc<Shard>>,
     empty: Arc<Entry>,
     len: usize,
+    /// While recording: each changed name's entry as it was before its first change.
+    before: Option<Map<Box<[u8]>, Arc<Entry>>>,
 }
+
+/// One name's change since recording started: (name, entry before, entry now).
+pub type Change = (Box<[u8]>, Arc<Entry>, Arc<Entry>);
 
 /// An immutable view of the table, as published.
 #[derive(Clone)]
@@ -59,6 +64,7 @@ impl Default for Names {
             shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
             empty: Arc::new(Entry::default()),
             len: 0,
+            before: None,
         }
     }
 }
@@ -74,8 +80,46 @@ impl Names {
     }
 
     pub fn get(&self, rel: &[u8]) -> Option<&Entry> {
+        self.get_arc(rel).map(|e| &**e)
+    }
+
+    fn get_arc(&self, rel: &[u8]) -> Option<&Arc<Entry>> {
         let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
-        shard.map.get(rel).map(|s| &*s.entry)
+        shard.map.get(rel).map(|s| &s.entry)
+    }
+
+    /// From now on, remember what each changed name held before (for zone differences).
+    pub fn record_changes(&mut self) {
+        self.before.get_or_insert_with(Map::default);
+    }
+
+    /// The names changed since the last call (or since recording started), with their entries
+    /// before and now; names that ended as they began are left out.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let Some(before) = self.before.as_mut() else {
+            return Vec::new();
+        };
+        let before = std::mem::take(before);
+        let mut changes: Vec<Change> = before
+            .into_iter()
+            .filter_map(|(rel, old)| {
+                let new = self.get_arc(&rel).cloned().unwrap_or_else(|| self.empty.clone());
+                (!Arc::ptr_eq(&old, &new) && !old.same_data(&new)).then_some((rel, old, new))
+            })
+            .collect();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
+    }
+
+    /// Notes `rel`'s current entry, the first time it changes while recording.
+    fn remember(&mut self, rel: &[u8]) {
+        if self.before.as_ref().is_none_or(|b| b.contains_key(rel)) {
+            return;
+        }
+        let old = self.get_arc(rel).cloned().unwrap_or_else(|| self.empty.clone());
+        if let Some(before) = self.before.as_mut() {
+            before.insert(rel.into(), old);
+        }
     }
 
     /// Gives `rel` this entry. Setting an equal entry again changes nothing, so the published
@@ -86,6 +130,7 @@ impl Names {
                 return;
             }
         }
+        self.remember(rel);
         let entry = Arc::new(entry);
         let shard = self.shard_mut(rel);
         let (newly_set, inserted) = match shard.map.get_mut(rel) {
@@ -119,6 +164,7 @@ impl Names {
         if !shard.map.get(rel).is_some_and(|slot| slot.own) {
             return; // Nothing to take away: leave the published shard shared.
         }
+        self.remember(rel);
         let empty = self.empty.clone();
         let shard = self.shard_mut(rel);
         let Some(slot) = shard.map.get_mut(rel) else {

@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use super::journal::{Diff, Journal};
 use super::names::Names;
 use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
 use crate::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
@@ -46,11 +48,17 @@ pub struct Projection {
     apex_sets: Vec<StaticSet>,
     /// SRV owner names each service set last time, to unset the ones that disappear.
     srv_owners: HashMap<ServiceKey, Vec<Box<[u8]>>>,
+    /// Differences of the last publications, at most `journal_limit`.
+    journal: Journal,
+    journal_limit: usize,
+    /// The serial last published, which the next difference starts from.
+    published: Option<u32>,
 }
 
 impl Projection {
-    /// A projection holding the zone file's records and nothing dynamic yet.
-    pub fn new(zone: Zone, policy: Policy) -> Self {
+    /// A projection holding the zone file's records and nothing dynamic yet, keeping the
+    /// differences of up to `journal_limit` publications (0: no IXFR journal).
+    pub fn new(zone: Zone, policy: Policy, journal_limit: usize) -> Self {
         let mut by_name: ByName<'_> = BTreeMap::new();
         for r in &zone.records {
             let set = by_name
@@ -94,6 +102,9 @@ impl Projection {
             names: Names::default(),
             apex_sets: Vec::new(),
             srv_owners: HashMap::new(),
+            journal: Journal::default(),
+            journal_limit,
+            published: None,
         };
         for (owner, sets) in statics {
             if owner.is_empty() {
@@ -200,8 +211,50 @@ impl Projection {
         self.srv_owners.insert(key.clone(), owners);
     }
 
+    /// Continues `journal` (read from the store); the current names must be the zone at its
+    /// last serial.
+    pub fn resume_journal(&mut self, journal: Journal) {
+        self.journal = journal;
+    }
+
+    /// A stable hash of everything besides platform state that decides the records: the zone
+    /// file (serial aside) and the record policy. A stored journal is only valid for the same.
+    pub fn fingerprint(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let soa = &self.zone.soa;
+        h.update(&self.zone.apex);
+        h.update(&soa.mname);
+        h.update(&soa.rname);
+        for v in [
+            soa.refresh,
+            soa.retry,
+            soa.expire,
+            soa.minimum,
+            soa.ttl,
+            self.policy.ttl,
+        ] {
+            h.update(v.to_be_bytes());
+        }
+        h.update([self.policy.rotation as u8]);
+        h.update(self.policy.max_answers.to_be_bytes());
+        for r in &self.zone.records {
+            h.update([r.owner.len() as u8]);
+            h.update(&r.owner);
+            h.update(r.rtype.to_be_bytes());
+            h.update(r.ttl.to_be_bytes());
+            h.update((r.rdata.len() as u16).to_be_bytes());
+            h.update(&r.rdata);
+        }
+        let digest = h.finalize();
+        u64::from_be_bytes(digest[..8].try_into().unwrap_or_default())
+    }
+
     /// Freezes the current names into a snapshot at `serial`, with the apex SOA carrying it.
-    pub fn publish(&mut self, serial: u32) -> Snapshot {
+    ///
+    /// From the second publication on, also returns the difference from the previous one,
+    /// which the snapshot's journal already holds (the caller stores it).
+    pub fn publish(&mut self, serial: u32) -> (Snapshot, Option<Arc<Diff>>) {
         let soa_rdata = self.zone.soa.rdata(serial);
         let mut apex = static_sets(&self.apex_sets);
         apex.push(RRset::new(
@@ -212,13 +265,29 @@ impl Projection {
             vec![soa_rdata.clone().into_boxed_slice()],
         ));
         self.names.set(b"", Entry::new(apex));
-        Snapshot {
+        let diff = match self.published {
+            Some(from) if self.journal_limit > 0 => {
+                let diff = Arc::new(Diff::from_changes(from, serial, &self.names.take_changes()));
+                self.journal = self.journal.push(diff.clone(), self.journal_limit);
+                Some(diff)
+            }
+            _ => {
+                // The first publication is the base the differences start from.
+                self.names.record_changes();
+                self.names.take_changes();
+                None
+            }
+        };
+        self.published = Some(serial);
+        let snapshot = Snapshot {
             serial,
             apex: self.zone.apex.clone().into_boxed_slice(),
             soa_rdata: soa_rdata.into_boxed_slice(),
             negative_ttl: self.zone.soa.negative_ttl(),
+            journal: self.journal.clone(),
             names: self.names.freeze(),
-        }
+        };
+        (snapshot, diff)
     }
 }
 

@@ -7,6 +7,12 @@
 //! | `meta`       | `"schema_version"`, `"serial"` | u64                                 |
 //! | `nodes`      | node name                   | JSON of [`model::Node`](crate::model::Node)         |
 //! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`model::Container`](crate::model::Container) (tombstones included) |
+//! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
+//! | `journal`    | serial (u64) a diff leads to | [`Diff::encode`] bytes, oldest trimmed first |
+//!
+//! `meta` also holds `"zone_fingerprint"`: a hash of the zone file and the record policy that
+//! the stored journal was computed with. A different fingerprint at start-up means the stored
+//! zone can no longer be rebuilt exactly, so the journal starts over.
 //!
 //! Values are JSON so a record can be read with any tool and new optional fields can be added
 //! without a migration. Keys are labels, which cannot contain `/`.
@@ -20,17 +26,21 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::model::{Container, ContainerKey, Label, Node};
+use crate::snapshot::journal::Diff;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const LOST: TableDefinition<&str, ()> = TableDefinition::new("lost");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 const SCHEMA_VERSION: u64 = 1;
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SERIAL: &str = "serial";
+const KEY_FINGERPRINT: &str = "zone_fingerprint";
 
 /// Why the store failed; none of these is the caller's fault, all leave the data as it was.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +75,23 @@ pub enum Op {
     DeleteNode(Label),
     PutContainer(Container),
     DeleteContainer(ContainerKey),
+    /// Whether a node's lease had lapsed, as published.
+    SetLost(Label, bool),
+}
+
+/// What a commit does to the IXFR journal.
+#[derive(Debug, Clone, Copy)]
+pub enum JournalWrite<'d> {
+    Keep,
+    /// Append this diff, then trim the oldest until at most `limit` remain.
+    Append {
+        diff: &'d Diff,
+        limit: usize,
+    },
+    /// Forget every diff (the chain is broken), and record the zone's new fingerprint.
+    Reset {
+        fingerprint: u64,
+    },
 }
 
 /// Everything stored, as read at start-up.
@@ -73,6 +100,11 @@ pub struct Loaded {
     pub serial: u32,
     pub nodes: Vec<Node>,
     pub containers: Vec<Container>,
+    /// Nodes that were lost when the last serial was published.
+    pub lost: Vec<Label>,
+    /// The journal, oldest first.
+    pub journal: Vec<Diff>,
+    pub fingerprint: Option<u64>,
 }
 
 pub struct Store {
@@ -99,6 +131,8 @@ impl Store {
             }
             txn.open_table(NODES).map_err(redb_err)?;
             txn.open_table(CONTAINERS).map_err(redb_err)?;
+            txn.open_table(LOST).map_err(redb_err)?;
+            txn.open_table(JOURNAL).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
         Ok(Self { db })
@@ -109,23 +143,53 @@ impl Store {
         let txn = self.db.begin_read().map_err(redb_err)?;
         let meta = txn.open_table(META).map_err(redb_err)?;
         let serial = meta.get(KEY_SERIAL).map_err(redb_err)?.map_or(0, |v| v.value()) as u32;
+        let fingerprint = meta.get(KEY_FINGERPRINT).map_err(redb_err)?.map(|v| v.value());
         let nodes = read_all(&txn.open_table(NODES).map_err(redb_err)?, "nodes")?;
         let containers = read_all(&txn.open_table(CONTAINERS).map_err(redb_err)?, "containers")?;
+        let mut lost = Vec::new();
+        for row in txn.open_table(LOST).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (name, _) = row.map_err(redb_err)?;
+            lost.push(
+                Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
+                    table: "lost",
+                    key: name.value().to_owned(),
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        let mut journal = Vec::new();
+        for row in txn
+            .open_table(JOURNAL)
+            .map_err(redb_err)?
+            .iter()
+            .map_err(redb_err)?
+        {
+            let (serial, bytes) = row.map_err(redb_err)?;
+            journal.push(Diff::decode(bytes.value()).ok_or_else(|| StoreError::Corrupt {
+                table: "journal",
+                key: serial.value().to_string(),
+                message: "not a zone difference".to_owned(),
+            })?);
+        }
         Ok(Loaded {
             serial,
             nodes,
             containers,
+            lost,
+            journal,
+            fingerprint,
         })
     }
 
-    /// Applies `ops` and records `serial` in one durable transaction.
-    pub fn commit(&self, ops: &[Op], serial: u32) -> Result<(), StoreError> {
+    /// Applies `ops`, the journal change and `serial` in one durable transaction.
+    pub fn commit(&self, ops: &[Op], serial: u32, journal: JournalWrite<'_>) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
         txn.set_durability(Durability::Immediate).map_err(redb_err)?;
         {
             let mut meta = txn.open_table(META).map_err(redb_err)?;
             let mut nodes = txn.open_table(NODES).map_err(redb_err)?;
             let mut containers = txn.open_table(CONTAINERS).map_err(redb_err)?;
+            let mut lost = txn.open_table(LOST).map_err(redb_err)?;
             for op in ops {
                 match op {
                     Op::PutNode(node) => {
@@ -144,6 +208,28 @@ impl Store {
                     Op::DeleteContainer(key) => {
                         containers.remove(key.storage_key().as_str()).map_err(redb_err)?;
                     }
+                    Op::SetLost(node, true) => {
+                        lost.insert(node.as_str(), ()).map_err(redb_err)?;
+                    }
+                    Op::SetLost(node, false) => {
+                        lost.remove(node.as_str()).map_err(redb_err)?;
+                    }
+                }
+            }
+            let mut table = txn.open_table(JOURNAL).map_err(redb_err)?;
+            match journal {
+                JournalWrite::Keep => {}
+                JournalWrite::Append { diff, limit } => {
+                    table
+                        .insert(u64::from(diff.to), diff.encode().as_slice())
+                        .map_err(redb_err)?;
+                    while table.len().map_err(redb_err)? > limit as u64 {
+                        table.pop_first().map_err(redb_err)?;
+                    }
+                }
+                JournalWrite::Reset { fingerprint } => {
+                    table.retain(|_, _| false).map_err(redb_err)?;
+                    meta.insert(KEY_FINGERPRINT, fingerprint).map_err(redb_err)?;
                 }
             }
             meta.insert(KEY_SERIAL, u64::from(serial)).map_err(redb_err)?;
@@ -217,6 +303,7 @@ mod tests {
                 .commit(
                     &[Op::PutNode(node.clone()), Op::PutContainer(container.clone())],
                     42,
+                    JournalWrite::Keep,
                 )
                 .expect("commit");
         }
@@ -232,6 +319,7 @@ mod tests {
                     Op::DeleteNode(label("node-do")),
                 ],
                 43,
+                JournalWrite::Keep,
             )
             .expect("delete");
         let loaded = store.load().expect("load");

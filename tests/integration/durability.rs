@@ -95,3 +95,98 @@ async fn admin_token_file_flag() {
         "the file wins over the env"
     );
 }
+
+/// Reads every message of a zone transfer answering `query` on a new TCP connection.
+fn transfer(dns: &Dns, query: &hickory_proto::op::Message) -> Vec<hickory_proto::rr::Record> {
+    use std::io::Write;
+    let bytes = query.to_vec().expect("encode");
+    let mut stream = std::net::TcpStream::connect(dns.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .expect("timeout");
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).expect("write");
+    let mut records = Vec::new();
+    let mut soas = 0;
+    while let Some(frame) = read_frame(&mut stream) {
+        let message = hickory_proto::op::Message::from_vec(&frame).expect("parses");
+        assert_eq!(
+            message.metadata.response_code,
+            hickory_proto::op::ResponseCode::NoError
+        );
+        for r in message.answers {
+            soas += usize::from(r.record_type() == hickory_proto::rr::RecordType::SOA);
+            records.push(r);
+        }
+        // The transfer ends with the current SOA a second time at the top level.
+        let first = records.first().map(|r| r.data.to_string());
+        if soas >= 2 && records.last().map(|r| r.data.to_string()) == first {
+            break;
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ixfr_journal_survives_restart() {
+    use hickory_proto::rr::{RData, Record, RecordType, rdata::SOA};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = ["--allow-transfer", "127.0.0.1/32"];
+    let s = Server::start_in(&data, &flags, true);
+    let t = s.add_node("node-do", "10.0.0.1").await;
+    let (_, body) = s.report("node-do", &t, "web-1", web(1)).await;
+    let before = body["serial"].as_u64().expect("serial") as u32;
+    let body = json!({"service": "web", "address": "172.17.0.2", "generation": 1});
+    s.report("node-do", &t, "web-2", body).await;
+    s.kill();
+
+    let s = Server::start_in(&data, &flags, true);
+    let mut q = hickory_proto::op::Message::query();
+    q.add_query(hickory_proto::op::Query::query(fqdn(ZONE), RecordType::IXFR));
+    let soa = SOA::new(
+        fqdn("ns1.cluster.test."),
+        fqdn("hostmaster.cluster.test."),
+        before,
+        0,
+        0,
+        0,
+        0,
+    );
+    q.add_authority(Record::from_rdata(fqdn(ZONE), 0, RData::SOA(soa)));
+    let records = transfer(&s.dns(), &q);
+    let text: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+        .collect();
+    assert!(
+        text.iter()
+            .any(|r| r.starts_with("web-2.quickstart-ruby.honeniq.cont.cluster.test. A 172.17.0.2")),
+        "the increment since serial {before}: {text:#?}"
+    );
+    assert!(
+        !text.iter().any(|r| r.starts_with("ns1.")),
+        "incremental, not the whole zone: {text:#?}"
+    );
+    assert!(s.log().contains("kind=\"IXFR\""), "{}", s.log());
+
+    // A serial the journal does not reach gets the whole zone.
+    let mut old = hickory_proto::op::Message::query();
+    old.add_query(hickory_proto::op::Query::query(fqdn(ZONE), RecordType::IXFR));
+    let soa = SOA::new(
+        fqdn("ns1.cluster.test."),
+        fqdn("hostmaster.cluster.test."),
+        12345,
+        0,
+        0,
+        0,
+        0,
+    );
+    old.add_authority(Record::from_rdata(fqdn(ZONE), 0, RData::SOA(soa)));
+    let whole = transfer(&s.dns(), &old);
+    assert!(
+        whole.iter().any(|r| r.name.to_ascii() == "ns1.cluster.test."),
+        "AXFR-style answer"
+    );
+}

@@ -83,6 +83,9 @@ fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option
         primary.ip(),
         primary.port()
     );
+    // Knot does not create its database directory; without it, it cannot journal an IXFR.
+    std::fs::create_dir_all(dir.path().join("db")).expect("db dir");
+    std::fs::create_dir_all(dir.path().join("zones")).expect("zones dir");
     let path = dir.path().join("knot.conf");
     std::fs::write(&path, conf).expect("write knot.conf");
     let child = Command::new(bin)

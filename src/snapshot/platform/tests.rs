@@ -72,7 +72,7 @@ fn rel(labels: &[&str]) -> Vec<u8> {
 
 #[test]
 fn services_get_addresses_srv_and_empty_non_terminals() {
-    let mut p = Projection::new(zone(), POLICY);
+    let mut p = Projection::new(zone(), POLICY, 16);
     let (k1, k2, k3) = (key("web-1"), key("web-2"), key("web-3"));
     let addr = |s: &str| Some(s.parse().expect("ip"));
     let members = [
@@ -93,7 +93,7 @@ fn services_get_addresses_srv_and_empty_non_terminals() {
         },
     ];
     p.service(&service(), &members);
-    let snap = p.publish(9);
+    let snap = p.publish(9).0;
 
     let svc = snap.lookup(&rel(&["web", "s", "u", "svc"])).expect("svc");
     assert_eq!(svc.rrset(rtype::A).expect("A").records.len(), 1, "de-duplicated");
@@ -132,7 +132,7 @@ fn services_get_addresses_srv_and_empty_non_terminals() {
 
 #[test]
 fn names_come_and_go_with_their_last_member() {
-    let mut p = Projection::new(zone(), POLICY);
+    let mut p = Projection::new(zone(), POLICY, 16);
     let k1 = key("web-1");
     let up = [Member {
         key: &k1,
@@ -142,8 +142,8 @@ fn names_come_and_go_with_their_last_member() {
     p.service(&service(), &up);
     p.container(&k1, true, up[0].address);
     p.node(&label("n1"), Some("10.0.0.1".parse().expect("ip")));
-    let before = p.publish(2);
-    let static_names = Projection::new(zone(), POLICY).publish(1).len();
+    let before = p.publish(2).0;
+    let static_names = Projection::new(zone(), POLICY, 16).publish(1).0.len();
     assert!(before.len() > static_names);
 
     // The service loses its ports: its SRV name and the `_tcp` non-terminal go.
@@ -153,7 +153,12 @@ fn names_come_and_go_with_their_last_member() {
         ports: &[],
     }];
     p.service(&service(), &no_ports);
-    let snap = p.publish(3);
+    let (snap, diff) = p.publish(3);
+    let diff = diff.expect("a difference from serial 2");
+    assert_eq!((diff.from, diff.to, diff.added.len()), (2, 3, 0));
+    assert_eq!(diff.removed.len(), 1, "the SRV record: {diff:?}");
+    assert_eq!(diff.removed[0].rtype, rtype::SRV);
+    assert_eq!(snap.journal.since(2).map(<[_]>::len), Some(1));
     assert!(
         snap.lookup(&rel(&["_80", "_tcp", "web", "s", "u", "svc"]))
             .is_none()
@@ -170,7 +175,7 @@ fn names_come_and_go_with_their_last_member() {
     p.service(&service(), &[]);
     p.container(&k1, false, None);
     p.node(&label("n1"), None);
-    let snap = p.publish(4);
+    let snap = p.publish(4).0;
     assert_eq!(snap.len(), static_names);
     assert!(snap.lookup(&rel(&["svc"])).is_none() && snap.lookup(&rel(&["node"])).is_none());
     assert!(snap.lookup(&rel(&["ns1"])).is_some());
@@ -178,7 +183,7 @@ fn names_come_and_go_with_their_last_member() {
 
 #[test]
 fn unchanged_entries_keep_their_rotation() {
-    let mut p = Projection::new(zone(), POLICY);
+    let mut p = Projection::new(zone(), POLICY, 16);
     let keys: Vec<_> = (1..=3).map(|i| key(&format!("web-{i}"))).collect();
     let members: Vec<_> = keys
         .iter()
@@ -190,14 +195,14 @@ fn unchanged_entries_keep_their_rotation() {
         })
         .collect();
     p.service(&service(), &members);
-    let first = p.publish(2);
+    let first = p.publish(2).0;
     let a = |s: &Snapshot| {
         s.lookup(&rel(&["web", "s", "u", "svc"]))
             .and_then(|e| e.rrset(rtype::A))
             .map(|r| r as *const RRset)
     };
     p.service(&service(), &members);
-    let second = p.publish(3);
+    let second = p.publish(3).0;
     assert_eq!(a(&first), a(&second), "the same RRset object, cursor included");
     let starts: std::collections::BTreeSet<_> = (0..3)
         .map(|_| {
