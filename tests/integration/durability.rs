@@ -169,7 +169,11 @@ async fn ixfr_journal_survives_restart() {
         !text.iter().any(|r| r.starts_with("ns1.")),
         "incremental, not the whole zone: {text:#?}"
     );
-    assert!(s.log().contains("kind=\"IXFR\""), "{}", s.log());
+    // The server logs the transfer after sending it; give the log a moment.
+    let logged = eventually(std::time::Duration::from_secs(2), || {
+        s.log().contains("kind=\"IXFR\"")
+    });
+    assert!(logged, "{}", s.log());
 
     // A serial the journal does not reach gets the whole zone.
     let mut old = hickory_proto::op::Message::query();

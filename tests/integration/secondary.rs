@@ -258,5 +258,6 @@ async fn knot_transfers_with_tsig_only() {
         dump()
     );
     // Unsigned transfers are refused, so these were signed; the server's log says so too.
-    assert!(s.log().contains("signed=true"), "{}", s.log());
+    let logged = eventually(Duration::from_secs(2), || s.log().contains("signed=true"));
+    assert!(logged, "{}", s.log());
 }
