@@ -13,15 +13,15 @@ use serde_json::json;
 
 use crate::support::*;
 
-/// A knotd process, killed when dropped.
-struct Knot {
+/// A secondary server process (knotd or nsd), killed when dropped.
+struct Secondary {
     child: Child,
     dns: Dns,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Knot {
+impl Drop for Secondary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -35,17 +35,21 @@ fn find(binary: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The knotd binary, or `None` (with a note) where it is absent and not required.
-fn knotd() -> Option<PathBuf> {
-    let found = find("knotd");
+/// A peer's binary, or `None` (with a note) where it is absent and not required.
+fn peer(binary: &str, package: &str) -> Option<PathBuf> {
+    let found = find(binary);
     if found.is_none() {
         assert!(
             std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "knotd is required (STACKDNS_REQUIRE_PEERS=1): apt-get install knot"
+            "{binary} is required (STACKDNS_REQUIRE_PEERS=1): apt-get install {package}"
         );
-        eprintln!("knotd not installed: skipping the Knot secondary test (apt-get install knot)");
+        eprintln!("{binary} not installed: skipping this secondary test (apt-get install {package})");
     }
     found
+}
+
+fn knotd() -> Option<PathBuf> {
+    peer("knotd", "knot")
 }
 
 fn free_port() -> u16 {
@@ -60,7 +64,7 @@ fn free_port() -> u16 {
 
 /// knotd on `port` as a secondary of `primary`, notified by it; with `tsig`
 /// (name, base64 secret) its transfers are signed.
-fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option<(&str, &str)>) -> Knot {
+fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option<(&str, &str)>) -> Secondary {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
     let (keys, use_key) = match tsig {
@@ -95,7 +99,7 @@ fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option
         .stderr(Stdio::null())
         .spawn()
         .expect("start knotd");
-    Knot {
+    Secondary {
         child,
         dns: Dns {
             addr: ([127, 0, 0, 1], port).into(),
@@ -170,7 +174,7 @@ async fn knot_follows_by_notify_and_transfer() {
 
     let knot = start_knot(&bin, s.dns, knot_port, None);
     let primary = s.dns();
-    let dump = |knot: &Knot| std::fs::read_to_string(&knot.log).unwrap_or_default();
+    let dump = |knot: &Secondary| std::fs::read_to_string(&knot.log).unwrap_or_default();
     assert!(
         eventually(Duration::from_secs(15), || converged(&primary, &knot.dns)),
         "initial transfer:\n{}",
@@ -260,4 +264,83 @@ async fn knot_transfers_with_tsig_only() {
     // Unsigned transfers are refused, so these were signed; the server's log says so too.
     let logged = eventually(Duration::from_secs(2), || s.log().contains("signed=true"));
     assert!(logged, "{}", s.log());
+}
+
+/// nsd on `port` as a secondary of `primary`, notified by it.
+fn start_nsd(bin: &Path, primary: std::net::SocketAddr, port: u16) -> Secondary {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let conf = format!(
+        "server:\n  ip-address: 127.0.0.1@{port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n\
+         \x20 database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n\
+         \x20 zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  username: \"\"\n\
+         \x20 chroot: \"\"\n  verbosity: 2\n  server-count: 1\n\
+         remote-control:\n  control-enable: no\n\
+         zone:\n  name: cluster.test\n  zonefile: \"cluster.test.zone\"\n\
+         \x20 request-xfr: {}@{} NOKEY\n  allow-notify: 127.0.0.1 NOKEY\n",
+        primary.ip(),
+        primary.port()
+    );
+    let path = dir.path().join("nsd.conf");
+    std::fs::write(&path, conf).expect("write nsd.conf");
+    let child = Command::new(bin)
+        .arg("-d")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nsd");
+    Secondary {
+        child,
+        dns: Dns {
+            addr: ([127, 0, 0, 1], port).into(),
+        },
+        log: dir.path().join("nsd.log"),
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nsd_follows_by_notify_and_transfer() {
+    let Some(bin) = peer("nsd", "nsd") else { return };
+    let nsd_port = free_port();
+    let notify = format!("127.0.0.1:{nsd_port}");
+    let s = Server::start(&["--allow-transfer", "127.0.0.1/32", "--notify", &notify]);
+    let t_do = s.add_node("node-do", "95.85.30.162").await;
+    let t_ec2 = s.add_node("node-ec2", "52.193.37.165").await;
+    s.report("node-do", &t_do, "web-1", web(1)).await;
+    s.report("node-ec2", &t_ec2, "web-2", web(1)).await;
+
+    let nsd = start_nsd(&bin, s.dns, nsd_port);
+    let primary = s.dns();
+    let dump = || std::fs::read_to_string(&nsd.log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(15), || converged(&primary, &nsd.dns)),
+        "initial transfer:\n{}",
+        dump()
+    );
+    let path = "/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-2?generation=1";
+    assert_eq!(s.call("DELETE", path, Some(&t_ec2), None).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &nsd.dns)),
+        "after a stop:\n{}",
+        dump()
+    );
+    let body = json!({"service": "web", "address": "172.17.0.9", "ports": [{"container_port": 80, "host_port": 32768}], "generation": 1});
+    assert_eq!(s.report("node-do", &t_do, "web-3", body).await.0, 201);
+    assert!(
+        eventually(Duration::from_secs(2), || converged(&primary, &nsd.dns)),
+        "after a start:\n{}",
+        dump()
+    );
+    let logged = eventually(Duration::from_secs(2), || {
+        s.log().matches("kind=\"IXFR\"").count() >= 2
+    });
+    assert!(
+        logged,
+        "NSD took the changes by incremental transfer:\n{}\n{}",
+        s.log(),
+        dump()
+    );
 }
