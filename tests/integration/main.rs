@@ -1,6 +1,7 @@
 //! One integration binary: each module starts real servers and talks to them over loopback.
 
 mod api;
+mod conformance;
 mod dns;
 mod durability;
 mod leases;

@@ -1,0 +1,390 @@
+//! Protocol conformance pinned by data: each case is a query, the transport, and what the
+//! answer must look like, with the RFC section that requires it.
+
+use hickory_proto::op::Message;
+
+use crate::support::*;
+
+const SVC: &str = "web.quickstart-ruby.honeniq.svc.cluster.test.";
+
+/// A query as raw bytes, so unusual flags and options can be sent.
+#[derive(Clone, Copy)]
+struct Q {
+    name: &'static str,
+    qtype: u16,
+    qclass: u16,
+    /// Header flags word (opcode, RD, CD, Z...).
+    flags: u16,
+    qdcount: u16,
+    /// (UDP size, version, DO, option bytes) of an OPT record.
+    edns: Option<(u16, u8, bool, &'static [u8])>,
+    tcp: bool,
+}
+
+const fn q(name: &'static str, qtype: u16) -> Q {
+    Q {
+        name,
+        qtype,
+        qclass: 1,
+        flags: 0x0100,
+        qdcount: 1,
+        edns: Some((1232, 0, false, &[])),
+        tcp: false,
+    }
+}
+
+impl Q {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0xbe, 0xef];
+        out.extend_from_slice(&self.flags.to_be_bytes());
+        out.extend_from_slice(&self.qdcount.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(self.edns.is_some())]);
+        for label in self
+            .name
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+        {
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+        out.push(0);
+        out.extend_from_slice(&self.qtype.to_be_bytes());
+        out.extend_from_slice(&self.qclass.to_be_bytes());
+        if let Some((size, version, dnssec_ok, options)) = self.edns {
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&size.to_be_bytes());
+            out.extend_from_slice(&[0, version, if dnssec_ok { 0x80 } else { 0 }, 0]);
+            out.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            out.extend_from_slice(options);
+        }
+        out
+    }
+}
+
+/// What the answer must be; `None` fields are not checked.
+#[derive(Default)]
+struct Expect {
+    rcode: u16,
+    aa: Option<bool>,
+    answers: Option<usize>,
+    /// The SOA in the authority section (negative answers).
+    soa: Option<bool>,
+    /// An OPT record in the answer.
+    opt: Option<bool>,
+    /// The answer's raw flags word must include these bits.
+    flags_set: u16,
+    /// ... and must not include these.
+    flags_clear: u16,
+}
+
+fn check(dns: &Dns, rfc: &str, query: Q, want: Expect) {
+    let packet = query.bytes();
+    let raw = if query.tcp {
+        dns.tcp_raw(&packet)
+    } else {
+        dns.udp_raw(&packet)
+    };
+    let raw = raw.unwrap_or_else(|| panic!("{rfc}: no answer"));
+    let flags = u16::from_be_bytes([raw[2], raw[3]]);
+    assert_eq!(&raw[..2], &[0xbe, 0xef], "{rfc}: ID echoed");
+    assert!(flags & 0x8000 != 0, "{rfc}: QR set");
+    assert_eq!(flags & 0x0080, 0, "{rfc}: RA never set");
+    assert_eq!(flags & 0x0040, 0, "{rfc}: Z zero in answers");
+    assert_eq!(
+        flags & want.flags_set,
+        want.flags_set,
+        "{rfc}: flags {flags:#06x}"
+    );
+    assert_eq!(flags & want.flags_clear, 0, "{rfc}: flags {flags:#06x}");
+    let msg = Message::from_vec(&raw).unwrap_or_else(|e| panic!("{rfc}: answer does not parse: {e}"));
+    let rcode = u16::from(msg.metadata.response_code);
+    assert_eq!(rcode, want.rcode, "{rfc}: rcode");
+    if let Some(aa) = want.aa {
+        assert_eq!(msg.metadata.authoritative, aa, "{rfc}: AA");
+    }
+    if let Some(n) = want.answers {
+        assert_eq!(msg.answers.len(), n, "{rfc}: answers {:?}", msg.answers);
+    }
+    if let Some(soa) = want.soa {
+        let has = msg
+            .authorities
+            .iter()
+            .any(|r| r.record_type() == hickory_proto::rr::RecordType::SOA);
+        assert_eq!(has, soa, "{rfc}: SOA in authority");
+    }
+    if let Some(opt) = want.opt {
+        assert_eq!(msg.edns.is_some(), opt, "{rfc}: OPT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc_behaviours() {
+    let s = Server::start(&[]);
+    let t1 = s.add_node("node-do", "95.85.30.162").await;
+    let t2 = s.add_node("node-ec2", "52.193.37.165").await;
+    s.report("node-do", &t1, "web-1", web(1)).await;
+    s.report("node-ec2", &t2, "web-2", web(1)).await;
+    let dns = s.dns();
+    let ok = |answers| Expect {
+        aa: Some(true),
+        answers: Some(answers),
+        ..Expect::default()
+    };
+    let nodata = || Expect {
+        aa: Some(true),
+        answers: Some(0),
+        soa: Some(true),
+        ..Expect::default()
+    };
+    let cases: Vec<(&str, Q, Expect)> = vec![
+        ("RFC 1034 §4.3.2: authoritative data, AA set", q(SVC, 1), ok(2)),
+        (
+            "RFC 1035 §4.2.2: the same answer over TCP",
+            Q {
+                tcp: true,
+                ..q(SVC, 1)
+            },
+            ok(2),
+        ),
+        (
+            "RFC 1035 §4.1.1: RD is copied",
+            q(SVC, 1),
+            Expect {
+                flags_set: 0x0100,
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 4035 §3.2.2: CD is copied",
+            Q {
+                flags: 0x0110,
+                ..q(SVC, 1)
+            },
+            Expect {
+                flags_set: 0x0010,
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 8906 §3.1.3: the Z bit is ignored and zero in the answer",
+            Q {
+                flags: 0x0140,
+                ..q(SVC, 1)
+            },
+            ok(2),
+        ),
+        ("RFC 2308 §2.2: NODATA carries the SOA", q(SVC, 15), nodata()),
+        (
+            "RFC 8906 §3.1.4: an unknown type is NODATA",
+            q(SVC, 65280),
+            nodata(),
+        ),
+        (
+            "RFC 8020 §2: an empty non-terminal is NODATA",
+            q("honeniq.svc.cluster.test.", 1),
+            nodata(),
+        ),
+        (
+            "RFC 2308 §2.1: NXDOMAIN carries the SOA",
+            q("nope.svc.cluster.test.", 1),
+            Expect {
+                rcode: 3,
+                soa: Some(true),
+                aa: Some(true),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1034 §4.3.2: not authoritative for the name: REFUSED, no AA",
+            q("example.com.", 1),
+            Expect {
+                rcode: 5,
+                aa: Some(false),
+                answers: Some(0),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §3.2.4: class CH is not served",
+            Q {
+                qclass: 3,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 5,
+                aa: Some(false),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §3.2.5: QCLASS * matches IN",
+            Q {
+                qclass: 255,
+                ..q(SVC, 1)
+            },
+            ok(2),
+        ),
+        (
+            "RFC 4343 §4.1: a mixed-case question is answered",
+            q("WEB.Quickstart-Ruby.honeniq.SVC.cluster.test.", 1),
+            ok(2),
+        ),
+        ("RFC 8482 §4.2: ANY gets one RRset", q(SVC, 255), ok(2)),
+        (
+            "RFC 2782: SRV with target addresses",
+            q("_80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test.", 33),
+            ok(2),
+        ),
+        (
+            "RFC 6891 §6.1.1: OPT echoed",
+            q(SVC, 1),
+            Expect {
+                opt: Some(true),
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 6891 §7: no OPT without one in the query",
+            Q {
+                edns: None,
+                ..q(SVC, 1)
+            },
+            Expect {
+                opt: Some(false),
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 6891 §6.1.3: an unknown EDNS version is BADVERS",
+            Q {
+                edns: Some((1232, 1, false, &[])),
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 16,
+                opt: Some(true),
+                answers: Some(0),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 6891 §6.1.2: unknown EDNS options are ignored",
+            Q {
+                edns: Some((1232, 0, false, &[0xfd, 0xe9, 0, 2, 1, 2])),
+                ..q(SVC, 1)
+            },
+            Expect {
+                opt: Some(true),
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 6891 §6.2.5: a payload size under 512 counts as 512",
+            Q {
+                edns: Some((100, 0, false, &[])),
+                ..q(SVC, 1)
+            },
+            ok(2),
+        ),
+        (
+            "RFC 1035 §4.1.1: other opcodes are NOTIMP (STATUS)",
+            Q {
+                flags: 0x1000,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                aa: Some(false),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 2136 §3.1: UPDATE is not implemented",
+            Q {
+                flags: 0x2800,
+                ..q("cluster.test.", 6)
+            },
+            Expect {
+                rcode: 4,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.2: QDCOUNT 0 is a format error",
+            Q {
+                qdcount: 0,
+                edns: None,
+                ..q("", 1)
+            },
+            Expect {
+                rcode: 1,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 5936 §6: AXFR from a peer not allowed is REFUSED",
+            Q {
+                tcp: true,
+                edns: None,
+                ..q("cluster.test.", 252)
+            },
+            Expect {
+                rcode: 5,
+                answers: Some(0),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1995 §2: IXFR from a peer not allowed is REFUSED",
+            Q {
+                edns: None,
+                ..q("cluster.test.", 251)
+            },
+            Expect {
+                rcode: 5,
+                ..Expect::default()
+            },
+        ),
+    ];
+    for (rfc, query, want) in cases {
+        check(&dns, rfc, query, want);
+    }
+
+    // RFC 3225 §3: DO is copied into the answer's OPT.
+    let raw = dns
+        .udp_raw(
+            &Q {
+                edns: Some((1232, 0, true, &[])),
+                ..q(SVC, 1)
+            }
+            .bytes(),
+        )
+        .expect("answer");
+    let msg = Message::from_vec(&raw).expect("parses");
+    assert!(
+        msg.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        "RFC 3225 §3: DO echoed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc7766_idle_tcp_connections_are_closed() {
+    use std::io::Read;
+    let s = Server::start(&[]);
+    let mut stream = std::net::TcpStream::connect(s.dns).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let read = stream
+        .read(&mut buf)
+        .expect("the server closes, it does not hang");
+    assert_eq!(read, 0, "closed without a message");
+    let idle = started.elapsed();
+    assert!(
+        idle >= std::time::Duration::from_secs(9) && idle < std::time::Duration::from_secs(14),
+        "{idle:?}"
+    );
+}
