@@ -17,6 +17,10 @@ use crate::snapshot::SnapshotHandle;
 
 /// A connection with no new query for this long is closed (RFC 7766 §6.2.3 suggests seconds).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Transfer messages are written in chunks of about this many bytes...
+const TRANSFER_CHUNK: usize = 192 * 1024;
+/// ... with at most this many chunks built ahead of the writer.
+const TRANSFER_QUEUE: usize = 4;
 /// Open connections beyond this are closed at once, so a flood cannot exhaust memory.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -79,7 +83,7 @@ pub async fn serve(
 async fn transfer(
     packet: &[u8],
     snapshots: &SnapshotHandle,
-    mut signer: Option<&mut tsig::Signer>,
+    signer: Option<tsig::Signer>,
     stream: &mut TcpStream,
 ) -> std::io::Result<bool> {
     let Ok(query) = wire::parse(packet) else {
@@ -91,45 +95,62 @@ async fn transfer(
     }
     let started = std::time::Instant::now();
     let client_serial = xfr::ixfr_client_serial(packet, &query);
-    // Messages are framed into one buffer and written in large chunks.
-    let mut framed = Vec::with_capacity(256 * 1024);
-    let mut chunks = Vec::new();
-    let mut signed = Vec::new();
-    let records = xfr::transfer::<std::convert::Infallible>(&snapshot, &query, client_serial, |message| {
-        let message = match signer.as_mut() {
-            Some(signer) => {
-                signed.clear();
-                signed.extend_from_slice(message);
-                signer.sign(&mut signed);
-                &signed[..]
-            }
-            None => message,
+    let kind = match (query.qtype, client_serial) {
+        (crate::zone::rtype::IXFR, Some(c)) if c == snapshot.serial => "IXFR (up to date)",
+        (crate::zone::rtype::IXFR, Some(c)) if snapshot.journal.since(c).is_some() => "IXFR",
+        (crate::zone::rtype::IXFR, _) => "IXFR (whole zone)",
+        _ => "AXFR",
+    };
+    let serial = snapshot.serial;
+    let signed = signer.is_some();
+
+    // The messages are built on a blocking thread and streamed through a short queue, so a
+    // large zone never sits in memory whole and a slow reader slows the builder down.
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(TRANSFER_QUEUE);
+    let packet = packet.to_vec();
+    let producer = tokio::task::spawn_blocking(move || {
+        let Ok(query) = wire::parse(&packet) else {
+            return 0;
         };
-        framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
-        framed.extend_from_slice(message);
-        if framed.len() >= 192 * 1024 {
-            chunks.push(std::mem::take(&mut framed));
+        let mut signer = signer;
+        let mut framed = Vec::with_capacity(TRANSFER_CHUNK + 65536);
+        let mut signed = Vec::new();
+        let sent = xfr::transfer(&snapshot, &query, client_serial, |message| {
+            let message = match signer.as_mut() {
+                Some(signer) => {
+                    signed.clear();
+                    signed.extend_from_slice(message);
+                    signer.sign(&mut signed);
+                    &signed[..]
+                }
+                None => message,
+            };
+            framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+            framed.extend_from_slice(message);
+            if framed.len() < TRANSFER_CHUNK {
+                return Ok(());
+            }
+            let full = std::mem::replace(&mut framed, Vec::with_capacity(TRANSFER_CHUNK + 65536));
+            chunks_tx.blocking_send(full).map_err(|_| ())
+        });
+        match sent {
+            Ok(records) if chunks_tx.blocking_send(framed).is_ok() => records,
+            _ => 0, // The connection went away.
         }
-        Ok(())
-    })
-    .unwrap_or_else(|never| match never {});
-    chunks.push(framed);
-    let signed = !signed.is_empty();
-    let bytes: usize = chunks.iter().map(Vec::len).sum();
-    for chunk in chunks {
+    });
+    let mut bytes = 0usize;
+    while let Some(chunk) = chunks.recv().await {
+        bytes += chunk.len();
         stream.write_all(&chunk).await?;
     }
+    let records = producer.await.unwrap_or(0);
     tracing::info!(
-        serial = snapshot.serial,
+        serial,
         records,
         bytes,
         signed,
         ms = started.elapsed().as_secs_f64() * 1e3,
-        kind = if query.qtype == crate::zone::rtype::IXFR {
-            "IXFR"
-        } else {
-            "AXFR"
-        },
+        kind,
         "zone transfer served"
     );
     Ok(true)
@@ -168,7 +189,7 @@ async fn connection(
         };
         // A valid signature allows a transfer from anywhere; otherwise the address must match.
         let may_transfer = signer.is_some() || acl.allows(peer.ip());
-        if may_transfer && transfer(&packet, &snapshots, signer.as_mut(), &mut stream).await? {
+        if may_transfer && transfer(&packet, &snapshots, signer.clone(), &mut stream).await? {
             continue;
         }
         {
