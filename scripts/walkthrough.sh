@@ -56,6 +56,13 @@ dig @127.0.0.1 -p $DNS_PORT nope.svc.cluster.test | grep -q "status: NXDOMAIN" |
 dig @127.0.0.1 -p $DNS_PORT example.com | grep -q "status: REFUSED" || fail "REFUSED"
 dig @127.0.0.1 -p $DNS_PORT +tcp web.quickstart-ruby.honeniq.svc.cluster.test | grep -q "flags: qr aa rd;" || fail "TCP, AA"
 
+# A second client, kdig, on protocol corners: EDNS version 1 is BADVERS (RFC 6891), ANY is one
+# RRset (RFC 8482), and zone transfers are refused to peers that are not allowed.
+kdig @127.0.0.1 -p $DNS_PORT +edns=1 web.quickstart-ruby.honeniq.svc.cluster.test | grep -q "status: BADVERS" || fail "BADVERS"
+[ "$(kdig @127.0.0.1 -p $DNS_PORT +short web.quickstart-ruby.honeniq.svc.cluster.test ANY | wc -l)" = 2 ] || fail "ANY"
+xfr=$(kdig @127.0.0.1 -p $DNS_PORT cluster.test AXFR 2>&1 || true)   # kdig exits 1 when refused
+grep -q "REFUSED" <<<"$xfr" || fail "AXFR not refused: $xfr"
+
 # Stopping web-2 takes it out of DNS.
 curl -sf -X DELETE -H "Authorization: Bearer $EC2_TOKEN" \
   "$API/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-2?generation=1" >/dev/null
