@@ -75,13 +75,13 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>
             let packet = &packet[..len];
             match tsig::check(&acl.keys, packet) {
                 Check::Unsigned => {
-                    if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, packet, &mut out)) {
+                    if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, packet, 0, &mut out)) {
                         answer::respond(&snapshot, packet, Transport::Udp, 0, &mut scratch, &mut out);
                     }
                 }
                 Check::Valid(mut signer) => {
-                    if !ixfr_over_udp(&snapshot, packet, &mut out) {
-                        let reserve = signer.reserve();
+                    let reserve = signer.reserve();
+                    if !ixfr_over_udp(&snapshot, packet, reserve, &mut out) {
                         answer::respond(&snapshot, packet, Transport::Udp, reserve, &mut scratch, &mut out);
                     }
                     if !out.is_empty() {
@@ -107,9 +107,10 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>
     }
 }
 
-/// IXFR over UDP from an allowed peer (RFC 1995 §2): the current SOA alone, which says "up to
-/// date" to a current client and "come back over TCP" to any other. `false` if not an IXFR.
-fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], out: &mut Vec<u8>) -> bool {
+/// IXFR over UDP from an allowed peer (RFC 1995 §2): the increment itself when the journal
+/// has it and it fits one datagram, otherwise the current SOA alone, which says "up to date"
+/// to a current client and "come back over TCP" to any other. `false` if not an IXFR.
+fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], reserve: usize, out: &mut Vec<u8>) -> bool {
     let Ok(query) = wire::parse(packet) else {
         return false;
     };
@@ -118,6 +119,24 @@ fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], out: &mut Vec<u8>) -> bool 
         || query.lower_qname() != &snapshot.apex[..]
     {
         return false;
+    }
+    let limit = query.edns.map_or(wire::MIN_UDP_PAYLOAD, |e| {
+        e.udp_size.clamp(wire::MIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD)
+    }) as usize;
+    let client = xfr::ixfr_client_serial(packet, &query);
+    if client.is_some_and(|c| c != snapshot.serial && snapshot.journal.since(c).is_some()) {
+        let mut messages = Vec::new();
+        let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, client, |m| {
+            messages.push(m.to_vec());
+            Ok(())
+        });
+        if let [only] = &messages[..] {
+            if only.len() + reserve <= limit {
+                out.clear();
+                out.extend_from_slice(only);
+                return true;
+            }
+        }
     }
     out.clear();
     let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, Some(snapshot.serial), |m| {

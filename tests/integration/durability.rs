@@ -175,6 +175,15 @@ async fn ixfr_journal_survives_restart() {
     });
     assert!(logged, "{}", s.log());
 
+    // Over UDP (with EDNS) the same increment fits one datagram, so it comes whole (RFC 1995 §2).
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(1232);
+    q.set_edns(edns);
+    let udp = s.dns().udp_raw(&q.to_vec().expect("encode")).expect("an answer");
+    let udp = hickory_proto::op::Message::from_vec(&udp).expect("parses");
+    let names: Vec<String> = udp.answers.iter().map(|r| r.name.to_ascii()).collect();
+    assert!(names.iter().any(|n| n.starts_with("web-2.")), "{names:?}");
+
     // A serial the journal does not reach gets the whole zone.
     let mut old = hickory_proto::op::Message::query();
     old.add_query(hickory_proto::op::Query::query(fqdn(ZONE), RecordType::IXFR));
