@@ -193,3 +193,27 @@ impl Container {
         }
     }
 }
+
+/// How placement picks nodes for a service's containers (Tutum's deployment strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The node with the fewest containers in total.
+    #[default]
+    EmptiestNode,
+    /// The node with the fewest containers of this service (spread across nodes, then across
+    /// `region`/`provider` labels).
+    HighAvailability,
+    /// One container on every node that matches, following nodes as they come and go.
+    EveryNode,
+}
+
+/// A port a service publishes, as declared: `"80"` (host port chosen by placement),
+/// `"80:80"` (fixed host port), `"8053:53/udp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub container_port: u16,
+    /// `None`: a dynamic host port from the node's range.
+    pub host_port: Option<u16>,
+    pub protocol: Protocol,
+}

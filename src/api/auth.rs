@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::control::state::Caller;
+use crate::control::state::{Caller, Principal};
 
 /// A fresh token: 64 hex characters of OS randomness.
 pub fn generate_token() -> Result<String, getrandom::Error> {
@@ -56,9 +56,13 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller::Admin);
         }
         // Unknown tokens are refused here, before any work reaches the writer.
-        match state.control.node_of_token(&hashed) {
-            Some(node) => Ok(Caller::Node {
+        match state.control.principal_of(&hashed) {
+            Some(Principal::Node(node)) => Ok(Caller::Node {
                 node,
+                token_sha256: hashed,
+            }),
+            Some(Principal::User(user)) => Ok(Caller::User {
+                user,
                 token_sha256: hashed,
             }),
             None => Err(ApiError::unauthorized("the bearer token is not known")),
@@ -75,8 +79,8 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
             Caller::Admin => Ok(Admin),
-            Caller::Node { .. } => Err(ApiError::forbidden(
-                "this endpoint needs the admin token; a node token may only act on its own node",
+            Caller::Node { .. } | Caller::User { .. } => Err(ApiError::forbidden(
+                "this endpoint needs the admin token; node and user tokens act on their own node or stacks",
             )),
         }
     }

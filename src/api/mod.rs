@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 mod nodes;
 pub mod types;
+mod users;
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(nodes::router())
+        .merge(users::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

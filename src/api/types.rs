@@ -150,3 +150,19 @@ pub struct HeartbeatResponse {
 pub struct SerialResponse {
     pub serial: u32,
 }
+
+/// `POST /v1/users/{user}/tokens`: the token is shown once and never stored in clear.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserTokenResponse {
+    pub user: String,
+    pub token: String,
+    pub serial: u32,
+}
+
+/// `DELETE /v1/users/{user}/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserTokensRevoked {
+    pub user: String,
+    pub revoked: usize,
+    pub serial: u32,
+}

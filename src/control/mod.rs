@@ -23,13 +23,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::model::Label;
 use crate::snapshot::journal::Journal;
 use crate::snapshot::platform::Member;
 use crate::snapshot::{Policy, Projection, SnapshotHandle};
 use crate::store::{JournalWrite, Op, Store, StoreError};
 use crate::zone::Zone;
-use state::{Changes, State};
+use state::{Changes, Principal, State};
 
 /// Most jobs folded into one commit; bounds the latency of the first one.
 const MAX_BATCH: usize = 4096;
@@ -83,7 +82,7 @@ pub struct Committed<T> {
 
 /// Node token hashes (SHA-256 hex) and the node each belongs to, republished by the writer
 /// whenever a node or its token changes.
-pub type TokenIndex = Arc<arc_swap::ArcSwap<HashMap<String, Label>>>;
+pub type TokenIndex = Arc<arc_swap::ArcSwap<HashMap<String, Principal>>>;
 
 /// Handle to the writer; cheap to clone.
 #[derive(Clone)]
@@ -196,8 +195,8 @@ impl Control {
         ))
     }
 
-    /// The node that `token_sha256` belongs to, as of the last commit.
-    pub fn node_of_token(&self, token_sha256: &str) -> Option<Label> {
+    /// Whom `token_sha256` belongs to, as of the last commit.
+    pub fn principal_of(&self, token_sha256: &str) -> Option<Principal> {
         self.tokens.load().get(token_sha256).cloned()
     }
 
@@ -343,7 +342,7 @@ impl Writer {
             return Err(ControlError::Storage(e.to_string()));
         }
         self.serial = serial;
-        if nodes_changed || self.rebuild {
+        if nodes_changed || changes.tokens_changed || self.rebuild {
             self.tokens.store(Arc::new(self.state.token_index()));
         }
         self.rebuild = false;

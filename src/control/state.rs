@@ -23,6 +23,18 @@ pub enum Caller {
         node: Label,
         token_sha256: String,
     },
+    /// A user's token: it may act on that user's stacks only.
+    User {
+        user: Label,
+        token_sha256: String,
+    },
+}
+
+/// Whom a non-admin token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Node(Label),
+    User(Label),
 }
 
 /// A registered node and its lease.
@@ -60,6 +72,8 @@ pub struct Changes {
     pub nodes: BTreeSet<Label>,
     pub containers: BTreeSet<ContainerKey>,
     pub services: BTreeSet<ServiceKey>,
+    /// A token was issued or revoked: the API's token index must be republished.
+    pub tokens_changed: bool,
 }
 
 impl Changes {
@@ -84,6 +98,8 @@ pub struct State {
     by_node: HashMap<Label, BTreeSet<ContainerKey>>,
     /// Running and stopped containers of each service.
     by_service: HashMap<ServiceKey, BTreeSet<ContainerKey>>,
+    /// User token hashes and their users.
+    user_tokens: HashMap<String, Label>,
 }
 
 impl State {
@@ -107,6 +123,7 @@ impl State {
             state.index(&c);
             state.containers.insert(c.key.clone(), c);
         }
+        state.user_tokens = loaded.user_tokens.into_iter().collect();
         state
     }
 
@@ -169,6 +186,7 @@ impl State {
             nodes: self.nodes.keys().cloned().collect(),
             containers: self.containers.keys().cloned().collect(),
             services: self.by_service.keys().cloned().collect(),
+            tokens_changed: false,
         }
     }
 
@@ -206,8 +224,14 @@ impl State {
     ///
     /// A token that no longer belongs to its node is 401; another node's token is 403.
     pub fn authorize_node(&self, caller: &Caller, name: &Label) -> Result<(), ControlError> {
-        let Caller::Node { node, token_sha256 } = caller else {
-            return Ok(());
+        let (node, token_sha256) = match caller {
+            Caller::Admin => return Ok(()),
+            Caller::Node { node, token_sha256 } => (node, token_sha256),
+            Caller::User { .. } => {
+                return Err(ControlError::Forbidden(
+                    "a user token may act on its own stacks only, not on nodes".to_owned(),
+                ));
+            }
         };
         // Checked again here: the token may have been rotated since the index was read.
         let current = self
@@ -226,11 +250,50 @@ impl State {
     }
 
     /// Node token hashes and their nodes, for the API to recognise callers without a job.
-    pub fn token_index(&self) -> HashMap<String, Label> {
-        self.nodes
+    pub fn token_index(&self) -> HashMap<String, Principal> {
+        let nodes = self
+            .nodes
             .values()
-            .map(|n| (n.node.token_sha256.clone(), n.node.name.clone()))
-            .collect()
+            .map(|n| (n.node.token_sha256.clone(), Principal::Node(n.node.name.clone())));
+        let users = self
+            .user_tokens
+            .iter()
+            .map(|(hash, user)| (hash.clone(), Principal::User(user.clone())));
+        nodes.chain(users).collect()
+    }
+
+    /// Whether `caller` may act on `user`'s stacks. Anyone else is told the stack does not
+    /// exist (404), so a user cannot learn which other users or stacks there are.
+    pub fn may_act_for(&self, caller: &Caller, user: &Label) -> bool {
+        match caller {
+            Caller::Admin => true,
+            Caller::User {
+                user: u,
+                token_sha256,
+            } => u == user && self.user_tokens.get(token_sha256) == Some(u),
+            Caller::Node { .. } => false,
+        }
+    }
+
+    /// Issues a user token (by its hash).
+    pub fn add_user_token(&mut self, user: &Label, token_sha256: String, changes: &mut Changes) {
+        changes
+            .ops
+            .push(Op::PutUserToken(token_sha256.clone(), user.clone()));
+        changes.tokens_changed = true;
+        self.user_tokens.insert(token_sha256, user.clone());
+    }
+
+    /// Revokes every token of `user`; returns how many there were.
+    pub fn revoke_user_tokens(&mut self, user: &Label, changes: &mut Changes) -> usize {
+        let before = self.user_tokens.len();
+        self.user_tokens.retain(|_, u| u != user);
+        let revoked = before - self.user_tokens.len();
+        if revoked > 0 {
+            changes.ops.push(Op::DeleteUserTokens(user.clone()));
+            changes.tokens_changed = true;
+        }
+        revoked
     }
 
     fn node(&self, name: &Label) -> Result<&NodeState, ControlError> {

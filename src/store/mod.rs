@@ -8,6 +8,7 @@
 //! | `nodes`      | node name                   | JSON of [`model::Node`](crate::model::Node)         |
 //! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`model::Container`](crate::model::Container) (tombstones included) |
 //! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
+//! | `user_tokens`| SHA-256 of a user token     | the user it acts for                   |
 //! | `journal`    | serial (u64) a diff leads to | [`Diff::encode`] bytes, oldest trimmed first |
 //!
 //! `meta` also holds `"zone_fingerprint"`: a hash of the zone file and the record policy that
@@ -35,6 +36,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const LOST: TableDefinition<&str, ()> = TableDefinition::new("lost");
+const USER_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("user_tokens");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 const SCHEMA_VERSION: u64 = 1;
@@ -77,6 +79,9 @@ pub enum Op {
     DeleteContainer(ContainerKey),
     /// Whether a node's lease had lapsed, as published.
     SetLost(Label, bool),
+    /// A user token (by hash) and its user.
+    PutUserToken(String, Label),
+    DeleteUserTokens(Label),
 }
 
 /// What a commit does to the IXFR journal.
@@ -102,6 +107,8 @@ pub struct Loaded {
     pub containers: Vec<Container>,
     /// Nodes that were lost when the last serial was published.
     pub lost: Vec<Label>,
+    /// User token hashes and their users.
+    pub user_tokens: Vec<(String, Label)>,
     /// The journal, oldest first.
     pub journal: Vec<Diff>,
     pub fingerprint: Option<u64>,
@@ -132,6 +139,7 @@ impl Store {
             txn.open_table(NODES).map_err(redb_err)?;
             txn.open_table(CONTAINERS).map_err(redb_err)?;
             txn.open_table(LOST).map_err(redb_err)?;
+            txn.open_table(USER_TOKENS).map_err(redb_err)?;
             txn.open_table(JOURNAL).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
@@ -157,6 +165,21 @@ impl Store {
                 })?,
             );
         }
+        let mut user_tokens = Vec::new();
+        for row in txn
+            .open_table(USER_TOKENS)
+            .map_err(redb_err)?
+            .iter()
+            .map_err(redb_err)?
+        {
+            let (hash, user) = row.map_err(redb_err)?;
+            let user = Label::parse("user", user.value()).map_err(|e| StoreError::Corrupt {
+                table: "user_tokens",
+                key: hash.value().to_owned(),
+                message: e.to_string(),
+            })?;
+            user_tokens.push((hash.value().to_owned(), user));
+        }
         let mut journal = Vec::new();
         for row in txn
             .open_table(JOURNAL)
@@ -176,6 +199,7 @@ impl Store {
             nodes,
             containers,
             lost,
+            user_tokens,
             journal,
             fingerprint,
         })
@@ -190,6 +214,7 @@ impl Store {
             let mut nodes = txn.open_table(NODES).map_err(redb_err)?;
             let mut containers = txn.open_table(CONTAINERS).map_err(redb_err)?;
             let mut lost = txn.open_table(LOST).map_err(redb_err)?;
+            let mut user_tokens = txn.open_table(USER_TOKENS).map_err(redb_err)?;
             for op in ops {
                 match op {
                     Op::PutNode(node) => {
@@ -213,6 +238,14 @@ impl Store {
                     }
                     Op::SetLost(node, false) => {
                         lost.remove(node.as_str()).map_err(redb_err)?;
+                    }
+                    Op::PutUserToken(hash, user) => {
+                        user_tokens
+                            .insert(hash.as_str(), user.as_str())
+                            .map_err(redb_err)?;
+                    }
+                    Op::DeleteUserTokens(user) => {
+                        user_tokens.retain(|_, u| u != user.as_str()).map_err(redb_err)?;
                     }
                 }
             }

@@ -461,3 +461,39 @@ async fn health_readiness_and_metrics() {
     let (status, body) = s.call("GET", "/v1/nope", Some(ADMIN), None).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_tokens_are_issued_scoped_and_revoked() {
+    let s = Server::start(&[]);
+    s.add_node("node-do", "10.0.0.1").await;
+    let (status, body) = s
+        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
+        .await;
+    assert_eq!((status, body["user"].as_str()), (201, Some("honeniq")), "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let (status, body) = s
+        .call("POST", "/v1/users/Bad_User/tokens", Some(ADMIN), None)
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_name"));
+
+    // A user token is known (not 401) but may not act on nodes or admin endpoints.
+    assert_eq!(s.call("GET", "/v1/nodes", Some(&token), None).await.0, 403);
+    let (status, body) = s.report("node-do", &token, "web-1", web(1)).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"));
+    assert_eq!(
+        s.call("POST", "/v1/users/honeniq/tokens", Some(&token), None)
+            .await
+            .0,
+        403
+    );
+
+    let (status, body) = s
+        .call("DELETE", "/v1/users/honeniq/tokens", Some(ADMIN), None)
+        .await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        s.call("GET", "/v1/nodes", Some(&token), None).await.0,
+        401,
+        "revoked"
+    );
+}

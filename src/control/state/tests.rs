@@ -151,7 +151,7 @@ fn node_tokens_only_act_on_their_node() {
         s.authorize_node(&node("a", "stale"), &label("a")),
         Err(ControlError::Unauthorized)
     ));
-    assert_eq!(s.token_index().get("tb"), Some(&label("b")));
+    assert_eq!(s.token_index().get("tb"), Some(&Principal::Node(label("b"))));
 }
 
 #[test]
