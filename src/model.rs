@@ -153,7 +153,7 @@ impl fmt::Display for ContainerKey {
 }
 
 /// Identity of a service: `web` of stack `quickstart-ruby` of user `honeniq`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub user: Label,
     pub stack: Label,

@@ -67,6 +67,8 @@ impl Server {
             source,
         })?;
         let admin_token_sha256 = crate::api::auth::hash_token(&admin_token(args)?);
+        // Read before anything is committed, so a bad key file changes nothing.
+        let tsig_keys = tsig_keys(args)?;
 
         let policy = Policy {
             ttl: args.ttl,
@@ -84,7 +86,7 @@ impl Server {
         let cancel = CancellationToken::new();
         let acl = crate::dns::xfr::TransferAcl {
             allow: args.allow_transfer.clone(),
-            keys: tsig_keys(args)?,
+            keys: tsig_keys,
         };
         let dns = DnsServer::start(
             args.dns,

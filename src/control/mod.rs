@@ -153,7 +153,7 @@ impl Control {
         let journal_write = match &diff {
             Some(diff) => JournalWrite::Append {
                 diff,
-                limit: publisher.journal_limit,
+                keep_from: projection.journal().oldest_serial().unwrap_or(diff.to),
             },
             None => JournalWrite::Reset { fingerprint },
         };
@@ -307,7 +307,7 @@ impl Writer {
     }
 
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
-    fn commit(&mut self, changes: Changes) -> Result<u32, ControlError> {
+    fn commit(&mut self, mut changes: Changes) -> Result<u32, ControlError> {
         if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
         }
@@ -320,6 +320,14 @@ impl Writer {
         // Build the next snapshot first: its difference is stored with the change.
         let mut reset = None;
         if self.rebuild {
+            // A failed batch may have changed leases in memory only: store them all, so the
+            // next start rebuilds exactly the zone published now.
+            let leases = self
+                .state
+                .nodes
+                .values()
+                .map(|n| Op::SetLost(n.node.name.clone(), !n.live));
+            changes.ops.extend(leases);
             self.projection = self.publisher.projection();
             project(&mut self.projection, &self.state, &self.state.everything());
             reset = Some(self.projection.fingerprint());
@@ -331,7 +339,7 @@ impl Writer {
             (Some(fingerprint), _) => JournalWrite::Reset { fingerprint },
             (None, Some(diff)) => JournalWrite::Append {
                 diff,
-                limit: self.publisher.journal_limit,
+                keep_from: self.projection.journal().oldest_serial().unwrap_or(diff.to),
             },
             (None, None) => JournalWrite::Keep,
         };

@@ -173,7 +173,7 @@ fn answer(
         (op, ..) if op != OPCODE_QUERY => rcode::NOTIMP,
         (.., None) => rcode::REFUSED,
         _ if query.qclass != CLASS_IN && query.qclass != CLASS_ANY => rcode::REFUSED,
-        // Zone transfers need TCP and an allowed peer; none are configured yet.
+        // Transfers from allowed peers are taken by the transports (dns::xfr) before this.
         _ if matches!(query.qtype, rtype::AXFR | rtype::IXFR) => rcode::REFUSED,
         _ if query.qtype == rtype::OPT => rcode::FORMERR,
         (.., Some(rel)) => {

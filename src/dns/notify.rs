@@ -67,12 +67,14 @@ pub fn message(snapshot: &Snapshot, id: u16) -> Vec<u8> {
     m
 }
 
-/// Whether `reply` acknowledges the NOTIFY with this id (RFC 1996 §4.7: same id, QR, opcode).
-fn acknowledges(reply: &[u8], id: u16) -> bool {
-    reply.len() >= HEADER_LEN
+/// The response code of `reply` if it answers the NOTIFY with this id (RFC 1996 §4.7: same
+/// id, QR set, opcode NOTIFY).
+fn answer_rcode(reply: &[u8], id: u16) -> Option<u8> {
+    (reply.len() >= HEADER_LEN
         && u16::from_be_bytes([reply[0], reply[1]]) == id
         && reply[2] & 0x80 != 0
-        && u16::from(reply[2] >> 3 & 0xF) == OPCODE_NOTIFY
+        && u16::from(reply[2] >> 3 & 0xF) == OPCODE_NOTIFY)
+        .then_some(reply[3] & 0xF)
 }
 
 async fn notify_target(
@@ -127,11 +129,19 @@ async fn notify_target(
                     }
                     () = tokio::time::sleep_until(deadline) => break,
                     received = socket.recv_from(&mut buf) => {
-                        if let Ok((n, from)) = received {
-                            if from == target && acknowledges(&buf[..n], id) {
+                        let Ok((n, from)) = received else { continue };
+                        match answer_rcode(&buf[..n], id).filter(|_| from == target) {
+                            Some(0) => {
                                 acked = true;
                                 break;
                             }
+                            Some(rcode) => {
+                                // An answer, but a refusal: retrying will not change its mind.
+                                tracing::warn!(%target, rcode, serial = snapshot.serial, "secondary refused NOTIFY; check its notify ACL");
+                                acked = true;
+                                break;
+                            }
+                            None => {}
                         }
                     }
                 }

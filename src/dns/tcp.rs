@@ -90,7 +90,7 @@ async fn transfer(
         return Ok(false);
     };
     let snapshot = snapshots.load_full();
-    if !xfr::is_transfer(&query) || query.opcode != 0 || query.lower_qname() != &snapshot.apex[..] {
+    if !xfr::is_transfer(&query) || query.lower_qname() != &snapshot.apex[..] {
         return Ok(false);
     }
     let started = std::time::Instant::now();

@@ -126,6 +126,10 @@ fn now() -> u64 {
 }
 
 fn check_at(keys: &[Key], packet: &[u8], now: u64) -> Check {
+    // A response is never answered, signed or not; the answer path drops it.
+    if packet.get(2).is_some_and(|flags| flags & 0x80 != 0) {
+        return Check::Unsigned;
+    }
     let Some(found) = find(packet) else {
         return Check::Unsigned;
     };
@@ -147,7 +151,8 @@ fn check_at(keys: &[Key], packet: &[u8], now: u64) -> Check {
         original_id: found.original_id,
         signed: 0,
     };
-    if now.abs_diff(found.time_signed) > u64::from(found.fudge) {
+    // The window is the request's fudge, but never more than ours (RFC 8945 §10: 300 s).
+    if now.abs_diff(found.time_signed) > u64::from(found.fudge.min(FUDGE)) {
         return Check::Refused(error_reply(packet, &found, BADTIME, Some(signer)));
     }
     Check::Valid(signer)

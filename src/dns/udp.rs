@@ -115,7 +115,7 @@ fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], reserve: usize, out: &mut V
         return false;
     };
     if query.qtype != crate::zone::rtype::IXFR
-        || query.opcode != 0
+        || !xfr::is_transfer(&query)
         || query.lower_qname() != &snapshot.apex[..]
     {
         return false;

@@ -38,9 +38,14 @@ impl TransferAcl {
     }
 }
 
-/// Whether the query asks for a transfer of this zone (its apex, class IN or ANY).
+/// Whether the query asks for a transfer that this module answers: AXFR or IXFR, opcode
+/// QUERY, class IN or ANY, and no EDNS version we do not speak (those get BADVERS from the
+/// ordinary answer path). The caller checks that the name is the apex.
 pub fn is_transfer(query: &Query<'_>) -> bool {
     matches!(query.qtype, rtype::AXFR | rtype::IXFR)
+        && query.opcode == 0
+        && matches!(query.qclass, 1 | 255)
+        && query.edns.is_none_or(|e| e.version == 0)
 }
 
 /// The serial in an IXFR query's authority SOA (RFC 1995 §3), if there is one.

@@ -65,6 +65,11 @@ impl Diff {
         diff
     }
 
+    /// Records removed plus records added.
+    pub fn records(&self) -> usize {
+        self.removed.len() + self.added.len()
+    }
+
     /// Compact binary form for the store: from, to, then each section as a count and records
     /// (owner length, owner, type, TTL, RDATA length, RDATA), all big-endian.
     pub fn encode(&self) -> Vec<u8> {
@@ -158,16 +163,28 @@ impl Journal {
         Self { diffs: chain.into() }
     }
 
-    /// This journal with `diff` appended, keeping at most `limit` diffs.
-    pub fn push(&self, diff: Arc<Diff>, limit: usize) -> Self {
+    /// This journal with `diff` appended, keeping at most `limit` diffs and, beyond the newest
+    /// one, at most `max_records` records: once the differences outweigh the zone, a whole
+    /// transfer is the cheaper answer, and memory stays in proportion to the zone.
+    pub fn push(&self, diff: Arc<Diff>, limit: usize, max_records: usize) -> Self {
         if limit == 0 {
             return Self::default();
         }
         let contiguous = self.diffs.last().is_none_or(|last| last.to == diff.from);
         let keep = if contiguous { &self.diffs[..] } else { &[] };
-        let skip = (keep.len() + 1).saturating_sub(limit);
+        let mut skip = (keep.len() + 1).saturating_sub(limit);
+        let mut records: usize = diff.records() + keep[skip..].iter().map(|d| d.records()).sum::<usize>();
+        while skip < keep.len() && records > max_records {
+            records -= keep[skip].records();
+            skip += 1;
+        }
         let diffs: Vec<Arc<Diff>> = keep[skip..].iter().cloned().chain([diff]).collect();
         Self { diffs: diffs.into() }
+    }
+
+    /// The serial the oldest kept difference leads to.
+    pub fn oldest_serial(&self) -> Option<u32> {
+        self.diffs.first().map(|d| d.to)
     }
 
     /// The diffs leading from serial `from` to the latest one, if the journal reaches back
@@ -225,13 +242,20 @@ mod tests {
     fn journal_is_bounded_and_contiguous() {
         let mut j = Journal::default();
         for s in 1..=5 {
-            j = j.push(Arc::new(diff(s, s + 1)), 3);
+            j = j.push(Arc::new(diff(s, s + 1)), 3, 100);
         }
         assert_eq!(j.len(), 3);
         assert_eq!(j.since(3).map(<[_]>::len), Some(3));
         assert_eq!(j.since(5).map(<[_]>::len), Some(1));
         assert!(j.since(2).is_none(), "trimmed");
-        let j = j.push(Arc::new(diff(10, 11)), 3);
+        let heavy = j.push(Arc::new(diff(6, 7)), 3, 6);
+        assert_eq!(
+            heavy.since(6).map(<[_]>::len),
+            Some(1),
+            "only what fits 6 records: 3 each"
+        );
+        assert!(heavy.since(5).is_some() && heavy.since(4).is_none());
+        let j = j.push(Arc::new(diff(10, 11)), 3, 100);
         assert_eq!(
             (j.len(), j.last_serial()),
             (1, Some(11)),

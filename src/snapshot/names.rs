@@ -83,6 +83,15 @@ impl Names {
         self.get_arc(rel).map(|e| &**e)
     }
 
+    /// Number of names, empty non-terminals included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn get_arc(&self, rel: &[u8]) -> Option<&Arc<Entry>> {
         let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
         shard.map.get(rel).map(|s| &s.entry)

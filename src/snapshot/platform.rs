@@ -24,6 +24,9 @@ use crate::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
 use crate::name;
 use crate::zone::{Zone, rtype};
 
+/// The journal may always hold this many records, however small the zone.
+const MIN_JOURNAL_RECORDS: usize = 10_000;
+
 /// A container of a service, as the service's names need it.
 pub struct Member<'a> {
     pub key: &'a ContainerKey,
@@ -211,6 +214,11 @@ impl Projection {
         self.srv_owners.insert(key.clone(), owners);
     }
 
+    /// The journal as of the last publication.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// Continues `journal` (read from the store); the current names must be the zone at its
     /// last serial.
     pub fn resume_journal(&mut self, journal: Journal) {
@@ -268,7 +276,8 @@ impl Projection {
         let diff = match self.published {
             Some(from) if self.journal_limit > 0 => {
                 let diff = Arc::new(Diff::from_changes(from, serial, &self.names.take_changes()));
-                self.journal = self.journal.push(diff.clone(), self.journal_limit);
+                let max_records = self.names.len().max(MIN_JOURNAL_RECORDS);
+                self.journal = self.journal.push(diff.clone(), self.journal_limit, max_records);
                 Some(diff)
             }
             _ => {

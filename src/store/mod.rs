@@ -27,7 +27,7 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::model::{Container, ContainerKey, Label, Node};
 use crate::snapshot::journal::Diff;
@@ -88,10 +88,10 @@ pub enum Op {
 #[derive(Debug, Clone, Copy)]
 pub enum JournalWrite<'d> {
     Keep,
-    /// Append this diff, then trim the oldest until at most `limit` remain.
+    /// Append this diff, and forget the ones leading to serials before `keep_from`.
     Append {
         diff: &'d Diff,
-        limit: usize,
+        keep_from: u32,
     },
     /// Forget every diff (the chain is broken), and record the zone's new fingerprint.
     Reset {
@@ -252,11 +252,15 @@ impl Store {
             let mut table = txn.open_table(JOURNAL).map_err(redb_err)?;
             match journal {
                 JournalWrite::Keep => {}
-                JournalWrite::Append { diff, limit } => {
+                JournalWrite::Append { diff, keep_from } => {
                     table
                         .insert(u64::from(diff.to), diff.encode().as_slice())
                         .map_err(redb_err)?;
-                    while table.len().map_err(redb_err)? > limit as u64 {
+                    while table
+                        .first()
+                        .map_err(redb_err)?
+                        .is_some_and(|(serial, _)| serial.value() < u64::from(keep_from))
+                    {
                         table.pop_first().map_err(redb_err)?;
                     }
                 }

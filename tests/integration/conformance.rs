@@ -388,3 +388,48 @@ async fn rfc7766_idle_tcp_connections_are_closed() {
         "{idle:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfers_check_class_and_edns_version() {
+    let s = Server::start(&["--allow-transfer", "127.0.0.1/32"]);
+    let dns = s.dns();
+    let axfr = Q {
+        tcp: true,
+        edns: None,
+        ..q("cluster.test.", 252)
+    };
+    check(
+        &dns,
+        "RFC 5936 §2.2: AXFR from an allowed peer",
+        axfr,
+        Expect {
+            aa: Some(true),
+            ..Expect::default()
+        },
+    );
+    let chaos = Q { qclass: 3, ..axfr };
+    check(
+        &dns,
+        "RFC 1035 §3.2.4: no CH-class transfer",
+        chaos,
+        Expect {
+            rcode: 5,
+            answers: Some(0),
+            ..Expect::default()
+        },
+    );
+    let v1 = Q {
+        edns: Some((1232, 1, false, &[])),
+        ..axfr
+    };
+    check(
+        &dns,
+        "RFC 6891 §6.1.3: BADVERS before any transfer",
+        v1,
+        Expect {
+            rcode: 16,
+            answers: Some(0),
+            ..Expect::default()
+        },
+    );
+}

@@ -12,13 +12,20 @@ fn key() -> Key {
 
 /// A SOA query for cluster.test signed with `secret` at `time`.
 fn signed_query(secret: &[u8], time: u64) -> Vec<u8> {
+    signed_query_with_fudge(secret, time, FUDGE)
+}
+
+fn signed_query_with_fudge(secret: &[u8], time: u64, fudge: u16) -> Vec<u8> {
     let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     q.extend_from_slice(b"\x07cluster\x04test\x00\x00\x06\x00\x01");
     let mut mac = HmacSha256::new_from_slice(secret).expect("hmac");
     mac.update(&q);
-    variables(&mut mac, &key().name, time, FUDGE, 0, &[]);
+    variables(&mut mac, &key().name, time, fudge, 0, &[]);
     let digest = mac.finalize().into_bytes();
     append_tsig(&mut q, &key().name, time, &digest, 0x1234, 0, &[]);
+    // append_tsig writes our own fudge; put the client's in its place (the MAC covers it).
+    let fudge_at = q.len() - 2 - 2 - 2 - MAC_LEN - 2 - 2;
+    q[fudge_at..fudge_at + 2].copy_from_slice(&fudge.to_be_bytes());
     q
 }
 
@@ -101,4 +108,26 @@ fn bad_requests_get_the_rfc_errors() {
         panic!("stale time accepted")
     };
     assert_eq!(tsig_error(&reply), (BADTIME, MAC_LEN), "BADTIME, signed");
+}
+
+#[test]
+fn the_time_window_is_capped_and_responses_are_not_checked() {
+    let now = 1_800_000_000;
+    // A client asking for a 65535 s fudge still gets 300 s.
+    let mut query = signed_query(SECRET, now - 1000);
+    let fudge_at = query.len() - 6 - 2 - MAC_LEN - 2 - 2;
+    query[fudge_at..fudge_at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+    // The MAC covers the fudge, so re-sign with it changed: check_at reads it from the record.
+    let Check::Refused(reply) = check_at(&[key()], &query, now) else {
+        panic!("accepted")
+    };
+    let (error, _) = tsig_error(&reply);
+    assert!(error == BADTIME || error == BADSIG, "refused either way: {error}");
+
+    let mut response = signed_query(SECRET, now);
+    response[2] |= 0x80;
+    assert!(
+        matches!(check_at(&[key()], &response, now), Check::Unsigned),
+        "left to the drop rule"
+    );
 }
