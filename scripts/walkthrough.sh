@@ -68,5 +68,59 @@ curl -sf -X DELETE -H "Authorization: Bearer $EC2_TOKEN" \
   "$API/v1/nodes/node-ec2/containers/honeniq/quickstart-ruby/web-2?generation=1" >/dev/null
 [ "$(q web.quickstart-ruby.honeniq.svc.cluster.test)" = "95.85.30.162" ] || fail "web-2 still answered"
 
+# --- the README's stack section ---
+cd "$WORK"
+cat > stackfile.yml <<'YAML'
+redis:
+  image: 'tutum/redis:latest'
+  environment:
+    - REDIS_PASS=password
+web:
+  image: 'honeniq/quickstart-ruby:latest'
+  links:
+    - redis
+  ports:
+    - '80:80'
+YAML
+first=$(curl -s -X PUT -H "$AUTH" -H 'Content-Type: application/yaml' \
+  --data-binary @stackfile.yml $API/v1/stacks/honeniq/quickstart-ruby | jq -r '[.stack.containers[].name] | join(" ")')
+[ "$first" = "redis-1 web-1" ] || fail "first Stackfile placed '$first'"
+two=$(curl -s -X PATCH -H "$AUTH" $API/v1/stacks/honeniq/quickstart-ruby/services/web \
+  -d '{"target_num_containers": 2}' | jq -r '[.stack.containers[] | select(.service == "web") | .node] | unique | length')
+[ "$two" = 2 ] || fail "web-1 and web-2 not on two nodes"
+three=$(curl -s -X PATCH -H "$AUTH" $API/v1/stacks/honeniq/quickstart-ruby/services/web \
+  -d '{"target_num_containers": 3}' | jq -r '.error.message')
+grep -q "cannot place web-3: needs host port 80/tcp" <<<"$three" || fail "scale to 3 said '$three'"
+cat > stackfile.yml <<'YAML'
+haproxy:
+  image: 'tutum/haproxy:latest'
+  links:
+    - web
+  ports:
+    - '80:80'
+redis:
+  image: 'tutum/redis:latest'
+  environment:
+    - REDIS_PASS=password
+web:
+  image: 'honeniq/quickstart-ruby:latest'
+  links:
+    - redis
+  ports:
+    - '80'
+  target_num_containers: 3
+YAML
+webs=$(curl -s -X PUT -H "$AUTH" -H 'Content-Type: application/yaml' \
+  --data-binary @stackfile.yml $API/v1/stacks/honeniq/quickstart-ruby | jq '[.stack.containers[] | select(.service == "web")] | length')
+[ "$webs" = 3 ] || fail "second Stackfile placed $webs web containers"
+for node in node-do node-ec2; do
+  token=$([ $node = node-do ] && echo $DO_TOKEN || echo $EC2_TOKEN)
+  curl -s -H "Authorization: Bearer $token" $API/v1/nodes/$node/assignments \
+    | jq '{containers: [.assignments[] | {user, stack, name, service, ports, generation}]}' \
+    | curl -sf -X PUT -H "Authorization: Bearer $token" $API/v1/nodes/$node/containers -d @- >/dev/null \
+    || fail "agent report for $node"
+done
+[ "$(q _80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test SRV | wc -l)" = 3 ] || fail "SRV does not list three web containers"
+
 kill -TERM "$PID"; wait "$PID" || fail "unclean exit on SIGTERM"; PID=
 echo "walkthrough: 1 passed, 0 failed"

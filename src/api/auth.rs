@@ -22,6 +22,19 @@ pub fn generate_token() -> Result<String, getrandom::Error> {
     Ok(hex(&bytes))
 }
 
+/// A fresh token and its stored form, or the API error saying none could be made.
+pub fn new_token() -> Result<(String, String), ApiError> {
+    let token = generate_token().map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no_randomness",
+            format!("cannot generate a token: {e}"),
+        )
+    })?;
+    let hash = hash_token(&token);
+    Ok((token, hash))
+}
+
 /// The stored form of a token.
 pub fn hash_token(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))

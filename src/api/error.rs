@@ -90,6 +90,9 @@ impl From<ControlError> for ApiError {
                 )
             }
             ControlError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
+            ControlError::Unplaceable { code, .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 mod nodes;
+mod stacks;
 pub mod types;
 mod users;
 
@@ -48,16 +49,19 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(nodes::router())
         .merge(users::router())
+        .merge(stacks::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Blocking queries wait longer than any other request may take, by design.
+        .merge(stacks::blocking_router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -117,6 +121,32 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
     ))
 }
 
+/// A raw body (a Stackfile) within the size limit, with the API's 413.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(body_rejection)
+    }
+}
+
+fn body_rejection(r: axum::extract::rejection::BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        ApiError::bad_request("invalid_body", r.body_text())
+    }
+}
+
 /// A JSON body with errors in the API's own shape: 413 over the limit, 400 naming the
 /// unknown field or the syntax error's line and column.
 pub struct JsonBody<T>(pub T);
@@ -125,17 +155,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
-                )
-            } else {
-                ApiError::bad_request("invalid_body", r.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             let message = e.to_string();
             let code = if message.starts_with("unknown field") {

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use super::auth::{Admin, generate_token, hash_token};
+use super::auth::{Admin, new_token};
 use super::error::ApiError;
 use super::types::*;
 use super::{AppState, JsonBody};
@@ -134,14 +134,7 @@ async fn put_node(
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
     let spec = node_spec(req)?;
-    let token = generate_token().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no_randomness",
-            format!("cannot generate a token: {e}"),
-        )
-    })?;
-    let token_hash = hash_token(&token);
+    let (token, token_hash) = new_token()?;
     let apex = app.apex.clone();
     let done = app
         .control
@@ -234,14 +227,7 @@ async fn rotate_token(
     Path(node): Path<String>,
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
-    let token = generate_token().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no_randomness",
-            format!("cannot generate a token: {e}"),
-        )
-    })?;
-    let token_hash = hash_token(&token);
+    let (token, token_hash) = new_token()?;
     let apex = app.apex.clone();
     let done = app
         .control

@@ -166,3 +166,104 @@ pub struct UserTokensRevoked {
     pub revoked: usize,
     pub serial: u32,
 }
+
+/// `PATCH /v1/stacks/{user}/{stack}/services/{service}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub target_num_containers: u32,
+}
+
+/// A stack as Tutum's Endpoints tab showed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackView {
+    pub user: String,
+    pub stack: String,
+    pub services: Vec<ServiceView>,
+    pub containers: Vec<StackContainer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub image: String,
+    pub strategy: crate::model::Strategy,
+    /// Desired containers (`every_node`: ignored, one per matching node).
+    pub target_num_containers: u32,
+    /// Containers placement assigned.
+    pub assigned: usize,
+    /// Containers agents report running on live nodes.
+    pub running: usize,
+    /// `<service>.<stack>.<user>.svc.<zone>`: every running container, round robin.
+    pub endpoint: String,
+    /// `_<port>._<proto>.<endpoint>` SRV names of the published ports.
+    pub srv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackContainer {
+    pub name: String,
+    pub service: String,
+    pub node: String,
+    /// Host ports as placed (fixed or allocated).
+    pub ports: Vec<Port>,
+    pub generation: u64,
+    /// `running` (its agent reports it), `assigned` (not reported yet), or `lost` (its node's
+    /// lease lapsed).
+    pub state: String,
+    /// `<name>.<stack>.<user>.cont.<zone>`.
+    pub endpoint: String,
+}
+
+/// Answer to stack writes and reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackResponse {
+    pub stack: StackView,
+    /// True when nothing was applied (`?dry_run=true`): `stack` shows the plan.
+    pub dry_run: bool,
+    /// What the change did to containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<crate::control::stacks::Applied>,
+    /// Dry runs: every node's verdict for every container placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdicts: Option<serde_json::Value>,
+    pub serial: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackList {
+    pub user: String,
+    pub stacks: Vec<String>,
+    pub serial: u32,
+}
+
+/// `GET /v1/nodes/{node}/assignments`: what the node's agent must run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentList {
+    pub node: String,
+    /// Pass it back as `?index=` to wait for the next change.
+    pub index: u64,
+    pub assignments: Vec<AssignmentItem>,
+    pub serial: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentItem {
+    pub user: String,
+    pub stack: String,
+    pub service: String,
+    pub name: String,
+    pub image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    pub environment: BTreeMap<String, String>,
+    /// In the shape agents report: `{container_port, host_port, protocol}`.
+    pub ports: Vec<Port>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_limit_mb: Option<u64>,
+    /// Report the container with this generation.
+    pub generation: u64,
+    pub endpoint: String,
+}

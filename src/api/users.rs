@@ -6,7 +6,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::AppState;
-use super::auth::{Admin, generate_token, hash_token};
+use super::auth::{Admin, new_token};
 use super::error::ApiError;
 use super::types::{UserTokenResponse, UserTokensRevoked};
 use crate::model::Label;
@@ -22,14 +22,7 @@ async fn issue(
     Path(user): Path<String>,
 ) -> Result<(StatusCode, Json<UserTokenResponse>), ApiError> {
     let user = Label::parse("user", &user)?;
-    let token = generate_token().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no_randomness",
-            format!("cannot generate a token: {e}"),
-        )
-    })?;
-    let hash = hash_token(&token);
+    let (token, hash) = new_token()?;
     let name = user.clone();
     let done = app
         .control

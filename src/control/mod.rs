@@ -14,6 +14,7 @@
 //! the response is one that already answers with the change. Reads run through the same
 //! queue, so they always see a consistent state.
 
+pub mod stacks;
 pub mod state;
 
 use std::collections::HashMap;
@@ -60,6 +61,18 @@ pub enum ControlError {
     Storage(String),
     #[error("the server is shutting down")]
     Stopped,
+    /// Placement cannot satisfy the request; nothing was changed.
+    #[error("{message}")]
+    Unplaceable { code: &'static str, message: String },
+}
+
+impl From<crate::placement::PlacementError> for ControlError {
+    fn from(e: crate::placement::PlacementError) -> Self {
+        ControlError::Unplaceable {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Everything a job may touch.
@@ -92,6 +105,8 @@ pub struct Control {
     tokens: TokenIndex,
     /// The serial of the latest published snapshot, for whoever must react to it (NOTIFY).
     serials: watch::Receiver<u32>,
+    /// The assignment index after the latest commit.
+    assignments: watch::Receiver<u64>,
 }
 
 /// Fixed inputs of every snapshot.
@@ -122,8 +137,17 @@ impl Control {
         let stored_serial = loaded.serial;
         let stored_fingerprint = loaded.fingerprint;
         let journal = Journal::from_diffs(std::mem::take(&mut loaded.journal));
+        let stacks = stacks::Stacks::from_loaded(&mut loaded)?;
         let now = Instant::now();
         let mut state = State::from_loaded(loaded, now);
+        state.stacks = stacks;
+        // Every node starts at the current index: an agent holding an older one hears at once.
+        let index = state.stacks.index;
+        let names: Vec<_> = state.nodes.keys().cloned().collect();
+        state
+            .stacks
+            .node_index
+            .extend(names.into_iter().map(|n| (n, index)));
         tracing::info!(
             nodes = state.nodes.len(),
             containers = state.containers.len(),
@@ -169,8 +193,10 @@ impl Control {
         let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(state.token_index()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (serial_tx, serials) = watch::channel(serial);
+        let (assignments_tx, assignments) = watch::channel(state.stacks.index);
         let writer = Writer {
             serials: serial_tx,
+            assignments: assignments_tx,
             store,
             state,
             serial,
@@ -190,6 +216,7 @@ impl Control {
                 snapshots,
                 tokens,
                 serials,
+                assignments,
             },
             thread,
         ))
@@ -198,6 +225,11 @@ impl Control {
     /// Whom `token_sha256` belongs to, as of the last commit.
     pub fn principal_of(&self, token_sha256: &str) -> Option<Principal> {
         self.tokens.load().get(token_sha256).cloned()
+    }
+
+    /// Follows the assignment index (see `stacks`), for blocking assignment queries.
+    pub fn assignment_index(&self) -> watch::Receiver<u64> {
+        self.assignments.clone()
     }
 
     /// Follows the published serial.
@@ -262,7 +294,8 @@ fn project(projection: &mut Projection, state: &State, changes: &Changes) {
             address: state.live_address(c),
             ports: &c.ports,
         }));
-        projection.service(service, &members);
+        let declared = state.declared_ports(service);
+        projection.service(service, &members, declared.as_deref());
     }
 }
 
@@ -276,6 +309,7 @@ struct Writer {
     snapshots: SnapshotHandle,
     tokens: TokenIndex,
     serials: watch::Sender<u32>,
+    assignments: watch::Sender<u64>,
     /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
     /// (lease changes of the failed batch are kept in memory and must still be published).
     rebuild: bool,
@@ -297,6 +331,10 @@ impl Writer {
                     let Ok(job) = jobs.try_recv() else { break };
                     completions.push(job(&mut ctx));
                 }
+            }
+            // Nodes came, went, were lost or came back: placement follows in the same commit.
+            if !changes.nodes.is_empty() {
+                self.state.reconcile(&mut changes);
             }
             let result = self.commit(changes);
             for complete in completions {
@@ -356,6 +394,9 @@ impl Writer {
         self.rebuild = false;
         self.snapshots.store(Arc::new(snapshot));
         self.serials.send_replace(serial);
+        let index = self.state.stacks.index;
+        self.assignments
+            .send_if_modified(|current| std::mem::replace(current, index) != index);
         tracing::debug!(
             serial,
             ops = changes.ops.len(),
@@ -368,7 +409,14 @@ impl Writer {
     /// Replaces the in-memory state with the database's, keeping leases.
     fn reload(&mut self) {
         match self.store.load() {
-            Ok(loaded) => {
+            Ok(mut loaded) => {
+                let stacks = match stacks::Stacks::from_loaded(&mut loaded) {
+                    Ok(stacks) => stacks,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload stacks");
+                        return;
+                    }
+                };
                 let leases: Vec<_> = self
                     .state
                     .nodes
@@ -376,6 +424,7 @@ impl Writer {
                     .map(|(k, n)| (k.clone(), n.last_seen, n.live))
                     .collect();
                 self.state = State::from_loaded(loaded, Instant::now());
+                self.state.stacks = stacks;
                 for (name, last_seen, live) in leases {
                     if let Some(n) = self.state.nodes.get_mut(&name) {
                         n.last_seen = last_seen;

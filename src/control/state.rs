@@ -100,6 +100,8 @@ pub struct State {
     by_service: HashMap<ServiceKey, BTreeSet<ContainerKey>>,
     /// User token hashes and their users.
     user_tokens: HashMap<String, Label>,
+    /// Declared stacks and where placement put their containers.
+    pub stacks: super::stacks::Stacks,
 }
 
 impl State {
@@ -185,7 +187,12 @@ impl State {
             ops: Vec::new(),
             nodes: self.nodes.keys().cloned().collect(),
             containers: self.containers.keys().cloned().collect(),
-            services: self.by_service.keys().cloned().collect(),
+            services: self
+                .by_service
+                .keys()
+                .cloned()
+                .chain(self.declared_services().into_iter().map(|s| s.key))
+                .collect(),
             tokens_changed: false,
         }
     }

@@ -11,7 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::wire::HEADER_LEN;
+use super::wire::{HEADER_LEN, name_end};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -353,19 +353,6 @@ fn find(packet: &[u8]) -> Option<Found<'_>> {
         mac,
         original_id,
     })
-}
-
-/// End of an uncompressed-or-pointer-terminated name at `pos`.
-fn name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *packet.get(pos)?;
-        match len & 0xC0 {
-            0x00 if len == 0 => return Some(pos + 1),
-            0x00 => pos += 1 + len as usize,
-            0xC0 => return Some(pos + 2),
-            _ => return None,
-        }
-    }
 }
 
 /// A name in lower-case wire form; `None` if it is compressed (TSIG names never are).

@@ -185,28 +185,28 @@ struct Skipped {
     owner_is_root: Option<bool>,
 }
 
-/// Steps over one resource record, checking that every length stays inside the packet.
-fn skip_record(buf: &[u8], mut pos: usize) -> Option<Skipped> {
-    let mut owner_is_root = Some(true);
+/// Where the name at `pos` ends: after its root label, or after a compression pointer.
+/// `None` if it runs past the packet or uses a reserved label type.
+pub fn name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
     loop {
-        let len = *buf.get(pos)?;
+        let len = *packet.get(pos)?;
         match len & 0xC0 {
-            0x00 if len == 0 => {
-                pos += 1;
-                break;
-            }
-            0x00 => {
-                owner_is_root = Some(false);
-                pos += 1 + len as usize;
-            }
-            0xC0 => {
-                owner_is_root = None;
-                pos += 2;
-                break;
-            }
+            0x00 if len == 0 => return Some(pos + 1),
+            0x00 => pos += 1 + len as usize,
+            0xC0 => return Some(pos + 2),
             _ => return None,
         }
     }
+}
+
+/// Steps over one resource record, checking that every length stays inside the packet.
+fn skip_record(buf: &[u8], start: usize) -> Option<Skipped> {
+    let pos = name_end(buf, start)?;
+    let owner_is_root = match pos - start {
+        1 => Some(true),
+        2 if buf[start] & 0xC0 == 0xC0 => None,
+        _ => Some(false),
+    };
     let rtype = read_u16(buf, pos)?;
     let class = read_u16(buf, pos + 2)?;
     let ttl = u32::from_be_bytes(buf.get(pos + 4..pos + 8)?.try_into().ok()?);

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::wire::{HEADER_LEN, Query, flag};
+use super::wire::{self, HEADER_LEN, Query, flag};
 use crate::snapshot::{Entry, Snapshot};
 use crate::zone::rtype;
 
@@ -56,27 +56,15 @@ pub fn ixfr_client_serial(packet: &[u8], query: &Query<'_>) -> Option<u32> {
     // The authority SOA's serial is the first 32 bits after its two names; the names in a
     // query's SOA are normally pointers or short, so walk them.
     let mut pos = HEADER_LEN + query.question.len();
-    pos = skip_name(packet, pos)?;
+    pos = wire::name_end(packet, pos)?;
     let rt = u16::from_be_bytes([*packet.get(pos)?, *packet.get(pos + 1)?]);
     if rt != rtype::SOA {
         return None;
     }
     pos += 10; // type, class, TTL, RDLENGTH
-    pos = skip_name(packet, pos)?;
-    pos = skip_name(packet, pos)?;
+    pos = wire::name_end(packet, pos)?;
+    pos = wire::name_end(packet, pos)?;
     Some(u32::from_be_bytes(packet.get(pos..pos + 4)?.try_into().ok()?))
-}
-
-fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
-    loop {
-        let len = *packet.get(pos)?;
-        match len & 0xC0 {
-            0x00 if len == 0 => return Some(pos + 1),
-            0x00 => pos += 1 + len as usize,
-            0xC0 => return Some(pos + 2),
-            _ => return None,
-        }
-    }
 }
 
 /// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one; returns

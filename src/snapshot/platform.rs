@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::journal::{Diff, Journal};
 use super::names::Names;
 use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
-use crate::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
+use crate::model::{ContainerKey, Label, Port, PortSpec, Protocol, ServiceKey};
 use crate::name;
 use crate::zone::{Zone, rtype};
 
@@ -158,11 +158,12 @@ impl Projection {
         self.names.set(&rel, entry);
     }
 
-    /// The service's name and its SRV names, from every known container of it.
-    pub fn service(&mut self, key: &ServiceKey, members: &[Member<'_>]) {
+    /// The service's name and its SRV names, from every known container of it. A service a
+    /// stack declares (`declared`: its ports) has its names even with no container yet.
+    pub fn service(&mut self, key: &ServiceKey, members: &[Member<'_>], declared: Option<&[PortSpec]>) {
         let svc = name::relative(&[key.service.as_str(), key.stack.as_str(), key.user.as_str(), "svc"]);
         let old_owners = self.srv_owners.remove(key).unwrap_or_default();
-        if members.is_empty() {
+        if members.is_empty() && declared.is_none() {
             self.names.unset(&svc);
             for owner in old_owners {
                 self.names.unset(&owner);
@@ -178,6 +179,14 @@ impl Projection {
         self.names.set(&svc, entry);
 
         let mut srv: BTreeMap<Box<[u8]>, Items> = BTreeMap::new();
+        for p in declared.unwrap_or_default() {
+            let port = Port {
+                container_port: p.container_port,
+                host_port: p.host_port,
+                protocol: p.protocol,
+            };
+            srv.entry(srv_owner(&port, &svc).into_boxed_slice()).or_default();
+        }
         for m in members {
             for port in m.ports {
                 let records = srv.entry(srv_owner(port, &svc).into_boxed_slice()).or_default();

@@ -9,6 +9,8 @@
 //! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`model::Container`](crate::model::Container) (tombstones included) |
 //! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
 //! | `user_tokens`| SHA-256 of a user token     | the user it acts for                   |
+//! | `stacks`     | `"<user>/<stack>"`          | JSON of [`StackRecord`]                |
+//! | `assignments`| `"<user>/<stack>/<name>"`   | JSON of [`Assignment`]: where placement put a container |
 //! | `journal`    | serial (u64) a diff leads to | [`Diff::encode`] bytes, oldest trimmed first |
 //!
 //! `meta` also holds `"zone_fingerprint"`: a hash of the zone file and the record policy that
@@ -29,20 +31,27 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{Container, ContainerKey, Label, Node};
+use crate::placement::{Assignment, ServiceSpec};
 use crate::snapshot::journal::Diff;
+use crate::stackfile::Stackfile;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const LOST: TableDefinition<&str, ()> = TableDefinition::new("lost");
 const USER_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("user_tokens");
+const STACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("stacks");
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
 const SCHEMA_VERSION: u64 = 1;
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SERIAL: &str = "serial";
 const KEY_FINGERPRINT: &str = "zone_fingerprint";
+const KEY_ASSIGNMENT_INDEX: &str = "assignment_index";
 
 /// Why the store failed; none of these is the caller's fault, all leave the data as it was.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +91,31 @@ pub enum Op {
     /// A user token (by hash) and its user.
     PutUserToken(String, Label),
     DeleteUserTokens(Label),
+    PutStack(Box<StackRecord>),
+    DeleteStack(Label, Label),
+    PutAssignment(Assignment),
+    DeleteAssignment(ContainerKey),
+    /// The assignment index after this commit (see `control::stacks`).
+    AssignmentIndex(u64),
+}
+
+/// A stack as stored: the Stackfile as the user sent it, as it was read (what agents run:
+/// image, command, environment), and the services placement works from, with their current
+/// targets (a scale changes the target, not the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StackRecord {
+    pub user: Label,
+    pub stack: Label,
+    pub body: String,
+    pub content_type: Option<String>,
+    pub file: Stackfile,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl StackRecord {
+    pub fn storage_key(&self) -> String {
+        format!("{}/{}", self.user, self.stack)
+    }
 }
 
 /// What a commit does to the IXFR journal.
@@ -109,6 +143,9 @@ pub struct Loaded {
     pub lost: Vec<Label>,
     /// User token hashes and their users.
     pub user_tokens: Vec<(String, Label)>,
+    pub stacks: Vec<StackRecord>,
+    pub assignments: Vec<Assignment>,
+    pub assignment_index: u64,
     /// The journal, oldest first.
     pub journal: Vec<Diff>,
     pub fingerprint: Option<u64>,
@@ -140,6 +177,8 @@ impl Store {
             txn.open_table(CONTAINERS).map_err(redb_err)?;
             txn.open_table(LOST).map_err(redb_err)?;
             txn.open_table(USER_TOKENS).map_err(redb_err)?;
+            txn.open_table(STACKS).map_err(redb_err)?;
+            txn.open_table(ASSIGNMENTS).map_err(redb_err)?;
             txn.open_table(JOURNAL).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
@@ -165,6 +204,12 @@ impl Store {
                 })?,
             );
         }
+        let assignment_index = meta
+            .get(KEY_ASSIGNMENT_INDEX)
+            .map_err(redb_err)?
+            .map_or(0, |v| v.value());
+        let stacks = read_all(&txn.open_table(STACKS).map_err(redb_err)?, "stacks")?;
+        let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(redb_err)?, "assignments")?;
         let mut user_tokens = Vec::new();
         for row in txn
             .open_table(USER_TOKENS)
@@ -200,6 +245,9 @@ impl Store {
             containers,
             lost,
             user_tokens,
+            stacks,
+            assignments,
+            assignment_index,
             journal,
             fingerprint,
         })
@@ -215,6 +263,8 @@ impl Store {
             let mut containers = txn.open_table(CONTAINERS).map_err(redb_err)?;
             let mut lost = txn.open_table(LOST).map_err(redb_err)?;
             let mut user_tokens = txn.open_table(USER_TOKENS).map_err(redb_err)?;
+            let mut stacks = txn.open_table(STACKS).map_err(redb_err)?;
+            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(redb_err)?;
             for op in ops {
                 match op {
                     Op::PutNode(node) => {
@@ -246,6 +296,27 @@ impl Store {
                     }
                     Op::DeleteUserTokens(user) => {
                         user_tokens.retain(|_, u| u != user.as_str()).map_err(redb_err)?;
+                    }
+                    Op::PutStack(record) => {
+                        stacks
+                            .insert(record.storage_key().as_str(), encode(record)?.as_slice())
+                            .map_err(redb_err)?;
+                    }
+                    Op::DeleteStack(user, stack) => {
+                        stacks
+                            .remove(format!("{user}/{stack}").as_str())
+                            .map_err(redb_err)?;
+                    }
+                    Op::PutAssignment(a) => {
+                        assignments
+                            .insert(a.container.storage_key().as_str(), encode(a)?.as_slice())
+                            .map_err(redb_err)?;
+                    }
+                    Op::DeleteAssignment(key) => {
+                        assignments.remove(key.storage_key().as_str()).map_err(redb_err)?;
+                    }
+                    Op::AssignmentIndex(index) => {
+                        meta.insert(KEY_ASSIGNMENT_INDEX, *index).map_err(redb_err)?;
                     }
                 }
             }

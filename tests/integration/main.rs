@@ -7,4 +7,5 @@ mod durability;
 mod leases;
 mod secondary;
 mod seed;
+mod stacks;
 mod support;

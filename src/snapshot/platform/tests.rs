@@ -92,7 +92,7 @@ fn services_get_addresses_srv_and_empty_non_terminals() {
             ports: &HTTP,
         },
     ];
-    p.service(&service(), &members);
+    p.service(&service(), &members, None);
     let snap = p.publish(9).0;
 
     let svc = snap.lookup(&rel(&["web", "s", "u", "svc"])).expect("svc");
@@ -139,7 +139,7 @@ fn names_come_and_go_with_their_last_member() {
         address: Some("10.0.0.1".parse().expect("ip")),
         ports: &HTTP,
     }];
-    p.service(&service(), &up);
+    p.service(&service(), &up, None);
     p.container(&k1, true, up[0].address);
     p.node(&label("n1"), Some("10.0.0.1".parse().expect("ip")));
     let before = p.publish(2).0;
@@ -152,7 +152,7 @@ fn names_come_and_go_with_their_last_member() {
         address: up[0].address,
         ports: &[],
     }];
-    p.service(&service(), &no_ports);
+    p.service(&service(), &no_ports, None);
     let (snap, diff) = p.publish(3);
     let diff = diff.expect("a difference from serial 2");
     assert_eq!((diff.from, diff.to, diff.added.len()), (2, 3, 0));
@@ -172,7 +172,7 @@ fn names_come_and_go_with_their_last_member() {
     );
 
     // Everything forgotten: back to the zone file's names exactly.
-    p.service(&service(), &[]);
+    p.service(&service(), &[], None);
     p.container(&k1, false, None);
     p.node(&label("n1"), None);
     let snap = p.publish(4).0;
@@ -194,14 +194,14 @@ fn unchanged_entries_keep_their_rotation() {
             ports: &[],
         })
         .collect();
-    p.service(&service(), &members);
+    p.service(&service(), &members, None);
     let first = p.publish(2).0;
     let a = |s: &Snapshot| {
         s.lookup(&rel(&["web", "s", "u", "svc"]))
             .and_then(|e| e.rrset(rtype::A))
             .map(|r| r as *const RRset)
     };
-    p.service(&service(), &members);
+    p.service(&service(), &members, None);
     let second = p.publish(3).0;
     assert_eq!(a(&first), a(&second), "the same RRset object, cursor included");
     let starts: std::collections::BTreeSet<_> = (0..3)
