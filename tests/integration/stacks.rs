@@ -365,3 +365,21 @@ async fn stacks_and_assignments_survive_a_crash() {
     let (_, same) = s.call("GET", STACK, Some(ADMIN), None).await;
     assert_eq!(placed(&before), placed(&same));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_services_follow_nodes_as_they_join_and_leave() {
+    let s = Server::start(&[]);
+    s.add_node("node-do", "10.0.0.1").await;
+    let agent = "agent:\n  image: 'tutum/agent'\n  deployment_strategy: every_node\n";
+    let (status, body) = put_stack(&s, ADMIN, agent, "").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(placed(&body).len(), 1);
+    let t = s.add_node("node-ec2", "10.0.0.2").await;
+    let (_, list) = s.call("GET", "/v1/nodes/node-ec2/assignments", Some(&t), None).await;
+    assert_eq!(list["assignments"].as_array().map(Vec::len), Some(1), "a joining node gets its copy: {list}");
+    let (status, body) = s.call("PATCH", &format!("{STACK}/services/agent"), Some(ADMIN), Some(json!({"target_num_containers": 5}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("not_scalable")), "{body}");
+    assert_eq!(s.call("DELETE", "/v1/nodes/node-ec2", Some(ADMIN), None).await.0, 200);
+    let (_, view) = s.call("GET", STACK, Some(ADMIN), None).await;
+    assert_eq!(placed(&view).len(), 1, "a deleted node's copy goes: {view}");
+}
