@@ -440,7 +440,9 @@ fn blocking_params(query: Option<&str>) -> Result<(u64, Duration), ApiError> {
                 if !seconds.is_finite() || seconds < 0.0 {
                     return Err(bad("a duration like 30s, 5m or 500ms"));
                 }
-                wait = Duration::from_secs_f64(seconds * unit).min(MAX_WAIT);
+                wait = Duration::try_from_secs_f64(seconds * unit)
+                    .unwrap_or(MAX_WAIT)
+                    .min(MAX_WAIT);
             }
             _ => {
                 return Err(ApiError::bad_request(
@@ -523,5 +525,36 @@ fn assignment_item(state: &ControlState, a: &Assignment, apex: &str) -> Assignme
         mem_limit_mb: a.mem_limit_mb,
         generation: a.generation,
         endpoint: format!("{}.{}.{}.cont.{apex}", k.name, k.stack, k.user),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_parameters() {
+        assert_eq!(blocking_params(None).ok(), Some((0, Duration::ZERO)));
+        assert_eq!(
+            blocking_params(Some("index=7&wait=30s")).ok(),
+            Some((7, Duration::from_secs(30)))
+        );
+        assert_eq!(
+            blocking_params(Some("wait=500ms")).ok(),
+            Some((0, Duration::from_millis(500)))
+        );
+        assert_eq!(
+            blocking_params(Some("wait=2m")).ok(),
+            Some((0, Duration::from_secs(120)))
+        );
+        assert_eq!(
+            blocking_params(Some("wait=1e20")).ok(),
+            Some((0, MAX_WAIT)),
+            "capped, no overflow"
+        );
+        assert_eq!(blocking_params(Some("wait=1e308m")).ok(), Some((0, MAX_WAIT)));
+        for bad in ["wait=-1s", "wait=soon", "index=-1", "colour=blue", "wait=NaN"] {
+            assert!(blocking_params(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

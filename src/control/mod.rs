@@ -155,22 +155,21 @@ impl Control {
             "state loaded"
         );
 
-        // Rebuild the zone as it was last published, then restart every lease: the difference
-        // between the two continues the IXFR journal, if the zone file and policy are the same.
+        // Rebuild the zone as it was last published (lost nodes stay lost). With the same zone
+        // file and policy it is exactly the zone of the stored serial, so the journal continues
+        // from it; the start-up serial's difference is then empty.
         let started = Instant::now();
         let mut projection = publisher.projection();
         project(&mut projection, &state, &state.everything());
         let fingerprint = projection.fingerprint();
         let same_zone = stored_fingerprint == Some(fingerprint);
-        let mut changes = Changes::default();
         if same_zone {
             projection.publish(stored_serial);
             if journal.last_serial().is_none_or(|s| s == stored_serial) {
                 projection.resume_journal(journal);
             }
         }
-        state.revive_all(now, &mut changes);
-        project(&mut projection, &state, &changes);
+        state.restart_leases(now);
         let serial = stored_serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
         // Without the same zone file and policy, this is the first publication of a new chain.
         let (first, diff) = projection.publish(serial);
@@ -181,7 +180,7 @@ impl Control {
             },
             None => JournalWrite::Reset { fingerprint },
         };
-        store.commit(&changes.ops, serial, journal_write)?;
+        store.commit(&[], serial, journal_write)?;
         tracing::info!(
             names = first.len(),
             serial,
@@ -320,17 +319,39 @@ impl Writer {
         while let Some(first) = jobs.blocking_recv() {
             let mut changes = Changes::default();
             let mut completions = Vec::new();
+            let mut panicked = false;
             {
                 let mut ctx = Ctx {
                     state: &mut self.state,
                     changes: &mut changes,
                     now: Instant::now(),
                 };
-                completions.push(first(&mut ctx));
-                while completions.len() < MAX_BATCH {
-                    let Ok(job) = jobs.try_recv() else { break };
-                    completions.push(job(&mut ctx));
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    // A bug in one job must not take the writer down: the batch is dropped
+                    // and the state reloaded from the store below.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx))) {
+                        Ok(complete) => completions.push(complete),
+                        Err(_) => panicked = true,
+                    }
+                    if completions.len() < MAX_BATCH {
+                        next = jobs.try_recv().ok();
+                    }
                 }
+            }
+            if panicked {
+                tracing::error!(
+                    "a request panicked in the writer; its batch is dropped and the state reloaded"
+                );
+                self.reload();
+                self.rebuild = true;
+                let failed = Err(ControlError::Storage(
+                    "internal error; nothing was changed".to_owned(),
+                ));
+                for complete in completions {
+                    complete(failed.clone());
+                }
+                continue;
             }
             // Nodes came, went, were lost or came back: placement follows in the same commit.
             if !changes.nodes.is_empty() {

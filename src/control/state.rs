@@ -64,6 +64,10 @@ pub struct Report {
     pub generation: u64,
 }
 
+/// Generations above this are refused: room is left above any reported one, so a
+/// redeploy or a move can always go one higher.
+pub const MAX_GENERATION: u64 = 1 << 53;
+
 /// What one batch of operations changed: what to store, and which DNS names to recompute.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -106,7 +110,7 @@ pub struct State {
 
 impl State {
     /// Rebuilds the state as it was last published: nodes stored as lost are lost, the others
-    /// live with a lease starting at `now`. See [`State::revive_all`] for what start-up does next.
+    /// live with a lease starting at `now`. See [`State::restart_leases`].
     pub fn from_loaded(loaded: Loaded, now: Instant) -> Self {
         let mut state = State::default();
         let lost: BTreeSet<Label> = loaded.lost.into_iter().collect();
@@ -129,16 +133,11 @@ impl State {
         state
     }
 
-    /// Every lease restarts at `now`: lost nodes are live again (a restart of stackdns must not
-    /// empty DNS; agents that are really gone lapse again after the node TTL).
-    pub fn revive_all(&mut self, now: Instant, changes: &mut Changes) {
-        for n in self.nodes.values_mut() {
+    /// Every live node's lease restarts its countdown at `now`, so a restart of stackdns does
+    /// not empty DNS. Nodes that were lost stay lost until their agent sends a heartbeat.
+    pub fn restart_leases(&mut self, now: Instant) {
+        for n in self.nodes.values_mut().filter(|n| n.live) {
             n.last_seen = now;
-            if !n.live {
-                n.live = true;
-                changes.nodes.insert(n.node.name.clone());
-                changes.ops.push(Op::SetLost(n.node.name.clone(), false));
-            }
         }
     }
 
@@ -414,6 +413,24 @@ impl State {
 
     /// Checks a report against the fence without changing anything.
     fn check_report(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
+        if generation > MAX_GENERATION {
+            return Err(ControlError::Invalid {
+                field: "generation",
+                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
+            });
+        }
+        // A placed container may only be reported by the node it is assigned to, at most at
+        // the generation placement gave it: no node can take over another's containers.
+        if let Some(a) = self.stacks.assignments.get(key) {
+            if &a.node != node || generation > a.generation {
+                return Err(ControlError::StaleGeneration {
+                    container: key.to_string(),
+                    stored: a.generation,
+                    reported: generation,
+                    detail: format!("it is assigned to node {} at generation {}", a.node, a.generation),
+                });
+            }
+        }
         let Some(stored) = self.containers.get(key) else {
             return Ok(());
         };
@@ -497,8 +514,15 @@ impl State {
         if generation < stored.generation {
             return Err(stale("a newer report exists".to_owned()));
         }
-        if stored.running && &stored.node != node && generation == stored.generation {
+        // Only the node running a container may stop it, whatever generation it claims.
+        if stored.running && &stored.node != node {
             return Err(stale(format!("it is running on node {}", stored.node)));
+        }
+        if generation > MAX_GENERATION {
+            return Err(ControlError::Invalid {
+                field: "generation",
+                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
+            });
         }
         if !stored.running && generation == stored.generation {
             let stopped = stored.clone();

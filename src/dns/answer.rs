@@ -82,6 +82,9 @@ struct Message<'o> {
     reserve: usize,
     /// Offset of the apex labels inside the question name, for SOA owners.
     apex_at: u16,
+    /// TCP: an RRset larger than a whole message is cut to a rotating subset rather than
+    /// truncated to nothing, since the client has no bigger transport to retry on.
+    subset_ok: bool,
 }
 
 impl Message<'_> {
@@ -166,6 +169,7 @@ fn answer(
         limit,
         reserve,
         apex_at,
+        subset_ok: transport == Transport::Tcp,
     };
 
     let ext_rcode = match (query.opcode, query.edns, rel) {
@@ -338,6 +342,7 @@ fn write_rrset_records(
     }
     let mark = msg.out.len();
     let mut first = None;
+    let mut written = 0u16;
     for k in 0..take {
         let index = if random {
             scratch.order[k] as usize
@@ -345,14 +350,18 @@ fn write_rrset_records(
             (start + k) % n
         };
         let Some(at) = msg.record(owner, set.rtype, set.ttl, &set.records[index]) else {
+            if msg.subset_ok && written > 0 {
+                break;
+            }
             msg.out.truncate(mark);
             scratch.rdata_at.fill(u32::MAX);
             return None;
         };
         first.get_or_insert(at);
         scratch.rdata_at[index] = at as u32;
+        written += 1;
     }
-    msg.count(1, take as u16);
+    msg.count(1, written);
     first
 }
 

@@ -95,7 +95,7 @@ async fn notify_target(
     };
     // Announce the serial we start with too: the secondary may be behind.
     let mut pending = true;
-    let mut id = u16::from_be_bytes(rand_bytes());
+    let mut id;
     loop {
         if !pending {
             tokio::select! {
@@ -113,7 +113,8 @@ async fn notify_target(
         let mut timeout = FIRST_TIMEOUT;
         let mut acked = false;
         for attempt in 1..=ATTEMPTS {
-            id = id.wrapping_add(1);
+            // A fresh random ID per send: an off-path spoofer cannot guess the acknowledgement.
+            id = u16::from_be_bytes(rand_bytes());
             if let Err(e) = socket.send_to(&message(&snapshot, id), target).await {
                 tracing::debug!(%target, error = %e, "NOTIFY send failed");
             }

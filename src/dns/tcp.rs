@@ -96,7 +96,9 @@ async fn transfer(
     let started = std::time::Instant::now();
     let client_serial = xfr::ixfr_client_serial(packet, &query);
     let kind = match (query.qtype, client_serial) {
-        (crate::zone::rtype::IXFR, Some(c)) if c == snapshot.serial => "IXFR (up to date)",
+        (crate::zone::rtype::IXFR, Some(c)) if xfr::serial_at_least(c, snapshot.serial) => {
+            "IXFR (up to date)"
+        }
         (crate::zone::rtype::IXFR, Some(c)) if snapshot.journal.since(c).is_some() => "IXFR",
         (crate::zone::rtype::IXFR, _) => "IXFR (whole zone)",
         _ => "AXFR",
@@ -141,7 +143,7 @@ async fn transfer(
     let mut bytes = 0usize;
     while let Some(chunk) = chunks.recv().await {
         bytes += chunk.len();
-        stream.write_all(&chunk).await?;
+        write_timed(stream, &chunk).await?;
     }
     let records = producer.await.unwrap_or(0);
     tracing::info!(
@@ -220,5 +222,13 @@ async fn write_frame(stream: &mut TcpStream, frame: &mut Vec<u8>, message: &[u8]
     frame.clear();
     frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
     frame.extend_from_slice(message);
-    stream.write_all(frame).await
+    write_timed(stream, frame).await
+}
+
+/// Writes with the idle timeout: a client that stops reading loses its connection instead
+/// of holding a slot (and, for a transfer, a builder thread and a snapshot) for ever.
+async fn write_timed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }

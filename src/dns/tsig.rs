@@ -327,7 +327,8 @@ fn find(packet: &[u8]) -> Option<Found<'_>> {
         return None;
     }
     let key_name = lower(packet.get(start..owner_end)?)?;
-    let alg_end = name_end(packet, rdata)?;
+    // The algorithm name must end inside the record, not just inside the packet.
+    let alg_end = name_end(packet, rdata).filter(|&end| end <= pos)?;
     let algorithm = lower(packet.get(rdata..alg_end)?)?;
     let r = &packet[alg_end..pos];
     let time_signed = u64::from_be_bytes([

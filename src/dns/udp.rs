@@ -124,7 +124,9 @@ fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], reserve: usize, out: &mut V
         e.udp_size.clamp(wire::MIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD)
     }) as usize;
     let client = xfr::ixfr_client_serial(packet, &query);
-    if client.is_some_and(|c| c != snapshot.serial && snapshot.journal.since(c).is_some()) {
+    if client
+        .is_some_and(|c| !xfr::serial_at_least(c, snapshot.serial) && snapshot.journal.since(c).is_some())
+    {
         let mut messages = Vec::new();
         let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, client, |m| {
             messages.push(m.to_vec());

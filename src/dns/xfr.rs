@@ -50,7 +50,9 @@ pub fn is_transfer(query: &Query<'_>) -> bool {
 
 /// The serial in an IXFR query's authority SOA (RFC 1995 §3), if there is one.
 pub fn ixfr_client_serial(packet: &[u8], query: &Query<'_>) -> Option<u32> {
-    if query.qtype != rtype::IXFR {
+    // The client's SOA is the one record of the authority section (RFC 1995 §3).
+    let count = |i: usize| u16::from_be_bytes([packet[4 + 2 * i], packet[5 + 2 * i]]);
+    if query.qtype != rtype::IXFR || count(1) != 0 || count(2) == 0 {
         return None;
     }
     // The authority SOA's serial is the first 32 bits after its two names; the names in a
@@ -65,6 +67,11 @@ pub fn ixfr_client_serial(packet: &[u8], query: &Query<'_>) -> Option<u32> {
     pos = wire::name_end(packet, pos)?;
     pos = wire::name_end(packet, pos)?;
     Some(u32::from_be_bytes(packet.get(pos..pos + 4)?.try_into().ok()?))
+}
+
+/// Whether serial `a` is the same as or newer than `b` in RFC 1982 serial arithmetic.
+pub fn serial_at_least(a: u32, b: u32) -> bool {
+    a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
 /// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one; returns
@@ -86,7 +93,7 @@ pub fn transfer<E>(
         .lookup(b"")
         .and_then(|e| e.rrset(rtype::SOA))
         .map_or(0, |s| s.ttl);
-    if client_serial == Some(snapshot.serial) {
+    if client_serial.is_some_and(|c| serial_at_least(c, snapshot.serial)) {
         w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
         return w.finish(&mut send).map(|()| 1);
     }
@@ -230,5 +237,17 @@ mod tests {
         assert!(acl.allows("fd12::1".parse().expect("ip")));
         assert!(!acl.allows("10.0.0.1".parse().expect("ip")));
         assert!(!TransferAcl::default().allows("127.0.0.1".parse().expect("ip")));
+    }
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::serial_at_least;
+
+    #[test]
+    fn serials_compare_as_rfc_1982_says() {
+        assert!(serial_at_least(5, 5) && serial_at_least(6, 5) && !serial_at_least(4, 5));
+        assert!(serial_at_least(2, u32::MAX), "2 is after a wrap from u32::MAX");
+        assert!(!serial_at_least(u32::MAX, 2));
     }
 }

@@ -12,6 +12,9 @@ use hickory_proto::serialize::txt::Parser;
 
 use crate::zone::{DYNAMIC_SUBTREES, Soa, StaticRecord, Zone, rtype};
 
+/// Largest RDATA a zone-file record may have.
+const MAX_RDATA: usize = 8192;
+
 /// Why the zone file cannot be served; each names the file and what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneFileError {
@@ -132,12 +135,24 @@ pub fn parse(text: &str, path: Option<&Path>, shown: &str) -> Result<Zone, ZoneF
             });
         }
         for record in set.records_without_rrsigs() {
-            let rdata = encode(&record.data).map_err(|message| ZoneFileError::Encode {
-                path: shown.to_owned(),
-                name: owner_name.to_string(),
-                rtype: set.record_type().to_string(),
-                message,
-            })?;
+            let rdata = encode(&record.data)
+                .and_then(|rdata| {
+                    // Anything bigger could not share a message with the rest of a transfer.
+                    if rdata.len() > MAX_RDATA {
+                        Err(format!(
+                            "its data is {} bytes; at most {MAX_RDATA} are served",
+                            rdata.len()
+                        ))
+                    } else {
+                        Ok(rdata)
+                    }
+                })
+                .map_err(|message| ZoneFileError::Encode {
+                    path: shown.to_owned(),
+                    name: owner_name.to_string(),
+                    rtype: set.record_type().to_string(),
+                    message,
+                })?;
             records.push(StaticRecord {
                 owner: owner.to_vec(),
                 rtype: u16::from(set.record_type()),

@@ -497,3 +497,60 @@ async fn user_tokens_are_issued_scoped_and_revoked() {
         "revoked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_cannot_take_over_containers_placed_elsewhere() {
+    let s = Server::start(&[]);
+    let t_do = s.add_node("node-do", "10.0.0.1").await;
+    let t_ec2 = s.add_node("node-ec2", "10.0.0.2").await;
+    let yaml = "web:\n  image: x\n  ports: ['80:80']\n";
+    let (status, body) = s
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/quickstart-ruby",
+            Some(ADMIN),
+            yaml.as_bytes().to_vec(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let c = &body["stack"]["containers"][0];
+    let (owner, other, generation) = if c["node"] == "node-do" {
+        (&t_do, ("node-ec2", &t_ec2), c["generation"].as_u64())
+    } else {
+        (&t_ec2, ("node-do", &t_do), c["generation"].as_u64())
+    };
+    let owner_node = c["node"].as_str().expect("node").to_owned();
+    let generation = generation.expect("generation");
+    let report = |g: u64| json!({"service": "web", "ports": [{"container_port": 80, "host_port": 80}], "generation": g});
+
+    let (status, body) = s
+        .report(other.0, other.1, "web-1", report(generation + 100))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (409, "stale_generation"),
+        "another node cannot claim it: {body}"
+    );
+    assert!(message(&body).contains(&owner_node), "{body}");
+    let (status, _) = s
+        .report(&owner_node, owner, "web-1", report(generation + 1))
+        .await;
+    assert_eq!(status, 409, "not beyond the generation placement gave");
+    let (status, body) = s.report(&owner_node, owner, "web-1", report(u64::MAX)).await;
+    assert_eq!((status, code(&body)), (400, "invalid_value"), "{body}");
+    assert_eq!(
+        s.report(&owner_node, owner, "web-1", report(generation)).await.0,
+        201
+    );
+
+    // Nor stop it from another node, whatever generation it claims.
+    let path = format!(
+        "/v1/nodes/{}/containers/honeniq/quickstart-ruby/web-1?generation=999",
+        other.0
+    );
+    assert_eq!(s.call("DELETE", &path, Some(other.1), None).await.0, 409);
+    assert_eq!(
+        s.dns().a("web.quickstart-ruby.honeniq.svc.cluster.test.").len(),
+        1
+    );
+}

@@ -522,3 +522,39 @@ async fn tcp_serves_several_queries_per_connection() {
         assert!(matches!(reply.answers[0].data, RData::A(_)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rrsets_beyond_a_tcp_message_come_as_a_rotating_subset() {
+    let s = Server::start(&[]);
+    let t = s.add_node("node-do", "10.0.0.1").await;
+    let containers: Vec<_> = (1..=1100)
+        .map(|i| json!({"user": "honeniq", "stack": "quickstart-ruby", "name": format!("web-{i}"),
+                        "service": "web", "ports": [{"container_port": 80, "host_port": 20000 + i}], "generation": 1}))
+        .collect();
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/v1/nodes/node-do/containers",
+            Some(&t),
+            Some(json!({"containers": containers})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let srv = format!("_80._tcp.{SVC}");
+    let tcp = Ask {
+        edns: None,
+        tcp: true,
+    };
+    let first = s.dns().ask(&srv, RecordType::SRV, tcp);
+    assert!(!first.metadata.truncation, "TCP is never truncated to nothing");
+    let n = first.answers.len();
+    assert!(
+        (900..1100).contains(&n),
+        "as many whole records as fit 64 KiB: {n}"
+    );
+    let second = s.dns().ask(&srv, RecordType::SRV, tcp);
+    assert_ne!(
+        first.answers[0].data, second.answers[0].data,
+        "the subset rotates"
+    );
+}

@@ -54,3 +54,36 @@ async fn lost_nodes_leave_dns_and_come_back() {
     assert!(body["serial"].as_u64().expect("serial") > u64::from(serial));
     assert_eq!(dns.a(SVC).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_lost_nodes_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = ["--node-ttl", "1", "--lease-check-ms", "100"];
+    let s = Server::start_in(&data, &flags, true);
+    let t1 = s.add_node("node-do", "95.85.30.162").await;
+    let t2 = s.add_node("node-ec2", "52.193.37.165").await;
+    s.report("node-do", &t1, "web-1", web(1)).await;
+    s.report("node-ec2", &t2, "web-2", web(1)).await;
+    let lost = eventually(Duration::from_secs(5), || {
+        let hb = s.call("POST", "/v1/nodes/node-do/heartbeat", Some(&t1), None);
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(hb));
+        s.dns().a(SVC) == vec!["95.85.30.162"]
+    });
+    assert!(lost);
+    s.kill();
+
+    let s = Server::start_in(&data, &["--node-ttl", "30"], true);
+    assert_eq!(
+        s.dns().a(SVC),
+        vec!["95.85.30.162"],
+        "node-ec2 stays lost across the restart"
+    );
+    assert_eq!(
+        s.call("POST", "/v1/nodes/node-ec2/heartbeat", Some(&t2), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(s.dns().a(SVC).len(), 2, "until it heartbeats");
+}

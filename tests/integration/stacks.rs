@@ -375,11 +375,31 @@ async fn every_node_services_follow_nodes_as_they_join_and_leave() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(placed(&body).len(), 1);
     let t = s.add_node("node-ec2", "10.0.0.2").await;
-    let (_, list) = s.call("GET", "/v1/nodes/node-ec2/assignments", Some(&t), None).await;
-    assert_eq!(list["assignments"].as_array().map(Vec::len), Some(1), "a joining node gets its copy: {list}");
-    let (status, body) = s.call("PATCH", &format!("{STACK}/services/agent"), Some(ADMIN), Some(json!({"target_num_containers": 5}))).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("not_scalable")), "{body}");
-    assert_eq!(s.call("DELETE", "/v1/nodes/node-ec2", Some(ADMIN), None).await.0, 200);
+    let (_, list) = s
+        .call("GET", "/v1/nodes/node-ec2/assignments", Some(&t), None)
+        .await;
+    assert_eq!(
+        list["assignments"].as_array().map(Vec::len),
+        Some(1),
+        "a joining node gets its copy: {list}"
+    );
+    let (status, body) = s
+        .call(
+            "PATCH",
+            &format!("{STACK}/services/agent"),
+            Some(ADMIN),
+            Some(json!({"target_num_containers": 5})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("not_scalable")),
+        "{body}"
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/nodes/node-ec2", Some(ADMIN), None).await.0,
+        200
+    );
     let (_, view) = s.call("GET", STACK, Some(ADMIN), None).await;
     assert_eq!(placed(&view).len(), 1, "a deleted node's copy goes: {view}");
 }

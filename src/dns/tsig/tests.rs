@@ -131,3 +131,11 @@ fn the_time_window_is_capped_and_responses_are_not_checked() {
         "left to the drop rule"
     );
 }
+
+#[test]
+fn a_truncated_tsig_record_is_not_a_signature() {
+    // RDLENGTH 0 followed by a stray byte: the algorithm name would run past the record.
+    let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1];
+    packet.extend_from_slice(&[0, 0, 0xFA, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(matches!(check_at(&[key()], &packet, 0), Check::Unsigned));
+}
