@@ -7,6 +7,7 @@
 //!
 //! Handlers never touch the store: every read and write is a job on the control writer.
 
+mod assignments;
 pub mod auth;
 pub mod error;
 mod nodes;
@@ -58,7 +59,7 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         // Blocking queries wait longer than any other request may take, by design.
-        .merge(stacks::blocking_router())
+        .merge(assignments::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
