@@ -255,7 +255,14 @@ impl Control {
             })
         });
         self.jobs.send(job).await.map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| ControlError::Stopped)?
+        rx.await.map_err(|_| {
+            // The job was dropped unanswered: the writer stopped, or the job panicked.
+            if self.jobs.is_closed() {
+                ControlError::Stopped
+            } else {
+                ControlError::Storage("internal error; nothing was changed".to_owned())
+            }
+        })?
     }
 
     /// Marks nodes lost whose lease lapsed; run periodically.

@@ -514,9 +514,18 @@ impl State {
         if generation < stored.generation {
             return Err(stale("a newer report exists".to_owned()));
         }
-        // Only the node running a container may stop it, whatever generation it claims.
+        // Only the node running a container may stop it, whatever generation it claims; a
+        // placed container only by its assigned node, within the generation it was given.
         if stored.running && &stored.node != node {
             return Err(stale(format!("it is running on node {}", stored.node)));
+        }
+        if let Some(a) = self.stacks.assignments.get(key) {
+            if &a.node != node || generation > a.generation {
+                return Err(stale(format!(
+                    "it is assigned to node {} at generation {}",
+                    a.node, a.generation
+                )));
+            }
         }
         if generation > MAX_GENERATION {
             return Err(ControlError::Invalid {
