@@ -204,6 +204,7 @@ impl Control {
             snapshots: snapshots.clone(),
             tokens: tokens.clone(),
             rebuild: false,
+            stale: false,
         };
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
@@ -319,6 +320,9 @@ struct Writer {
     /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
     /// (lease changes of the failed batch are kept in memory and must still be published).
     rebuild: bool,
+    /// The state could not be reloaded after a failed commit, so it may hold changes the
+    /// database does not: every write is refused until a reload succeeds.
+    stale: bool,
 }
 
 impl Writer {
@@ -376,6 +380,15 @@ impl Writer {
     fn commit(&mut self, mut changes: Changes) -> Result<u32, ControlError> {
         if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
+        }
+        if self.stale {
+            // This batch ran on a state that may hold a failed batch's changes: drop it, and
+            // try again to read what the database really holds.
+            self.reload();
+            self.rebuild = true;
+            return Err(ControlError::Storage(
+                "the database could not be read back after a failed commit; nothing was changed".to_owned(),
+            ));
         }
         let serial = self.serial.wrapping_add(1);
         let started = Instant::now();
@@ -461,8 +474,11 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot reload state; the in-memory state may be ahead of the database")
+                tracing::error!(error = %e, "cannot reload state; writes are refused until it can be read");
+                self.stale = true;
+                return;
             }
         }
+        self.stale = false;
     }
 }
