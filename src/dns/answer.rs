@@ -114,13 +114,18 @@ impl Message<'_> {
             return None;
         }
         self.out.extend_from_slice(&(0xC000 | owner).to_be_bytes());
+        Some(self.record_body(rtype, ttl, rdata))
+    }
+
+    /// Everything of a record after its owner name; returns where the RDATA starts.
+    fn record_body(&mut self, rtype: u16, ttl: u32, rdata: &[u8]) -> usize {
         self.out.extend_from_slice(&rtype.to_be_bytes());
         self.out.extend_from_slice(&CLASS_IN.to_be_bytes());
         self.out.extend_from_slice(&ttl.to_be_bytes());
         self.out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         let at = self.out.len();
         self.out.extend_from_slice(rdata);
-        Some(at)
+        at
     }
 
     /// The zone's SOA in the authority section of a negative answer (RFC 2308 §3).
@@ -314,13 +319,7 @@ fn write_full_owner(
         return None;
     }
     msg.out.extend_from_within(target..=end);
-    msg.out.extend_from_slice(&rtype.to_be_bytes());
-    msg.out.extend_from_slice(&CLASS_IN.to_be_bytes());
-    msg.out.extend_from_slice(&ttl.to_be_bytes());
-    msg.out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    let at = msg.out.len();
-    msg.out.extend_from_slice(rdata);
-    Some(at)
+    Some(msg.record_body(rtype, ttl, rdata))
 }
 
 /// Writes the answer records of `set` in rotation order, all or nothing. Records where each

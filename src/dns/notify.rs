@@ -57,11 +57,7 @@ pub fn message(snapshot: &Snapshot, id: u16) -> Vec<u8> {
     m.extend_from_slice(&0xC00Cu16.to_be_bytes());
     m.extend_from_slice(&rtype::SOA.to_be_bytes());
     m.extend_from_slice(&1u16.to_be_bytes());
-    let ttl = snapshot
-        .lookup(b"")
-        .and_then(|e| e.rrset(rtype::SOA))
-        .map_or(0, |s| s.ttl);
-    m.extend_from_slice(&ttl.to_be_bytes());
+    m.extend_from_slice(&snapshot.soa_ttl.to_be_bytes());
     m.extend_from_slice(&(snapshot.soa_rdata.len() as u16).to_be_bytes());
     m.extend_from_slice(&snapshot.soa_rdata);
     m

@@ -11,7 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::wire::{HEADER_LEN, name_end};
+use super::wire::{HEADER_LEN, name_end, section_count};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -300,7 +300,7 @@ fn find(packet: &[u8]) -> Option<Found<'_>> {
     if packet.len() < HEADER_LEN {
         return None;
     }
-    let count = |i: usize| u16::from_be_bytes([packet[4 + 2 * i], packet[5 + 2 * i]]) as usize;
+    let count = |section| section_count(packet, section) as usize;
     let records = count(1) + count(2) + count(3);
     if count(3) == 0 {
         return None;

@@ -75,6 +75,12 @@ pub enum Reject {
     Error { id: u16, flags: u16, rcode: u16 },
 }
 
+/// The record count of header section `section` (0 question, 1 answer, 2 authority,
+/// 3 additional). The caller has checked that `packet` holds a header.
+pub fn section_count(packet: &[u8], section: usize) -> u16 {
+    u16::from_be_bytes([packet[4 + 2 * section], packet[5 + 2 * section]])
+}
+
 fn read_u16(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]))
 }
@@ -94,7 +100,7 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
         flags,
         rcode: rcode::FORMERR,
     };
-    let count = |i: usize| u16::from_be_bytes([buf[4 + 2 * i], buf[5 + 2 * i]]) as usize;
+    let count = |section| section_count(buf, section) as usize;
     let (qdcount, ancount, nscount, arcount) = (count(0), count(1), count(2), count(3));
     if qdcount != 1 {
         return Err(formerr);

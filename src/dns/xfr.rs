@@ -51,7 +51,7 @@ pub fn is_transfer(query: &Query<'_>) -> bool {
 /// The serial in an IXFR query's authority SOA (RFC 1995 §3), if there is one.
 pub fn ixfr_client_serial(packet: &[u8], query: &Query<'_>) -> Option<u32> {
     // The client's SOA is the one record of the authority section (RFC 1995 §3).
-    let count = |i: usize| u16::from_be_bytes([packet[4 + 2 * i], packet[5 + 2 * i]]);
+    let count = |section| wire::section_count(packet, section);
     if query.qtype != rtype::IXFR || count(1) != 0 || count(2) == 0 {
         return None;
     }
@@ -89,10 +89,7 @@ pub fn transfer<E>(
     let mut w = Writer::new(query);
     let apex_at = (HEADER_LEN + query.qname_len - snapshot.apex.len()) as u16;
     let soa = &snapshot.soa_rdata;
-    let soa_ttl = snapshot
-        .lookup(b"")
-        .and_then(|e| e.rrset(rtype::SOA))
-        .map_or(0, |s| s.ttl);
+    let soa_ttl = snapshot.soa_ttl;
     if client_serial.is_some_and(|c| serial_at_least(c, snapshot.serial)) {
         w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
         return w.finish(&mut send).map(|()| 1);

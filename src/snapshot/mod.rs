@@ -193,6 +193,8 @@ pub struct Snapshot {
     pub apex: Box<[u8]>,
     /// SOA RDATA carrying `serial`.
     pub soa_rdata: Box<[u8]>,
+    /// TTL of the apex SOA record.
+    pub soa_ttl: u32,
     /// TTL of the SOA in negative answers: min(SOA TTL, SOA MINIMUM) (RFC 2308 §3).
     pub negative_ttl: u32,
     /// The differences that led to this serial, for IXFR.

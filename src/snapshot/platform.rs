@@ -301,6 +301,7 @@ impl Projection {
             serial,
             apex: self.zone.apex.clone().into_boxed_slice(),
             soa_rdata: soa_rdata.into_boxed_slice(),
+            soa_ttl: self.zone.soa.ttl,
             negative_ttl: self.zone.soa.negative_ttl(),
             journal: self.journal.clone(),
             names: self.names.freeze(),
