@@ -38,6 +38,7 @@ pub mod dns;
 pub mod model;
 pub mod name;
 pub mod placement;
+pub mod scheme;
 pub mod server;
 pub mod snapshot;
 pub mod stackfile;

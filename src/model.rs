@@ -3,6 +3,7 @@
 //! Pure data and validation, no I/O. Everything that crosses the API boundary is turned into
 //! these types first, so the rest of the program never sees an unchecked identifier.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -139,13 +140,6 @@ pub struct ContainerKey {
     pub name: Label,
 }
 
-impl ContainerKey {
-    /// The redb key: labels cannot contain '/', so the encoding is unambiguous.
-    pub fn storage_key(&self) -> String {
-        format!("{}/{}/{}", self.user, self.stack, self.name)
-    }
-}
-
 impl fmt::Display for ContainerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.name, self.stack, self.user)
@@ -216,4 +210,50 @@ pub struct PortSpec {
     /// `None`: a dynamic host port from the node's range.
     pub host_port: Option<u16>,
     pub protocol: Protocol,
+}
+
+/// A service as declared by its stack: everything placement decides on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub key: ServiceKey,
+    /// `target_num_containers`; ignored for `every_node`, which runs one per matching node.
+    pub target: u32,
+    pub strategy: Strategy,
+    pub tags: BTreeSet<Label>,
+    pub ports: Vec<PortSpec>,
+    pub mem_limit_mb: Option<u64>,
+    /// An opaque fingerprint of everything else (image, env, command...): when it changes, the
+    /// containers are redeployed even though placement itself sees no difference.
+    pub spec_hash: u64,
+}
+
+impl ServiceSpec {
+    /// Whether `other` can keep this service's containers as they are: everything but the
+    /// target matches. A difference means a redeploy (same names, generation + 1).
+    pub fn same_deployment(&self, other: &ServiceSpec) -> bool {
+        self.key == other.key
+            && self.strategy == other.strategy
+            && self.tags == other.tags
+            && self.ports == other.ports
+            && self.mem_limit_mb == other.mem_limit_mb
+            && self.spec_hash == other.spec_hash
+    }
+}
+
+/// One container placed on one node: what that node's agent is told to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Named `<service>-<n>`.
+    pub container: ContainerKey,
+    pub service: ServiceKey,
+    pub node: Label,
+    /// As declared, with `host_port` always set: the fixed one or the dynamic one allocated.
+    pub ports: Vec<Port>,
+    pub mem_limit_mb: Option<u64>,
+    /// The [`ServiceSpec::spec_hash`] it was placed with, so the agent can tell a redeploy.
+    pub spec_hash: u64,
+    /// Fencing token (design §4): + 1 on every move or redeploy. A new container starts at 1,
+    /// or above the last generation its name had (placement's `Input::retired`, or the input's
+    /// assignment when the name leaves and comes back within one change).
+    pub generation: u64,
 }

@@ -13,11 +13,14 @@ use crate::config::ServeArgs;
 use crate::control::{Control, Publisher};
 use crate::dns::{DnsServer, zonefile};
 use crate::snapshot::Policy;
+use crate::store::RedbStore;
 
 /// The zone served when no zone file is given and `zones/cluster.test.zone` is absent.
 const EMBEDDED_ZONE: &str = include_str!("../zones/cluster.test.zone");
 const DEFAULT_ZONE_PATH: &str = "zones/cluster.test.zone";
 const ADMIN_TOKEN_ENV: &str = "STACKDNS_ADMIN_TOKEN";
+/// How long requests in flight may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the server could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum ServerError {
     Zone(#[from] zonefile::ZoneFileError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Control(#[from] crate::control::StartError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
     #[error("cannot bind the API on {addr}: {source}")]
@@ -66,7 +71,7 @@ impl Server {
             path: args.data.clone(),
             source,
         })?;
-        let admin_token_sha256 = crate::api::auth::hash_token(&admin_token(args)?);
+        let admin_token_sha256 = crate::control::hash_token(&admin_token(args)?);
         // Read before anything is committed, so a bad key file changes nothing.
         let tsig_keys = tsig_keys(args)?;
 
@@ -75,15 +80,17 @@ impl Server {
             rotation: args.rotation,
             max_answers: args.max_answers,
         };
+        let store = RedbStore::open(&args.data.join("stackdns.redb"))?;
+        let cancel = CancellationToken::new();
         let (control, writer) = Control::start(
-            &args.data.join("stackdns.redb"),
+            Box::new(store),
             Publisher {
                 zone,
                 policy,
                 journal_limit: args.ixfr_journal,
             },
+            cancel.clone(),
         )?;
-        let cancel = CancellationToken::new();
         let acl = crate::dns::xfr::TransferAcl {
             allow: args.allow_transfer.clone(),
             keys: tsig_keys,
@@ -146,10 +153,19 @@ impl Server {
         })
     }
 
-    /// Stops accepting work, finishes what is in flight, and waits for every part.
+    /// Stops accepting work, finishes what is in flight, and waits for every part. Requests
+    /// still running after [`SHUTDOWN_GRACE`] are cut off (blocking queries end at once).
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let _ = self.api.await;
+        let mut api = self.api;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut api).await.is_err() {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "API requests still running after the grace period; closing them"
+            );
+            api.abort();
+            let _ = api.await;
+        }
         let _ = self.leases.await;
         for notifier in self.notifiers {
             let _ = notifier.await;
@@ -253,7 +269,7 @@ fn admin_token(args: &ServeArgs) -> Result<String, ServerError> {
         tracing::info!(path = %path.display(), "admin token read from file");
         return read(&path);
     }
-    let token = crate::api::auth::generate_token().map_err(|e| ServerError::AdminToken(e.to_string()))?;
+    let token = crate::control::generate_token().map_err(|e| ServerError::AdminToken(e.to_string()))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -81,13 +81,17 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid { .. } => Self::bad_request("invalid_value", message),
             ControlError::Unauthorized => Self::unauthorized(message),
             ControlError::Forbidden(_) => Self::forbidden(message),
-            ControlError::Storage(_) => {
+            ControlError::Storage(_) | ControlError::Unreadable | ControlError::Internal => {
                 tracing::error!(error = %message, "request failed in storage");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "storage_failed",
                     "the change could not be stored and was not applied; retry, and check the server log",
                 )
+            }
+            ControlError::NoRandomness(_) => {
+                tracing::error!(error = %message, "no randomness for a token");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "no_randomness", message)
             }
             ControlError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
             ControlError::Unplaceable { code, .. } => {

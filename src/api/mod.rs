@@ -1,16 +1,21 @@
 //! The registration and control HTTP API (design §4), on axum.
 //!
 //! ```text
-//!  request -> body limit -> Caller (bearer token) -> handler: validate input into model types
-//!          -> Control::run(job) -> (result, serial) once durable and visible in DNS -> JSON
+//!  request -> body limit -> Caller (bearer token, auth.rs) -> handler: path, query and body
+//!          validated into model types -> Control::<operation>(caller, ..) (authorizes, runs on
+//!          the writer) -> Committed{value, serial} once durable and visible in DNS
+//!          -> render.rs: view -> response body (types.rs) -> JSON
 //! ```
 //!
-//! Handlers never touch the store: every read and write is a job on the control writer.
+//! Handlers only translate: HTTP in, a named control operation, JSON out. They never see the
+//! state or the store, and decide nothing about who may do what.
 
 mod assignments;
-pub mod auth;
+mod auth;
 pub mod error;
 mod nodes;
+mod query;
+mod render;
 mod stacks;
 pub mod types;
 mod users;
@@ -45,7 +50,7 @@ pub struct AppState {
     pub node_ttl: Duration,
 }
 
-/// The whole API, ready to serve (tests call it without a socket too).
+/// The whole API, ready to serve.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(nodes::router())
@@ -91,23 +96,19 @@ async fn healthz() -> &'static str {
 
 /// Ready: the writer answers, so writes will be accepted.
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
-    let serial = state.control.run(|_| Ok(())).await?.serial;
+    let serial = state.control.ready().await?.serial;
     Ok(format!("ready serial={serial}\n"))
 }
 
 /// Prometheus text format: zone and fleet gauges.
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
     let snapshot = state.control.snapshots().load_full();
-    let (live, lost, running, stopped) = state
-        .control
-        .run(|ctx| {
-            let live = ctx.state.nodes.values().filter(|n| n.live).count();
-            let lost = ctx.state.nodes.len() - live;
-            let running = ctx.state.containers.values().filter(|c| c.running).count();
-            Ok((live, lost, running, ctx.state.containers.len() - running))
-        })
-        .await?
-        .value;
+    let crate::control::Fleet {
+        nodes_live: live,
+        nodes_lost: lost,
+        containers_running: running,
+        containers_stopped: stopped,
+    } = state.control.fleet().await?.value;
     Ok(format!(
         "# HELP stackdns_zone_serial SOA serial of the published zone.\n\
          # TYPE stackdns_zone_serial gauge\nstackdns_zone_serial {}\n\

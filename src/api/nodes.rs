@@ -1,19 +1,17 @@
 //! Nodes, their leases and the containers their agents report (design §4).
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use super::auth::{Admin, new_token};
 use super::error::ApiError;
 use super::types::*;
-use super::{AppState, JsonBody};
-use crate::control::state::{Caller, Effect, NodeSpec, NodeState, Report};
-use crate::model::{Container, ContainerKey, Label, Port};
+use super::{AppState, JsonBody, query, render};
+use crate::control::{Caller, Effect, NodeRegistered, NodeSpec, Report};
+use crate::model::{ContainerKey, Label, Port};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -94,154 +92,83 @@ fn node_spec(req: NodeRequest) -> Result<NodeSpec, ApiError> {
     })
 }
 
-/// How a node looks from the API at `now`.
-fn node_info(n: &NodeState, running: usize, now: Instant, apex: &str) -> NodeInfo {
-    NodeInfo {
-        name: n.node.name.to_string(),
-        address: n.node.address.to_string(),
-        labels: n.node.labels.clone(),
-        tags: n.node.tags.iter().map(ToString::to_string).collect(),
-        capacity: n.node.capacity,
-        state: if n.live { "live" } else { "lost" }.to_owned(),
-        last_heartbeat_seconds_ago: now.saturating_duration_since(n.last_seen).as_secs_f64(),
-        containers_running: running,
-        fqdn: format!("{}.node.{apex}", n.node.name),
-    }
-}
-
-fn container_info(c: &Container, apex: &str) -> ContainerInfo {
-    let k = &c.key;
-    ContainerInfo {
-        user: k.user.to_string(),
-        stack: k.stack.to_string(),
-        name: k.name.to_string(),
-        service: c.service.to_string(),
-        node: c.node.to_string(),
-        address: c.address.map(|a| a.to_string()),
-        ports: c.ports.clone(),
-        generation: c.generation,
-        state: if c.running { "running" } else { "stopped" }.to_owned(),
-        fqdn: format!("{}.{}.{}.cont.{apex}", k.name, k.stack, k.user),
-        service_fqdn: format!("{}.{}.{}.svc.{apex}", c.service, k.stack, k.user),
-    }
+/// A node write's answer: 201 with the token when the node was created.
+fn registered(done: crate::control::Committed<NodeRegistered>, apex: &str) -> Reply<NodeResponse> {
+    let NodeRegistered {
+        status,
+        created,
+        token,
+    } = done.value;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = NodeResponse {
+        node: render::node(&status, apex),
+        token,
+        serial: done.serial,
+    };
+    Ok((code, Json(body)))
 }
 
 async fn put_node(
     State(app): State<AppState>,
-    _: Admin,
+    caller: Caller,
     Path(node): Path<String>,
     JsonBody(req): JsonBody<NodeRequest>,
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
     let spec = node_spec(req)?;
-    let (token, token_hash) = new_token()?;
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            let effect = ctx.state.put_node(&name, spec, token_hash, ctx.now, ctx.changes);
-            let n = &ctx.state.nodes[&name];
-            let running = ctx.state.running_on(&name).count();
-            Ok((effect, node_info(n, running, ctx.now, &apex)))
-        })
-        .await?;
-    let (effect, node) = done.value;
-    let created = effect == Effect::Created;
-    if created {
+    let done = app.control.register_node(caller, name, spec).await?;
+    if done.value.created {
+        let node = &done.value.status.node;
         tracing::info!(node = %node.name, address = %node.address, "node registered");
     }
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(NodeResponse {
-            node,
-            token: created.then_some(token),
-            serial: done.serial,
-        }),
-    ))
+    registered(done, &app.apex)
 }
 
-async fn get_node(State(app): State<AppState>, _: Admin, Path(node): Path<String>) -> Reply<NodeResponse> {
+async fn get_node(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            let n = ctx
-                .state
-                .nodes
-                .get(&name)
-                .ok_or_else(|| crate::control::ControlError::NotFound {
-                    what: "node",
-                    name: name.to_string(),
-                })?;
-            Ok(node_info(n, ctx.state.running_on(&name).count(), ctx.now, &apex))
-        })
-        .await?;
+    let done = app.control.node(caller, name).await?;
     ok(NodeResponse {
-        node: done.value,
+        node: render::node(&done.value, &app.apex),
         token: None,
         serial: done.serial,
     })
 }
 
-async fn list_nodes(State(app): State<AppState>, _: Admin) -> Reply<NodeList> {
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            Ok(ctx
-                .state
-                .nodes
-                .values()
-                .map(|n| node_info(n, ctx.state.running_on(&n.node.name).count(), ctx.now, &apex))
-                .collect())
-        })
-        .await?;
+async fn list_nodes(State(app): State<AppState>, caller: Caller) -> Reply<NodeList> {
+    let done = app.control.nodes(caller).await?;
     ok(NodeList {
-        nodes: done.value,
+        nodes: done.value.iter().map(|n| render::node(n, &app.apex)).collect(),
         serial: done.serial,
     })
 }
 
 async fn delete_node(
     State(app): State<AppState>,
-    _: Admin,
+    caller: Caller,
     Path(node): Path<String>,
 ) -> Reply<SerialResponse> {
     let name = Label::parse("node", &node)?;
-    let done = app
-        .control
-        .run(move |ctx| ctx.state.delete_node(&name, ctx.changes))
-        .await?;
+    let done = app.control.delete_node(caller, name).await?;
     tracing::info!(node = %done.value.name, "node deleted");
     ok(SerialResponse { serial: done.serial })
 }
 
 async fn rotate_token(
     State(app): State<AppState>,
-    _: Admin,
+    caller: Caller,
     Path(node): Path<String>,
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
-    let (token, token_hash) = new_token()?;
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.set_node_token(&name, token_hash, ctx.changes)?;
-            let n = &ctx.state.nodes[&name];
-            Ok(node_info(n, ctx.state.running_on(&name).count(), ctx.now, &apex))
-        })
-        .await?;
-    ok(NodeResponse {
-        node: done.value,
-        token: Some(token),
-        serial: done.serial,
-    })
+    let done = app.control.rotate_node_token(caller, name).await?;
+    registered(done, &app.apex)
 }
 
 async fn heartbeat(
@@ -250,16 +177,9 @@ async fn heartbeat(
     Path(node): Path<String>,
 ) -> Reply<HeartbeatResponse> {
     let name = Label::parse("node", &node)?;
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.authorize_node(&caller, &name)?;
-            ctx.state.heartbeat(&name, ctx.now, ctx.changes)?;
-            Ok(name)
-        })
-        .await?;
+    let done = app.control.heartbeat(caller, name.clone()).await?;
     ok(HeartbeatResponse {
-        node: done.value.to_string(),
+        node: name.to_string(),
         state: "live".to_owned(),
         lease_seconds: app.node_ttl.as_secs(),
         serial: done.serial,
@@ -298,71 +218,43 @@ async fn put_container(
     let node = Label::parse("node", &node)?;
     let key = container_key(&user, &stack, &container)?;
     let report = report(&req.service, req.address.as_deref(), req.ports, req.generation)?;
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.authorize_node(&caller, &node)?;
-            ctx.state.put_container(&node, key, report, ctx.now, ctx.changes)
-        })
-        .await?;
+    let done = app.control.put_container(caller, node, key, report).await?;
     let (c, effect) = done.value;
-    Ok((
-        if effect == Effect::Created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(ContainerResponse {
-            container: container_info(&c, &app.apex),
-            serial: done.serial,
-        }),
-    ))
+    let code = if effect == Effect::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = ContainerResponse {
+        container: render::container(&c, &app.apex),
+        serial: done.serial,
+    };
+    Ok((code, Json(body)))
 }
 
-/// `?generation=N`, parsed here so a bad value gets the API's error shape.
-fn generation_param(query: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let mut generation = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "generation" => {
-                generation = Some(value.parse().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_value",
-                        format!("generation {value:?} is not a non-negative integer"),
-                    )
-                })?);
-            }
-            other => {
-                return Err(ApiError::bad_request(
-                    "unknown_parameter",
-                    format!("unknown query parameter {other:?}; only `generation` is accepted"),
-                ));
-            }
-        }
-    }
-    Ok(generation)
+/// `DELETE …/containers/{user}/{stack}/{container}?generation=N`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopParams {
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 async fn delete_container(
     State(app): State<AppState>,
     caller: Caller,
     Path((node, user, stack, container)): Path<(String, String, String, String)>,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> Reply<ContainerResponse> {
     let node = Label::parse("node", &node)?;
     let key = container_key(&user, &stack, &container)?;
-    let generation = generation_param(query.as_deref())?;
+    let params: StopParams = query::parse(raw.as_deref())?;
     let done = app
         .control
-        .run(move |ctx| {
-            ctx.state.authorize_node(&caller, &node)?;
-            ctx.state
-                .delete_container(&node, &key, generation, ctx.now, ctx.changes)
-        })
+        .stop_container(caller, node, key, params.generation)
         .await?;
     ok(ContainerResponse {
-        container: container_info(&done.value.0, &app.apex),
+        container: render::container(&done.value, &app.apex),
         serial: done.serial,
     })
 }
@@ -385,25 +277,10 @@ async fn replace_containers(
             ))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.authorize_node(&caller, &node)?;
-            let summary = ctx
-                .state
-                .replace_containers(&node, reports, ctx.now, ctx.changes)?;
-            let running = ctx
-                .state
-                .running_on(&node)
-                .map(|c| container_info(c, &apex))
-                .collect();
-            Ok((summary, running))
-        })
-        .await?;
-    let (s, containers) = done.value;
+    let done = app.control.replace_containers(caller, node, reports).await?;
+    let (s, running) = done.value;
     ok(ContainerListResponse {
-        containers,
+        containers: running.iter().map(|c| render::container(c, &app.apex)).collect(),
         started: s.started,
         updated: s.updated,
         stopped: s.stopped,
@@ -418,26 +295,13 @@ async fn list_containers(
     Path(node): Path<String>,
 ) -> Reply<ContainerList> {
     let node = Label::parse("node", &node)?;
-    let apex = app.apex.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.authorize_node(&caller, &node)?;
-            if !ctx.state.nodes.contains_key(&node) {
-                return Err(crate::control::ControlError::NotFound {
-                    what: "node",
-                    name: node.to_string(),
-                });
-            }
-            Ok(ctx
-                .state
-                .running_on(&node)
-                .map(|c| container_info(c, &apex))
-                .collect())
-        })
-        .await?;
+    let done = app.control.node_containers(caller, node).await?;
     ok(ContainerList {
-        containers: done.value,
+        containers: done
+            .value
+            .iter()
+            .map(|c| render::container(c, &app.apex))
+            .collect(),
         serial: done.serial,
     })
 }

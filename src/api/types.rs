@@ -223,10 +223,10 @@ pub struct StackResponse {
     pub dry_run: bool,
     /// What the change did to containers.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub changes: Option<crate::control::stacks::Applied>,
+    pub changes: Option<crate::control::Applied>,
     /// Dry runs: every node's verdict for every container placed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdicts: Option<serde_json::Value>,
+    pub verdicts: Option<Vec<crate::placement::NodeVerdict>>,
     pub serial: u32,
 }
 

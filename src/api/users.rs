@@ -6,9 +6,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::AppState;
-use super::auth::{Admin, new_token};
 use super::error::ApiError;
 use super::types::{UserTokenResponse, UserTokensRevoked};
+use crate::control::Caller;
 use crate::model::Label;
 
 pub fn router() -> Router<AppState> {
@@ -18,25 +18,17 @@ pub fn router() -> Router<AppState> {
 /// `POST /v1/users/{user}/tokens`: a new token for the user (existing ones stay valid).
 async fn issue(
     State(app): State<AppState>,
-    _: Admin,
+    caller: Caller,
     Path(user): Path<String>,
 ) -> Result<(StatusCode, Json<UserTokenResponse>), ApiError> {
     let user = Label::parse("user", &user)?;
-    let (token, hash) = new_token()?;
-    let name = user.clone();
-    let done = app
-        .control
-        .run(move |ctx| {
-            ctx.state.add_user_token(&name, hash, ctx.changes);
-            Ok(())
-        })
-        .await?;
+    let done = app.control.issue_user_token(caller, user.clone()).await?;
     tracing::info!(%user, "user token issued");
     Ok((
         StatusCode::CREATED,
         Json(UserTokenResponse {
             user: user.to_string(),
-            token,
+            token: done.value,
             serial: done.serial,
         }),
     ))
@@ -45,15 +37,11 @@ async fn issue(
 /// `DELETE /v1/users/{user}/tokens`: every token of the user stops working.
 async fn revoke(
     State(app): State<AppState>,
-    _: Admin,
+    caller: Caller,
     Path(user): Path<String>,
 ) -> Result<Json<UserTokensRevoked>, ApiError> {
     let user = Label::parse("user", &user)?;
-    let name = user.clone();
-    let done = app
-        .control
-        .run(move |ctx| Ok(ctx.state.revoke_user_tokens(&name, ctx.changes)))
-        .await?;
+    let done = app.control.revoke_user_tokens(caller, user.clone()).await?;
     tracing::info!(%user, revoked = done.value, "user tokens revoked");
     Ok(Json(UserTokensRevoked {
         user: user.to_string(),

@@ -2,40 +2,29 @@
 //! changing it.
 //!
 //! Every operation validates first and mutates after, recording each mutation as a store
-//! [`Op`]: a refused request leaves no trace, an accepted one is exactly what gets committed.
-//! Leases live only here (a heartbeat is not worth an fsync); they restart their countdown
-//! when the server starts, so a restart does not empty DNS.
+//! [`Op`] in [`Changes`]: a refused request leaves no trace, an accepted one is exactly what
+//! gets committed. Leases live only here (a heartbeat is not worth an fsync); they restart
+//! their countdown when the server starts, so a restart does not empty DNS.
+//!
+//! Split by concern: this file holds nodes, leases, tokens and who may do what;
+//! [`reports`] the containers agents report (generation fencing); [`placing`] the bridge to
+//! the placement engine.
+
+mod placing;
+mod reports;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::ControlError;
-use crate::model::{Capacity, Container, ContainerKey, Label, Node, Port, ServiceKey};
+use super::auth::{Caller, Principal};
+use super::changes::{Changes, Effect};
+use super::error::ControlError;
+use super::stacks::Stacks;
+use crate::model::{Capacity, Container, ContainerKey, Label, Node, ServiceKey};
 use crate::store::{Loaded, Op};
 
-/// Who sent a request, as far as the API could tell without the state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    Admin,
-    /// A node's token, by its SHA-256 (hex), as the published token index knew it.
-    Node {
-        node: Label,
-        token_sha256: String,
-    },
-    /// A user's token: it may act on that user's stacks only.
-    User {
-        user: Label,
-        token_sha256: String,
-    },
-}
-
-/// Whom a non-admin token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    Node(Label),
-    User(Label),
-}
+pub use reports::{MAX_GENERATION, ReplaceSummary, Report};
 
 /// A registered node and its lease.
 #[derive(Debug, Clone)]
@@ -55,49 +44,13 @@ pub struct NodeSpec {
     pub capacity: Option<Capacity>,
 }
 
-/// What an agent reports about one running container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub service: Label,
-    pub address: Option<IpAddr>,
-    pub ports: Vec<Port>,
-    pub generation: u64,
-}
-
-/// Generations above this are refused: room is left above any reported one, so a
-/// redeploy or a move can always go one higher.
-pub const MAX_GENERATION: u64 = 1 << 53;
-
-/// What one batch of operations changed: what to store, and which DNS names to recompute.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub ops: Vec<Op>,
-    /// Nodes whose address, existence or lease changed (their containers follow).
-    pub nodes: BTreeSet<Label>,
-    pub containers: BTreeSet<ContainerKey>,
-    pub services: BTreeSet<ServiceKey>,
-    /// A token was issued or revoked: the API's token index must be republished.
-    pub tokens_changed: bool,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.nodes.is_empty() && self.containers.is_empty() && self.services.is_empty()
-    }
-}
-
-/// Whether an operation changed anything (an identical re-report does not).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    Created,
-    Updated,
-    Unchanged,
-}
+/// The lease of one node, kept across a reload of the state.
+pub type Lease = (Label, Instant, bool);
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub nodes: BTreeMap<Label, NodeState>,
-    pub containers: BTreeMap<ContainerKey, Container>,
+    nodes: BTreeMap<Label, NodeState>,
+    containers: BTreeMap<ContainerKey, Container>,
     /// Running and stopped containers last reported by each node.
     by_node: HashMap<Label, BTreeSet<ContainerKey>>,
     /// Running and stopped containers of each service.
@@ -105,14 +58,18 @@ pub struct State {
     /// User token hashes and their users.
     user_tokens: HashMap<String, Label>,
     /// Declared stacks and where placement put their containers.
-    pub stacks: super::stacks::Stacks,
+    stacks: Stacks,
 }
 
 impl State {
     /// Rebuilds the state as it was last published: nodes stored as lost are lost, the others
     /// live with a lease starting at `now`. See [`State::restart_leases`].
-    pub fn from_loaded(loaded: Loaded, now: Instant) -> Self {
-        let mut state = State::default();
+    pub fn from_loaded(mut loaded: Loaded, now: Instant) -> Self {
+        let names: Vec<Label> = loaded.nodes.iter().map(|n| n.name.clone()).collect();
+        let mut state = State {
+            stacks: Stacks::from_loaded(&mut loaded, names),
+            ..State::default()
+        };
         let lost: BTreeSet<Label> = loaded.lost.into_iter().collect();
         for node in loaded.nodes {
             let live = !lost.contains(&node.name);
@@ -139,6 +96,52 @@ impl State {
         for n in self.nodes.values_mut().filter(|n| n.live) {
             n.last_seen = now;
         }
+    }
+
+    /// Every node's lease, to carry over a reload.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.nodes
+            .iter()
+            .map(|(k, n)| (k.clone(), n.last_seen, n.live))
+            .collect()
+    }
+
+    /// Puts back leases taken with [`State::leases`] (nodes since deleted are skipped).
+    pub fn restore_leases(&mut self, leases: Vec<Lease>) {
+        for (name, last_seen, live) in leases {
+            if let Some(n) = self.nodes.get_mut(&name) {
+                n.last_seen = last_seen;
+                n.live = live;
+            }
+        }
+    }
+
+    /// A store op per node recording whether it is lost, for when the stored lease flags may
+    /// lag behind memory.
+    pub fn lease_ops(&self) -> impl Iterator<Item = Op> + '_ {
+        self.nodes
+            .values()
+            .map(|n| Op::SetLost(n.node.name.clone(), !n.live))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
+    pub fn container(&self, key: &ContainerKey) -> Option<&Container> {
+        self.containers.get(key)
+    }
+
+    pub fn stacks(&self) -> &Stacks {
+        &self.stacks
     }
 
     fn index(&mut self, c: &Container) {
@@ -190,7 +193,7 @@ impl State {
                 .by_service
                 .keys()
                 .cloned()
-                .chain(self.declared_services().into_iter().map(|s| s.key))
+                .chain(self.stacks.declared_services().into_iter().map(|s| s.key))
                 .collect(),
             tokens_changed: false,
         }
@@ -268,8 +271,23 @@ impl State {
         nodes.chain(users).collect()
     }
 
-    /// Whether `caller` may act on `user`'s stacks. Anyone else is told the stack does not
-    /// exist (404), so a user cannot learn which other users or stacks there are.
+    /// Checks that `caller` may act on `user`'s stacks: the admin, or that user's own token.
+    /// A node token is 403; anyone else is told the stack does not exist (404), so a user
+    /// cannot learn which other users or stacks there are.
+    pub fn authorize_stacks(&self, caller: &Caller, user: &Label, stack: &Label) -> Result<(), ControlError> {
+        match caller {
+            Caller::Node { .. } => Err(ControlError::Forbidden(
+                "a node token cannot act on stacks".to_owned(),
+            )),
+            _ if self.may_act_for(caller, user) => Ok(()),
+            _ => Err(ControlError::NotFound {
+                what: "stack",
+                name: format!("{user}/{stack}"),
+            }),
+        }
+    }
+
+    /// Whether `caller` may act on `user`'s stacks.
     pub fn may_act_for(&self, caller: &Caller, user: &Label) -> bool {
         match caller {
             Caller::Admin => true,
@@ -302,7 +320,8 @@ impl State {
         revoked
     }
 
-    fn node(&self, name: &Label) -> Result<&NodeState, ControlError> {
+    /// The node called `name`, or NotFound.
+    pub fn node(&self, name: &Label) -> Result<&NodeState, ControlError> {
         self.nodes.get(name).ok_or_else(|| ControlError::NotFound {
             what: "node",
             name: name.to_string(),
@@ -410,192 +429,17 @@ impl State {
             }
         }
     }
-
-    /// Checks a report against the fence without changing anything.
-    fn check_report(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
-        if generation > MAX_GENERATION {
-            return Err(ControlError::Invalid {
-                field: "generation",
-                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
-            });
-        }
-        // A placed container may only be reported by the node it is assigned to, at most at
-        // the generation placement gave it: no node can take over another's containers.
-        if let Some(a) = self.stacks.assignments.get(key) {
-            if &a.node != node || generation > a.generation {
-                return Err(ControlError::StaleGeneration {
-                    container: key.to_string(),
-                    stored: a.generation,
-                    reported: generation,
-                    detail: format!("it is assigned to node {} at generation {}", a.node, a.generation),
-                });
-            }
-        }
-        let Some(stored) = self.containers.get(key) else {
-            return Ok(());
-        };
-        let same_place = stored.running && &stored.node == node;
-        if generation < stored.generation || (generation == stored.generation && !same_place) {
-            return Err(ControlError::StaleGeneration {
-                container: key.to_string(),
-                stored: stored.generation,
-                reported: generation,
-                detail: if stored.running {
-                    format!("it is running on node {}", stored.node)
-                } else {
-                    "it was stopped".to_owned()
-                },
-            });
-        }
-        Ok(())
-    }
-
-    /// Records that `key` runs on `node` as reported (generation-fenced).
-    pub fn put_container(
-        &mut self,
-        node: &Label,
-        key: ContainerKey,
-        report: Report,
-        now: Instant,
-        changes: &mut Changes,
-    ) -> Result<(Container, Effect), ControlError> {
-        self.node(node)?;
-        self.check_report(node, &key, report.generation)?;
-        self.heartbeat(node, now, changes)?;
-        Ok(self.apply_report(node, key, report, changes))
-    }
-
-    fn apply_report(
-        &mut self,
-        node: &Label,
-        key: ContainerKey,
-        report: Report,
-        changes: &mut Changes,
-    ) -> (Container, Effect) {
-        let container = Container {
-            key,
-            node: node.clone(),
-            service: report.service,
-            address: report.address,
-            ports: report.ports,
-            generation: report.generation,
-            running: true,
-        };
-        let effect = match self.containers.get(&container.key) {
-            Some(old) if *old == container => return (container, Effect::Unchanged),
-            Some(old) if old.running => Effect::Updated,
-            _ => Effect::Created,
-        };
-        self.store_container(container.clone(), changes);
-        (container, effect)
-    }
-
-    /// Records that `key` stopped on `node`. Without a generation, the stored one is used.
-    pub fn delete_container(
-        &mut self,
-        node: &Label,
-        key: &ContainerKey,
-        generation: Option<u64>,
-        now: Instant,
-        changes: &mut Changes,
-    ) -> Result<(Container, Effect), ControlError> {
-        self.node(node)?;
-        let stored = self.containers.get(key).ok_or_else(|| ControlError::NotFound {
-            what: "container",
-            name: key.to_string(),
-        })?;
-        let generation = generation.unwrap_or(stored.generation);
-        let stale = |detail: String| ControlError::StaleGeneration {
-            container: key.to_string(),
-            stored: stored.generation,
-            reported: generation,
-            detail,
-        };
-        if generation < stored.generation {
-            return Err(stale("a newer report exists".to_owned()));
-        }
-        // Only the node running a container may stop it, whatever generation it claims; a
-        // placed container only by its assigned node, within the generation it was given.
-        if stored.running && &stored.node != node {
-            return Err(stale(format!("it is running on node {}", stored.node)));
-        }
-        if let Some(a) = self.stacks.assignments.get(key) {
-            if &a.node != node || generation > a.generation {
-                return Err(stale(format!(
-                    "it is assigned to node {} at generation {}",
-                    a.node, a.generation
-                )));
-            }
-        }
-        if generation > MAX_GENERATION {
-            return Err(ControlError::Invalid {
-                field: "generation",
-                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
-            });
-        }
-        if !stored.running && generation == stored.generation {
-            let stopped = stored.clone();
-            self.heartbeat(node, now, changes)?;
-            return Ok((stopped, Effect::Unchanged));
-        }
-        let mut stopped = stored.clone();
-        stopped.running = false;
-        stopped.generation = generation;
-        self.heartbeat(node, now, changes)?;
-        self.store_container(stopped.clone(), changes);
-        Ok((stopped, Effect::Updated))
-    }
-
-    /// Anti-entropy: `reports` is everything running on `node`; anything else the node had
-    /// is stopped. All or nothing: one stale report refuses the whole list.
-    pub fn replace_containers(
-        &mut self,
-        node: &Label,
-        reports: Vec<(ContainerKey, Report)>,
-        now: Instant,
-        changes: &mut Changes,
-    ) -> Result<ReplaceSummary, ControlError> {
-        self.node(node)?;
-        let mut seen = BTreeSet::new();
-        for (key, report) in &reports {
-            if !seen.insert(key.clone()) {
-                return Err(ControlError::Invalid {
-                    field: "containers",
-                    message: format!("container {key} is listed twice"),
-                });
-            }
-            self.check_report(node, key, report.generation)?;
-        }
-        self.heartbeat(node, now, changes)?;
-        let gone: Vec<Container> = self
-            .running_on(node)
-            .filter(|c| !seen.contains(&c.key))
-            .cloned()
-            .collect();
-        let mut summary = ReplaceSummary::default();
-        for mut c in gone {
-            c.running = false;
-            self.store_container(c, changes);
-            summary.stopped += 1;
-        }
-        for (key, report) in reports {
-            match self.apply_report(node, key, report, changes).1 {
-                Effect::Created => summary.started += 1,
-                Effect::Updated => summary.updated += 1,
-                Effect::Unchanged => summary.unchanged += 1,
-            }
-        }
-        Ok(summary)
-    }
 }
 
-/// What an anti-entropy report changed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ReplaceSummary {
-    pub started: usize,
-    pub updated: usize,
-    pub stopped: usize,
-    pub unchanged: usize,
+/// Only the admin token may do this.
+pub fn require_admin(caller: &Caller) -> Result<(), ControlError> {
+    match caller {
+        Caller::Admin => Ok(()),
+        Caller::Node { .. } | Caller::User { .. } => Err(ControlError::Forbidden(
+            "this endpoint needs the admin token; node and user tokens act on their own node or stacks"
+                .to_owned(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -42,10 +42,11 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::model::{ContainerKey, Label, Port, PortSpec, ServiceKey, Strategy};
+use crate::model::{ContainerKey, Label, ServiceKey};
 
+pub use crate::model::{Assignment, ServiceSpec};
 pub use error::{PlacementError, Refusal};
 
 /// The host ports a node hands out for `"80"`-style (dynamic) ports unless configured otherwise:
@@ -68,52 +69,6 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Memory the node offers; `None` means unlimited (no capacity registered).
     pub memory_mb: Option<u64>,
-}
-
-/// A service as declared by its stack: everything placement decides on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    pub key: ServiceKey,
-    /// `target_num_containers`; ignored for `every_node`, which runs one per matching node.
-    pub target: u32,
-    pub strategy: Strategy,
-    pub tags: BTreeSet<Label>,
-    pub ports: Vec<PortSpec>,
-    pub mem_limit_mb: Option<u64>,
-    /// An opaque fingerprint of everything else (image, env, command...): when it changes, the
-    /// containers are redeployed even though placement itself sees no difference.
-    pub spec_hash: u64,
-}
-
-impl ServiceSpec {
-    /// Whether `other` can keep this service's containers as they are: everything but the
-    /// target matches. A difference means a redeploy (same names, generation + 1).
-    fn same_deployment(&self, other: &ServiceSpec) -> bool {
-        self.key == other.key
-            && self.strategy == other.strategy
-            && self.tags == other.tags
-            && self.ports == other.ports
-            && self.mem_limit_mb == other.mem_limit_mb
-            && self.spec_hash == other.spec_hash
-    }
-}
-
-/// One container placed on one node: what that node's agent is told to run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// Named `<service>-<n>`.
-    pub container: ContainerKey,
-    pub service: ServiceKey,
-    pub node: Label,
-    /// As declared, with `host_port` always set: the fixed one or the dynamic one allocated.
-    pub ports: Vec<Port>,
-    pub mem_limit_mb: Option<u64>,
-    /// The [`ServiceSpec::spec_hash`] it was placed with, so the agent can tell a redeploy.
-    pub spec_hash: u64,
-    /// Fencing token (design §4): + 1 on every move or redeploy. A new container starts at 1,
-    /// or above the last generation its name had ([`Input::retired`], or the input's
-    /// assignment when the name leaves and comes back within one change).
-    pub generation: u64,
 }
 
 /// Everything placement decides from. The slices may come in any order.

@@ -1,5 +1,5 @@
-//! How the platform's state becomes DNS names (design §2), one node, container or service at
-//! a time.
+//! How the platform's state becomes DNS records (design §2, §3), one node, container or service
+//! at a time; the names themselves are spelled by [`crate::scheme`].
 //!
 //! - `<node>.node` → the node's address, whatever its lease.
 //! - `<c>.<stack>.<user>.cont` → exists for every known container; has an address only while it
@@ -20,9 +20,9 @@ use std::sync::Arc;
 use super::journal::{Diff, Journal};
 use super::names::Names;
 use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
-use crate::model::{ContainerKey, Label, Port, PortSpec, Protocol, ServiceKey};
-use crate::name;
+use crate::model::{ContainerKey, Label, Port, PortSpec, ServiceKey};
 use crate::zone::{Zone, rtype};
+use crate::{name, scheme};
 
 /// The journal may always hold this many records, however small the zone.
 const MIN_JOURNAL_RECORDS: usize = 10_000;
@@ -136,7 +136,7 @@ impl Projection {
 
     /// `<node>.node`: the node's address, or gone when `address` is `None`.
     pub fn node(&mut self, node: &Label, address: Option<IpAddr>) {
-        let rel = name::relative(&[node.as_str(), "node"]);
+        let rel = scheme::node_rel(node);
         match address {
             Some(addr) => {
                 let entry = Entry::new(self.address_sets([addr], 0));
@@ -149,7 +149,7 @@ impl Projection {
     /// `<c>.<stack>.<user>.cont`: `known` says whether it exists at all, `address` whether it
     /// answers.
     pub fn container(&mut self, key: &ContainerKey, known: bool, address: Option<IpAddr>) {
-        let rel = cont_name(key);
+        let rel = scheme::container_rel(key);
         if !known {
             self.names.unset(&rel);
             return;
@@ -161,7 +161,7 @@ impl Projection {
     /// The service's name and its SRV names, from every known container of it. A service a
     /// stack declares (`declared`: its ports) has its names even with no container yet.
     pub fn service(&mut self, key: &ServiceKey, members: &[Member<'_>], declared: Option<&[PortSpec]>) {
-        let svc = name::relative(&[key.service.as_str(), key.stack.as_str(), key.user.as_str(), "svc"]);
+        let svc = scheme::service_rel(key);
         let old_owners = self.srv_owners.remove(key).unwrap_or_default();
         if members.is_empty() && declared.is_none() {
             self.names.unset(&svc);
@@ -180,16 +180,13 @@ impl Projection {
 
         let mut srv: BTreeMap<Box<[u8]>, Items> = BTreeMap::new();
         for p in declared.unwrap_or_default() {
-            let port = Port {
-                container_port: p.container_port,
-                host_port: p.host_port,
-                protocol: p.protocol,
-            };
-            srv.entry(srv_owner(&port, &svc).into_boxed_slice()).or_default();
+            let owner = scheme::srv_rel(p.container_port, p.protocol, &svc);
+            srv.entry(owner.into_boxed_slice()).or_default();
         }
         for m in members {
             for port in m.ports {
-                let records = srv.entry(srv_owner(port, &svc).into_boxed_slice()).or_default();
+                let owner = scheme::srv_rel(port.container_port, port.protocol, &svc);
+                let records = srv.entry(owner.into_boxed_slice()).or_default();
                 let Some(addr) = m.address else {
                     continue; // Known, not answering: the name exists without data.
                 };
@@ -197,7 +194,7 @@ impl Projection {
                 rdata.extend_from_slice(&0u16.to_be_bytes());
                 rdata.extend_from_slice(&1u16.to_be_bytes());
                 rdata.extend_from_slice(&port.host_port.unwrap_or(port.container_port).to_be_bytes());
-                rdata.extend_from_slice(&cont_name(m.key));
+                rdata.extend_from_slice(&scheme::container_rel(m.key));
                 rdata.extend_from_slice(&self.zone.apex);
                 let extra = match addr {
                     IpAddr::V4(a) => (rtype::A, ttl, Box::from(&a.octets()[..])),
@@ -318,26 +315,6 @@ fn static_sets(sets: &[StaticSet]) -> Vec<RRset> {
 
 fn static_entry(sets: &[StaticSet]) -> Entry {
     Entry::new(static_sets(sets))
-}
-
-/// `<name>.<stack>.<user>.cont`, relative to the apex.
-pub fn cont_name(key: &ContainerKey) -> Vec<u8> {
-    name::relative(&[key.name.as_str(), key.stack.as_str(), key.user.as_str(), "cont"])
-}
-
-/// `_<port>._<proto>.<svc>`, relative to the apex.
-fn srv_owner(port: &Port, svc: &[u8]) -> Vec<u8> {
-    let mut owner = Vec::with_capacity(svc.len() + 12);
-    name::push_label(&mut owner, &format!("_{}", port.container_port));
-    name::push_label(
-        &mut owner,
-        match port.protocol {
-            Protocol::Tcp => "_tcp",
-            Protocol::Udp => "_udp",
-        },
-    );
-    owner.extend_from_slice(svc);
-    owner
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod unit;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::model::PortSpec;
 use crate::model::{Protocol, Strategy};
 
 pub fn label(s: &str) -> Label {

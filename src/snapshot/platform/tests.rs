@@ -1,6 +1,7 @@
 //! The projection from platform state to names, and the copy-on-write name table under it.
 
 use super::*;
+use crate::model::Protocol;
 use crate::zone::Soa;
 
 fn label(s: &str) -> Label {

@@ -1,0 +1,52 @@
+//! Why a control-plane operation was not carried out; the API maps each to a status code.
+
+use std::sync::Arc;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error(
+        "stale report for container {container}: generation {reported} is not newer than the \
+         stored generation {stored} ({detail}); nothing was changed"
+    )]
+    StaleGeneration {
+        container: String,
+        stored: u64,
+        reported: u64,
+        detail: String,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the bearer token is not known; send the admin token or the node's own token")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// The commit failed; the state was reloaded from the store.
+    #[error("the change could not be stored, so it was not applied: {0}")]
+    Storage(#[source] Arc<StoreError>),
+    /// The store could not be read back after a failed commit: writes wait until it can.
+    #[error("the database could not be read back after a failed commit; nothing was changed")]
+    Unreadable,
+    /// An operation panicked on the writer; its batch was dropped and the state reloaded.
+    #[error("internal error; nothing was changed")]
+    Internal,
+    #[error("cannot generate a token: {0}")]
+    NoRandomness(getrandom::Error),
+    #[error("the server is shutting down")]
+    Stopped,
+    /// Placement cannot satisfy the request; nothing was changed.
+    #[error("{message}")]
+    Unplaceable { code: &'static str, message: String },
+}
+
+impl From<crate::placement::PlacementError> for ControlError {
+    fn from(e: crate::placement::PlacementError) -> Self {
+        ControlError::Unplaceable {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The control operations, one method each: who may call it, what it checks, what it changes.
+//!
+//! Every method takes the caller's identity and decides authorization first, on the writer,
+//! against the state it then acts on; the closure it hands to the writer is written here, next
+//! to its name, so a write can be followed from the API handler to the commit in one file.
+
+use std::time::Duration;
+
+use super::auth::{Caller, generate_token, hash_token};
+use super::changes::Effect;
+use super::error::ControlError;
+use super::stacks::{Applied, service_specs};
+use super::state::{NodeSpec, ReplaceSummary, Report, require_admin};
+use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
+use super::{Committed, Control};
+use crate::model::{Container, ContainerKey, Label, Node, ServiceKey};
+use crate::placement::Change;
+use crate::stackfile::Stackfile;
+use crate::store::StackRecord;
+
+/// A Stackfile as a user submitted it, already parsed.
+#[derive(Debug, Clone)]
+pub struct StackSubmission {
+    pub user: Label,
+    pub stack: Label,
+    pub file: Stackfile,
+    /// The text as sent, kept with the stack.
+    pub body: String,
+    pub content_type: Option<String>,
+}
+
+/// A fresh token and its stored form.
+fn new_token() -> Result<(String, String), ControlError> {
+    let token = generate_token().map_err(ControlError::NoRandomness)?;
+    let hash = hash_token(&token);
+    Ok((token, hash))
+}
+
+fn stack_not_found(user: &Label, stack: &Label) -> ControlError {
+    ControlError::NotFound {
+        what: "stack",
+        name: format!("{user}/{stack}"),
+    }
+}
+
+/// Nodes: admin only, except what a node does about itself.
+impl Control {
+    /// Creates or updates a node; a new node's token is in the answer, and only there.
+    pub async fn register_node(
+        &self,
+        caller: Caller,
+        name: Label,
+        spec: NodeSpec,
+    ) -> Result<Committed<NodeRegistered>, ControlError> {
+        let (token, token_hash) = new_token()?;
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            let effect = ctx.state.put_node(&name, spec, token_hash, ctx.now, ctx.changes);
+            let status = views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now);
+            let created = effect == Effect::Created;
+            Ok(NodeRegistered {
+                status,
+                created,
+                token: created.then_some(token),
+            })
+        })
+        .await
+    }
+
+    pub async fn node(&self, caller: Caller, name: Label) -> Result<Committed<NodeStatus>, ControlError> {
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            Ok(views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now))
+        })
+        .await
+    }
+
+    pub async fn nodes(&self, caller: Caller) -> Result<Committed<Vec<NodeStatus>>, ControlError> {
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            Ok(ctx
+                .state
+                .nodes()
+                .map(|n| views::node_status(ctx.state, n, ctx.now))
+                .collect())
+        })
+        .await
+    }
+
+    /// Removes a node; its containers leave DNS and stay as tombstones.
+    pub async fn delete_node(&self, caller: Caller, name: Label) -> Result<Committed<Node>, ControlError> {
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            ctx.state.delete_node(&name, ctx.changes)
+        })
+        .await
+    }
+
+    /// Gives a node a new token; the old one stops working with this commit.
+    pub async fn rotate_node_token(
+        &self,
+        caller: Caller,
+        name: Label,
+    ) -> Result<Committed<NodeRegistered>, ControlError> {
+        let (token, token_hash) = new_token()?;
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            ctx.state.set_node_token(&name, token_hash, ctx.changes)?;
+            Ok(NodeRegistered {
+                status: views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now),
+                created: false,
+                token: Some(token),
+            })
+        })
+        .await
+    }
+
+    /// Renews a node's lease (admin or the node itself).
+    pub async fn heartbeat(&self, caller: Caller, node: Label) -> Result<Committed<()>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_node(&caller, &node)?;
+            ctx.state.heartbeat(&node, ctx.now, ctx.changes)
+        })
+        .await
+    }
+
+    /// Marks nodes lost whose lease lapsed; run periodically by the server itself.
+    pub async fn expire_leases(&self, ttl: Duration) -> Result<(), ControlError> {
+        self.run(move |ctx| {
+            ctx.state.expire_leases(ctx.now, ttl, ctx.changes);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Containers, as a node's agent reports them.
+impl Control {
+    /// Records that `key` runs on `node` (generation-fenced); renews the node's lease.
+    pub async fn put_container(
+        &self,
+        caller: Caller,
+        node: Label,
+        key: ContainerKey,
+        report: Report,
+    ) -> Result<Committed<(Container, Effect)>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_node(&caller, &node)?;
+            ctx.state.put_container(&node, key, report, ctx.now, ctx.changes)
+        })
+        .await
+    }
+
+    /// Records that `key` stopped on `node`; without a generation, the stored one is used.
+    pub async fn stop_container(
+        &self,
+        caller: Caller,
+        node: Label,
+        key: ContainerKey,
+        generation: Option<u64>,
+    ) -> Result<Committed<Container>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_node(&caller, &node)?;
+            let (stopped, _) = ctx
+                .state
+                .delete_container(&node, &key, generation, ctx.now, ctx.changes)?;
+            Ok(stopped)
+        })
+        .await
+    }
+
+    /// Anti-entropy: `reports` is everything running on `node`, all or nothing. Answers what
+    /// changed and what runs there now.
+    pub async fn replace_containers(
+        &self,
+        caller: Caller,
+        node: Label,
+        reports: Vec<(ContainerKey, Report)>,
+    ) -> Result<Committed<(ReplaceSummary, Vec<Container>)>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_node(&caller, &node)?;
+            let summary = ctx
+                .state
+                .replace_containers(&node, reports, ctx.now, ctx.changes)?;
+            Ok((summary, ctx.state.running_on(&node).cloned().collect()))
+        })
+        .await
+    }
+
+    /// What runs on `node`, as stackdns knows it.
+    pub async fn node_containers(
+        &self,
+        caller: Caller,
+        node: Label,
+    ) -> Result<Committed<Vec<Container>>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_node(&caller, &node)?;
+            ctx.state.node(&node)?;
+            Ok(ctx.state.running_on(&node).cloned().collect())
+        })
+        .await
+    }
+
+    /// What `node` must run. A blocking query: with `wait`, answers as soon as the node's
+    /// assignments change past `index`, when `wait` runs out, or when the server shuts down.
+    pub async fn assignments(
+        &self,
+        caller: Caller,
+        node: Label,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Committed<NodeAssignments>, ControlError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.assignments.clone();
+        loop {
+            changes.borrow_and_update();
+            let (name, who) = (node.clone(), caller.clone());
+            let done = self
+                .run(move |ctx| {
+                    ctx.state.authorize_node(&who, &name)?;
+                    ctx.state.node(&name)?;
+                    Ok(views::node_assignments(ctx.state, &name))
+                })
+                .await?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if done.value.index > index || remaining.is_zero() || self.shutdown.is_cancelled() {
+                return Ok(done);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(remaining) => {}
+                _ = changes.changed() => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// Users and their tokens: admin only.
+impl Control {
+    /// A new token for `user` (existing ones stay valid); shown once, stored hashed.
+    pub async fn issue_user_token(
+        &self,
+        caller: Caller,
+        user: Label,
+    ) -> Result<Committed<String>, ControlError> {
+        let (token, hash) = new_token()?;
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            ctx.state.add_user_token(&user, hash, ctx.changes);
+            Ok(token)
+        })
+        .await
+    }
+
+    /// Every token of `user` stops working; answers how many there were.
+    pub async fn revoke_user_tokens(
+        &self,
+        caller: Caller,
+        user: Label,
+    ) -> Result<Committed<usize>, ControlError> {
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            Ok(ctx.state.revoke_user_tokens(&user, ctx.changes))
+        })
+        .await
+    }
+}
+
+/// Stacks: the admin, or the user they belong to.
+impl Control {
+    /// Places a whole stack as declared, or refuses it (422) changing nothing. A dry run
+    /// answers the plan and every node's verdict without applying it.
+    pub async fn apply_stack(
+        &self,
+        caller: Caller,
+        submission: StackSubmission,
+        dry_run: bool,
+    ) -> Result<Committed<StackApplied>, ControlError> {
+        self.run(move |ctx| {
+            let StackSubmission {
+                user,
+                stack,
+                file,
+                body,
+                content_type,
+            } = submission;
+            ctx.state.authorize_stacks(&caller, &user, &stack)?;
+            let services = service_specs(&user, &stack, &file);
+            let change = Change::Apply {
+                user: user.clone(),
+                stack: stack.clone(),
+                services,
+            };
+            let plan = ctx.state.plan(&change, dry_run)?;
+            let created = ctx.state.stacks().get(&user, &stack).is_none();
+            if dry_run {
+                let status =
+                    views::preview(ctx.state, &user, &stack, &file, &plan.services, &plan.assignments);
+                return Ok(StackApplied {
+                    status,
+                    created,
+                    changes: None,
+                    verdicts: Some(plan.verdicts),
+                });
+            }
+            let applied = ctx.state.apply_plan(&plan, ctx.changes);
+            let services = plan
+                .services
+                .iter()
+                .filter(|s| s.key.user == user && s.key.stack == stack)
+                .cloned()
+                .collect();
+            let record = StackRecord {
+                user: user.clone(),
+                stack: stack.clone(),
+                body,
+                content_type,
+                file,
+                services,
+            };
+            ctx.state.put_stack(record, ctx.changes);
+            let status = views::stack_status(ctx.state, &user, &stack)
+                .ok_or_else(|| stack_not_found(&user, &stack))?;
+            Ok(StackApplied {
+                status,
+                created,
+                changes: Some(applied),
+                verdicts: None,
+            })
+        })
+        .await
+    }
+
+    /// A stack: services, desired vs running, and every placed container.
+    pub async fn stack(
+        &self,
+        caller: Caller,
+        user: Label,
+        stack: Label,
+    ) -> Result<Committed<StackStatus>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_stacks(&caller, &user, &stack)?;
+            views::stack_status(ctx.state, &user, &stack).ok_or_else(|| stack_not_found(&user, &stack))
+        })
+        .await
+    }
+
+    /// The names of `user`'s stacks; empty for a caller who may not see them (nothing is
+    /// said about why).
+    pub async fn stacks_of(
+        &self,
+        caller: Caller,
+        user: Label,
+    ) -> Result<Committed<Vec<Label>>, ControlError> {
+        self.run(move |ctx| {
+            if matches!(caller, Caller::Node { .. }) {
+                ctx.state.authorize_stacks(&caller, &user, &user)?;
+            }
+            if !ctx.state.may_act_for(&caller, &user) {
+                return Ok(Vec::new());
+            }
+            Ok(ctx.state.stacks().of_user(&user).cloned().collect())
+        })
+        .await
+    }
+
+    /// Changes a service's target; placement decides or refuses (422).
+    pub async fn scale_service(
+        &self,
+        caller: Caller,
+        service: ServiceKey,
+        target: u32,
+    ) -> Result<Committed<(StackStatus, Applied)>, ControlError> {
+        self.run(move |ctx| {
+            let (user, stack) = (service.user.clone(), service.stack.clone());
+            ctx.state.authorize_stacks(&caller, &user, &stack)?;
+            if ctx.state.stacks().get(&user, &stack).is_none() {
+                return Err(stack_not_found(&user, &stack));
+            }
+            let plan = ctx.state.plan(&Change::Scale { service, target }, false)?;
+            let applied = ctx.state.apply_plan(&plan, ctx.changes);
+            let status = views::stack_status(ctx.state, &user, &stack)
+                .ok_or_else(|| stack_not_found(&user, &stack))?;
+            Ok((status, applied))
+        })
+        .await
+    }
+
+    /// Removes a stack and every container placement gave it.
+    pub async fn delete_stack(
+        &self,
+        caller: Caller,
+        user: Label,
+        stack: Label,
+    ) -> Result<Committed<()>, ControlError> {
+        self.run(move |ctx| {
+            ctx.state.authorize_stacks(&caller, &user, &stack)?;
+            if ctx.state.stacks().get(&user, &stack).is_none() {
+                return Err(stack_not_found(&user, &stack));
+            }
+            let change = Change::DeleteStack {
+                user: user.clone(),
+                stack: stack.clone(),
+            };
+            let plan = ctx.state.plan(&change, false)?;
+            ctx.state.apply_plan(&plan, ctx.changes);
+            ctx.state.remove_stack(&user, &stack, ctx.changes)
+        })
+        .await
+    }
+}
+
+/// For the operator: unauthenticated, read-only.
+impl Control {
+    /// Nodes by lease state and containers by state.
+    pub async fn fleet(&self) -> Result<Committed<Fleet>, ControlError> {
+        self.run(|ctx| Ok(views::fleet(ctx.state))).await
+    }
+
+    /// Answers once the writer answers: writes will be accepted.
+    pub async fn ready(&self) -> Result<Committed<()>, ControlError> {
+        self.run(|_| Ok(())).await
+    }
+}

@@ -1,0 +1,212 @@
+//! Containers as agents report them: generation fencing (design §4), stops, and the
+//! anti-entropy replace of a node's whole list.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::State;
+use crate::control::changes::{Changes, Effect};
+use crate::control::error::ControlError;
+use crate::model::{Container, ContainerKey, Label, Port};
+
+/// What an agent reports about one running container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub service: Label,
+    pub address: Option<IpAddr>,
+    pub ports: Vec<Port>,
+    pub generation: u64,
+}
+
+/// Generations above this are refused: room is left above any reported one, so a
+/// redeploy or a move can always go one higher.
+pub const MAX_GENERATION: u64 = 1 << 53;
+
+/// What an anti-entropy report changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReplaceSummary {
+    pub started: usize,
+    pub updated: usize,
+    pub stopped: usize,
+    pub unchanged: usize,
+}
+
+impl State {
+    /// Checks a report against the fence without changing anything.
+    fn check_report(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
+        if generation > MAX_GENERATION {
+            return Err(ControlError::Invalid {
+                field: "generation",
+                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
+            });
+        }
+        // A placed container may only be reported by the node it is assigned to, at most at
+        // the generation placement gave it: no node can take over another's containers.
+        if let Some(a) = self.stacks.assignment(key) {
+            if &a.node != node || generation > a.generation {
+                return Err(ControlError::StaleGeneration {
+                    container: key.to_string(),
+                    stored: a.generation,
+                    reported: generation,
+                    detail: format!("it is assigned to node {} at generation {}", a.node, a.generation),
+                });
+            }
+        }
+        let Some(stored) = self.containers.get(key) else {
+            return Ok(());
+        };
+        let same_place = stored.running && &stored.node == node;
+        if generation < stored.generation || (generation == stored.generation && !same_place) {
+            return Err(ControlError::StaleGeneration {
+                container: key.to_string(),
+                stored: stored.generation,
+                reported: generation,
+                detail: if stored.running {
+                    format!("it is running on node {}", stored.node)
+                } else {
+                    "it was stopped".to_owned()
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that `key` runs on `node` as reported (generation-fenced).
+    pub fn put_container(
+        &mut self,
+        node: &Label,
+        key: ContainerKey,
+        report: Report,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Result<(Container, Effect), ControlError> {
+        self.node(node)?;
+        self.check_report(node, &key, report.generation)?;
+        self.heartbeat(node, now, changes)?;
+        Ok(self.apply_report(node, key, report, changes))
+    }
+
+    fn apply_report(
+        &mut self,
+        node: &Label,
+        key: ContainerKey,
+        report: Report,
+        changes: &mut Changes,
+    ) -> (Container, Effect) {
+        let container = Container {
+            key,
+            node: node.clone(),
+            service: report.service,
+            address: report.address,
+            ports: report.ports,
+            generation: report.generation,
+            running: true,
+        };
+        let effect = match self.containers.get(&container.key) {
+            Some(old) if *old == container => return (container, Effect::Unchanged),
+            Some(old) if old.running => Effect::Updated,
+            _ => Effect::Created,
+        };
+        self.store_container(container.clone(), changes);
+        (container, effect)
+    }
+
+    /// Records that `key` stopped on `node`. Without a generation, the stored one is used.
+    pub fn delete_container(
+        &mut self,
+        node: &Label,
+        key: &ContainerKey,
+        generation: Option<u64>,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Result<(Container, Effect), ControlError> {
+        self.node(node)?;
+        let stored = self.containers.get(key).ok_or_else(|| ControlError::NotFound {
+            what: "container",
+            name: key.to_string(),
+        })?;
+        let generation = generation.unwrap_or(stored.generation);
+        let stale = |detail: String| ControlError::StaleGeneration {
+            container: key.to_string(),
+            stored: stored.generation,
+            reported: generation,
+            detail,
+        };
+        if generation < stored.generation {
+            return Err(stale("a newer report exists".to_owned()));
+        }
+        // Only the node running a container may stop it, whatever generation it claims; a
+        // placed container only by its assigned node, within the generation it was given.
+        if stored.running && &stored.node != node {
+            return Err(stale(format!("it is running on node {}", stored.node)));
+        }
+        if let Some(a) = self.stacks.assignment(key) {
+            if &a.node != node || generation > a.generation {
+                return Err(stale(format!(
+                    "it is assigned to node {} at generation {}",
+                    a.node, a.generation
+                )));
+            }
+        }
+        if generation > MAX_GENERATION {
+            return Err(ControlError::Invalid {
+                field: "generation",
+                message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
+            });
+        }
+        if !stored.running && generation == stored.generation {
+            let stopped = stored.clone();
+            self.heartbeat(node, now, changes)?;
+            return Ok((stopped, Effect::Unchanged));
+        }
+        let mut stopped = stored.clone();
+        stopped.running = false;
+        stopped.generation = generation;
+        self.heartbeat(node, now, changes)?;
+        self.store_container(stopped.clone(), changes);
+        Ok((stopped, Effect::Updated))
+    }
+
+    /// Anti-entropy: `reports` is everything running on `node`; anything else the node had
+    /// is stopped. All or nothing: one stale report refuses the whole list.
+    pub fn replace_containers(
+        &mut self,
+        node: &Label,
+        reports: Vec<(ContainerKey, Report)>,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Result<ReplaceSummary, ControlError> {
+        self.node(node)?;
+        let mut seen = BTreeSet::new();
+        for (key, report) in &reports {
+            if !seen.insert(key.clone()) {
+                return Err(ControlError::Invalid {
+                    field: "containers",
+                    message: format!("container {key} is listed twice"),
+                });
+            }
+            self.check_report(node, key, report.generation)?;
+        }
+        self.heartbeat(node, now, changes)?;
+        let gone: Vec<Container> = self
+            .running_on(node)
+            .filter(|c| !seen.contains(&c.key))
+            .cloned()
+            .collect();
+        let mut summary = ReplaceSummary::default();
+        for mut c in gone {
+            c.running = false;
+            self.store_container(c, changes);
+            summary.stopped += 1;
+        }
+        for (key, report) in reports {
+            match self.apply_report(node, key, report, changes).1 {
+                Effect::Created => summary.started += 1,
+                Effect::Updated => summary.updated += 1,
+                Effect::Unchanged => summary.unchanged += 1,
+            }
+        }
+        Ok(summary)
+    }
+}

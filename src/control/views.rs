@@ -1,0 +1,239 @@
+//! What control operations answer: typed views of the state, read on the writer so each is
+//! consistent with the serial it comes with. The API renders them as JSON (and names them with
+//! `crate::scheme`); nothing here knows HTTP.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::stacks::Applied;
+use super::state::{NodeState, State};
+use crate::model::{Assignment, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
+use crate::placement::NodeVerdict;
+use crate::stackfile::Stackfile;
+
+/// A node and its lease.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node: Node,
+    /// False once the lease lapsed (`lost`).
+    pub live: bool,
+    pub since_heartbeat: Duration,
+    pub containers_running: usize,
+}
+
+/// A node created or updated; `token` only when it was created (or its token rotated).
+#[derive(Debug, Clone)]
+pub struct NodeRegistered {
+    pub status: NodeStatus,
+    pub created: bool,
+    pub token: Option<String>,
+}
+
+/// Counts for the operator's gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fleet {
+    pub nodes_live: usize,
+    pub nodes_lost: usize,
+    pub containers_running: usize,
+    pub containers_stopped: usize,
+}
+
+/// A stack as Tutum's Endpoints tab showed it: declared services with what runs of them, and
+/// every placed container.
+#[derive(Debug, Clone)]
+pub struct StackStatus {
+    pub user: Label,
+    pub stack: Label,
+    pub services: Vec<ServiceStatus>,
+    pub containers: Vec<PlacedContainer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub key: ServiceKey,
+    pub image: String,
+    pub strategy: Strategy,
+    /// Desired containers (`every_node`: one per matching node).
+    pub target: u32,
+    /// Containers placement assigned.
+    pub assigned: usize,
+    /// Containers agents report running on live nodes.
+    pub running: usize,
+    pub ports: Vec<PortSpec>,
+}
+
+/// One assignment and whether its agent runs it.
+#[derive(Debug, Clone)]
+pub struct PlacedContainer {
+    pub assignment: Assignment,
+    pub state: Placed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Its agent reports it running, at the assigned generation or later.
+    Running,
+    /// Not reported yet (or reported elsewhere, or older).
+    Assigned,
+    /// Reported, but its node's lease lapsed.
+    Lost,
+}
+
+impl Placed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placed::Running => "running",
+            Placed::Assigned => "assigned",
+            Placed::Lost => "lost",
+        }
+    }
+}
+
+/// The answer to a stack write: the stack as it is now (or would be, for a dry run).
+#[derive(Debug, Clone)]
+pub struct StackApplied {
+    pub status: StackStatus,
+    /// The stack did not exist before.
+    pub created: bool,
+    /// What the change did to containers; `None` for a dry run.
+    pub changes: Option<Applied>,
+    /// Dry runs: every node's verdict for every container placed.
+    pub verdicts: Option<Vec<NodeVerdict>>,
+}
+
+/// What one node's agent must run.
+#[derive(Debug, Clone)]
+pub struct NodeAssignments {
+    pub node: Label,
+    /// Pass it back to wait for the next change.
+    pub index: u64,
+    pub work: Vec<Work>,
+}
+
+/// One assignment with what its Stackfile says to run.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub assignment: Assignment,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub environment: BTreeMap<String, String>,
+}
+
+pub fn node_status(state: &State, n: &NodeState, now: Instant) -> NodeStatus {
+    NodeStatus {
+        node: n.node.clone(),
+        live: n.live,
+        since_heartbeat: now.saturating_duration_since(n.last_seen),
+        containers_running: state.running_on(&n.node.name).count(),
+    }
+}
+
+pub fn fleet(state: &State) -> Fleet {
+    let nodes_live = state.nodes().filter(|n| n.live).count();
+    let containers_running = state.containers().filter(|c| c.running).count();
+    Fleet {
+        nodes_live,
+        nodes_lost: state.node_count() - nodes_live,
+        containers_running,
+        containers_stopped: state.containers().count() - containers_running,
+    }
+}
+
+/// The current view of a stored stack.
+pub fn stack_status(state: &State, user: &Label, stack: &Label) -> Option<StackStatus> {
+    let s = state.stacks().get(user, stack)?;
+    let assignments: Vec<Assignment> = state
+        .stacks()
+        .assignments_of_stack(user, stack)
+        .cloned()
+        .collect();
+    Some(preview(state, user, stack, &s.file, &s.services, &assignments))
+}
+
+/// The view of a stack with the given file, specs and assignments (a dry run's, or the current
+/// ones; assignments of other stacks are left out).
+pub fn preview(
+    state: &State,
+    user: &Label,
+    stack: &Label,
+    file: &Stackfile,
+    specs: &[ServiceSpec],
+    assignments: &[Assignment],
+) -> StackStatus {
+    let mut services = Vec::new();
+    for (name, def) in &file.services {
+        let key = ServiceKey {
+            user: user.clone(),
+            stack: stack.clone(),
+            service: name.clone(),
+        };
+        let target = specs
+            .iter()
+            .find(|spec| spec.key == key)
+            .map_or(def.target_num_containers, |spec| spec.target);
+        let running = state
+            .containers_of_service(&key)
+            .filter(|c| state.live_address(c).is_some())
+            .count();
+        services.push(ServiceStatus {
+            image: def.image.clone(),
+            strategy: def.deployment_strategy,
+            target,
+            assigned: assignments.iter().filter(|a| a.service == key).count(),
+            running,
+            ports: def.ports.clone(),
+            key,
+        });
+    }
+    let containers = assignments
+        .iter()
+        .filter(|a| &a.service.user == user && &a.service.stack == stack)
+        .map(|a| {
+            let observed = state.container(&a.container);
+            let placed = match observed {
+                Some(c) if c.running && c.node == a.node && c.generation >= a.generation => {
+                    if state.live_address(c).is_some() {
+                        Placed::Running
+                    } else {
+                        Placed::Lost
+                    }
+                }
+                _ => Placed::Assigned,
+            };
+            PlacedContainer {
+                assignment: a.clone(),
+                state: placed,
+            }
+        })
+        .collect();
+    StackStatus {
+        user: user.clone(),
+        stack: stack.clone(),
+        services,
+        containers,
+    }
+}
+
+/// What `node` must run, with the index its assignments last changed at.
+pub fn node_assignments(state: &State, node: &Label) -> NodeAssignments {
+    let (index, list) = state.stacks().assignments_of_node(node);
+    let work = list
+        .into_iter()
+        .map(|a| {
+            let def = state.stacks().definition(&a.service);
+            Work {
+                assignment: a.clone(),
+                image: def.map(|d| d.image.clone()).unwrap_or_default(),
+                command: def.and_then(|d| d.command.clone()),
+                entrypoint: def.and_then(|d| d.entrypoint.clone()),
+                environment: def.map(|d| d.environment.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    NodeAssignments {
+        node: node.clone(),
+        index,
+        work,
+    }
+}

@@ -1,0 +1,216 @@
+//! The writer thread: the only code that changes state.
+//!
+//! It owns the state and the store. Each turn takes every queued job (up to [`MAX_BATCH`]),
+//! runs them one after another against the state, commits their changes in one durable
+//! transaction, publishes one snapshot, and only then answers them all.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::changes::Changes;
+use super::error::ControlError;
+use super::state::State;
+use super::{Publisher, TokenIndex};
+use crate::snapshot::platform::Member;
+use crate::snapshot::{Projection, SnapshotHandle};
+use crate::store::{Batch, JournalWrite, Store};
+
+/// Most jobs folded into one commit; bounds the latency of the first one.
+pub const MAX_BATCH: usize = 4096;
+
+/// Everything a job may touch.
+pub struct Ctx<'a> {
+    pub state: &'a mut State,
+    pub changes: &'a mut Changes,
+    /// When the batch started; one clock reading for every job in it.
+    pub now: Instant,
+}
+
+/// Called with the batch's outcome (the serial that publishes it) once it is committed.
+pub type Completion = Box<dyn FnOnce(Result<u32, ControlError>) + Send>;
+/// Runs on the writer against the state, and says how to answer once the batch is committed.
+pub type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Completion + Send>;
+
+/// The thread that owns the store and the state.
+pub struct Writer {
+    pub store: Box<dyn Store>,
+    pub state: State,
+    pub serial: u32,
+    pub publisher: Publisher,
+    pub projection: Projection,
+    pub snapshots: SnapshotHandle,
+    pub tokens: TokenIndex,
+    pub serials: watch::Sender<u32>,
+    pub assignments: watch::Sender<u64>,
+    /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
+    /// (lease changes of the failed batch are kept in memory and must still be published).
+    pub rebuild: bool,
+    /// The state could not be reloaded after a failed commit, so it may hold changes the
+    /// database does not: every write is refused until a reload succeeds.
+    pub stale: bool,
+}
+
+impl Writer {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.blocking_recv() {
+            let mut changes = Changes::default();
+            let mut completions = Vec::new();
+            let mut panicked = false;
+            {
+                let mut ctx = Ctx {
+                    state: &mut self.state,
+                    changes: &mut changes,
+                    now: Instant::now(),
+                };
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    // A bug in one job must not take the writer down: the batch is dropped
+                    // and the state reloaded from the store below.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx))) {
+                        Ok(complete) => completions.push(complete),
+                        Err(_) => panicked = true,
+                    }
+                    if completions.len() < MAX_BATCH {
+                        next = jobs.try_recv().ok();
+                    }
+                }
+            }
+            if panicked {
+                tracing::error!(
+                    "a request panicked in the writer; its batch is dropped and the state reloaded"
+                );
+                self.reload();
+                self.rebuild = true;
+                for complete in completions {
+                    complete(Err(ControlError::Internal));
+                }
+                continue;
+            }
+            // Nodes came, went, were lost or came back: placement follows in the same commit.
+            if !changes.nodes.is_empty() {
+                self.state.reconcile(&mut changes);
+            }
+            let result = self.commit(changes);
+            for complete in completions {
+                complete(result.clone());
+            }
+        }
+        tracing::debug!("control writer stopped");
+    }
+
+    /// Makes a batch durable and visible; on failure, returns to what is on disk.
+    fn commit(&mut self, mut changes: Changes) -> Result<u32, ControlError> {
+        if changes.is_empty() && !self.rebuild {
+            return Ok(self.serial);
+        }
+        if self.stale {
+            // This batch ran on a state that may hold a failed batch's changes: drop it, and
+            // try again to read what the database really holds.
+            self.reload();
+            self.rebuild = true;
+            return Err(ControlError::Unreadable);
+        }
+        let serial = self.serial.wrapping_add(1);
+        let started = Instant::now();
+        let nodes_changed = changes.touches_nodes();
+        // Build the next snapshot first: its difference is stored with the change.
+        let mut reset = None;
+        if self.rebuild {
+            // A failed batch may have changed leases in memory only: store them all, so the
+            // next start rebuilds exactly the zone published now.
+            changes.ops.extend(self.state.lease_ops());
+            self.projection = self.publisher.projection();
+            project(&mut self.projection, &self.state, &self.state.everything());
+            reset = Some(self.projection.fingerprint());
+        } else {
+            project(&mut self.projection, &self.state, &changes);
+        }
+        let (snapshot, diff) = self.projection.publish(serial);
+        let encoded = diff.as_ref().map(|d| d.encode());
+        let journal = match (reset, &diff, &encoded) {
+            (Some(fingerprint), ..) => JournalWrite::Reset { fingerprint },
+            (None, Some(diff), Some(bytes)) => JournalWrite::Append {
+                to: diff.to,
+                diff: bytes,
+                keep_from: self.projection.journal().oldest_serial().unwrap_or(diff.to),
+            },
+            _ => JournalWrite::Keep,
+        };
+        let batch = Batch {
+            ops: &changes.ops,
+            serial,
+            journal,
+        };
+        if let Err(e) = self.store.commit(batch) {
+            tracing::error!(error = %e, "commit failed; reloading state from the database");
+            self.reload();
+            self.rebuild = true;
+            return Err(ControlError::Storage(Arc::new(e)));
+        }
+        self.serial = serial;
+        if nodes_changed || changes.tokens_changed || self.rebuild {
+            self.tokens.store(Arc::new(self.state.token_index()));
+        }
+        self.rebuild = false;
+        self.snapshots.store(Arc::new(snapshot));
+        self.serials.send_replace(serial);
+        let index = self.state.stacks().index();
+        self.assignments
+            .send_if_modified(|current| std::mem::replace(current, index) != index);
+        tracing::debug!(
+            serial,
+            ops = changes.ops.len(),
+            publish_us = started.elapsed().as_micros() as u64,
+            "published"
+        );
+        Ok(serial)
+    }
+
+    /// Replaces the in-memory state with the database's, keeping leases. Any failure leaves
+    /// the writer `stale`: writes are refused until a later reload succeeds.
+    fn reload(&mut self) {
+        match self.store.load() {
+            Ok(loaded) => {
+                let leases = self.state.leases();
+                self.state = State::from_loaded(loaded, Instant::now());
+                self.state.restore_leases(leases);
+                self.stale = false;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload state; writes are refused until it can be read");
+                self.stale = true;
+            }
+        }
+    }
+}
+
+/// Recomputes the DNS names of everything `changes` touched: each node's own name, every
+/// container on a touched node, and every service of a touched container.
+pub fn project(projection: &mut Projection, state: &State, changes: &Changes) {
+    let mut containers = changes.containers.clone();
+    let mut services = changes.services.clone();
+    for node in &changes.nodes {
+        projection.node(node, state.node(node).ok().map(|n| n.node.address));
+        containers.extend(state.containers_of_node(node).cloned());
+    }
+    for key in &containers {
+        let c = state.container(key);
+        if let Some(c) = c {
+            services.insert(c.service_key());
+        }
+        projection.container(key, c.is_some(), c.and_then(|c| state.live_address(c)));
+    }
+    let mut members = Vec::new();
+    for service in &services {
+        members.clear();
+        members.extend(state.containers_of_service(service).map(|c| Member {
+            key: &c.key,
+            address: state.live_address(c),
+            ports: &c.ports,
+        }));
+        let declared = state.stacks().declared_ports(service);
+        projection.service(service, &members, declared.as_deref());
+    }
+}

@@ -1,0 +1,355 @@
+//! The embedded store on redb: the schema, its key encoding, and durable commits.
+//!
+//! This header is the one description of the schema; `docs/` points here.
+//!
+//! # Schema (version 1)
+//!
+//! | table        | key                         | value                                  |
+//! |--------------|-----------------------------|----------------------------------------|
+//! | `meta`       | `"schema_version"`, `"serial"`, `"assignment_index"`, `"zone_fingerprint"` | u64 |
+//! | `nodes`      | node name                   | JSON of [`Node`]                       |
+//! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`Container`] (tombstones included) |
+//! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
+//! | `user_tokens`| SHA-256 (hex) of a user token | the user it acts for                 |
+//! | `stacks`     | `"<user>/<stack>"`          | JSON of [`StackRecord`]                |
+//! | `assignments`| `"<user>/<stack>/<name>"`   | JSON of [`Assignment`](crate::model::Assignment): where placement put a container |
+//! | `journal`    | serial (u64) a difference leads to | the difference's bytes (`snapshot::journal`), oldest trimmed first |
+//!
+//! `zone_fingerprint` is a hash of the zone file and the record policy that the stored journal
+//! was computed with. A different fingerprint at start-up means the stored zone can no longer
+//! be rebuilt exactly, so the journal starts over.
+//!
+//! Values are JSON so a record can be read with any tool and new optional fields can be added
+//! without a migration. Keys are labels joined by `/`, which a label cannot contain.
+//!
+//! # Update protocol
+//!
+//! Only the control plane's single writer calls [`Store::commit`]: it gathers the changes of
+//! many requests into one transaction, commits it durably (one fsync), and only then answers
+//! the requests and publishes the snapshot. After a crash the database opens at the last
+//! durable commit, so every acknowledged write is there.
+
+use std::path::Path;
+
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+#[cfg(doc)]
+use super::StackRecord;
+use super::{Batch, JournalWrite, Loaded, Op, Store, StoreError};
+#[cfg(doc)]
+use crate::model::{Container, Node};
+use crate::model::{ContainerKey, Label};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const LOST: TableDefinition<&str, ()> = TableDefinition::new("lost");
+const USER_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("user_tokens");
+const STACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("stacks");
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+
+const SCHEMA_VERSION: u64 = 1;
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_SERIAL: &str = "serial";
+const KEY_FINGERPRINT: &str = "zone_fingerprint";
+const KEY_ASSIGNMENT_INDEX: &str = "assignment_index";
+
+/// Any redb error, for `map_err`.
+fn db(e: impl Into<::redb::Error>) -> StoreError {
+    StoreError::Database(e.into())
+}
+
+/// The key of a stack record.
+fn stack_key(user: &Label, stack: &Label) -> String {
+    format!("{user}/{stack}")
+}
+
+/// The key of a container or an assignment: labels cannot contain '/', so it is unambiguous.
+fn container_key(key: &ContainerKey) -> String {
+    format!("{}/{}/{}", key.user, key.stack, key.name)
+}
+
+/// The database file, opened.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        let txn = database.begin_write().map_err(db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let found = meta.get(KEY_SCHEMA).map_err(db)?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::NewerSchema {
+                        found: v,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db)?;
+                }
+            }
+            txn.open_table(NODES).map_err(db)?;
+            txn.open_table(CONTAINERS).map_err(db)?;
+            txn.open_table(LOST).map_err(db)?;
+            txn.open_table(USER_TOKENS).map_err(db)?;
+            txn.open_table(STACKS).map_err(db)?;
+            txn.open_table(ASSIGNMENTS).map_err(db)?;
+            txn.open_table(JOURNAL).map_err(db)?;
+        }
+        txn.commit().map_err(db)?;
+        Ok(Self { db: database })
+    }
+}
+
+impl Store for RedbStore {
+    /// Reads every record.
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let meta = txn.open_table(META).map_err(db)?;
+        let serial = meta.get(KEY_SERIAL).map_err(db)?.map_or(0, |v| v.value()) as u32;
+        let fingerprint = meta.get(KEY_FINGERPRINT).map_err(db)?.map(|v| v.value());
+        let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes")?;
+        let containers = read_all(&txn.open_table(CONTAINERS).map_err(db)?, "containers")?;
+        let mut lost = Vec::new();
+        for row in txn.open_table(LOST).map_err(db)?.iter().map_err(db)? {
+            let (name, _) = row.map_err(db)?;
+            lost.push(
+                Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
+                    table: "lost",
+                    key: name.value().to_owned(),
+                    message: e.to_string(),
+                })?,
+            );
+        }
+        let assignment_index = meta
+            .get(KEY_ASSIGNMENT_INDEX)
+            .map_err(db)?
+            .map_or(0, |v| v.value());
+        let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks")?;
+        let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments")?;
+        let mut user_tokens = Vec::new();
+        for row in txn.open_table(USER_TOKENS).map_err(db)?.iter().map_err(db)? {
+            let (hash, user) = row.map_err(db)?;
+            let user = Label::parse("user", user.value()).map_err(|e| StoreError::Corrupt {
+                table: "user_tokens",
+                key: hash.value().to_owned(),
+                message: e.to_string(),
+            })?;
+            user_tokens.push((hash.value().to_owned(), user));
+        }
+        let mut journal = Vec::new();
+        for row in txn.open_table(JOURNAL).map_err(db)?.iter().map_err(db)? {
+            let (serial, bytes) = row.map_err(db)?;
+            let serial = u32::try_from(serial.value()).map_err(|_| StoreError::Corrupt {
+                table: "journal",
+                key: serial.value().to_string(),
+                message: "the key is not a 32-bit serial".to_owned(),
+            })?;
+            journal.push((serial, bytes.value().to_vec()));
+        }
+        Ok(Loaded {
+            serial,
+            nodes,
+            containers,
+            lost,
+            user_tokens,
+            stacks,
+            assignments,
+            assignment_index,
+            journal,
+            fingerprint,
+        })
+    }
+
+    /// Applies the batch's ops, journal change and serial in one durable transaction.
+    fn commit(&self, batch: Batch<'_>) -> Result<(), StoreError> {
+        let Batch { ops, serial, journal } = batch;
+        let mut txn = self.db.begin_write().map_err(db)?;
+        txn.set_durability(Durability::Immediate).map_err(db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db)?;
+            let mut nodes = txn.open_table(NODES).map_err(db)?;
+            let mut containers = txn.open_table(CONTAINERS).map_err(db)?;
+            let mut lost = txn.open_table(LOST).map_err(db)?;
+            let mut user_tokens = txn.open_table(USER_TOKENS).map_err(db)?;
+            let mut stacks = txn.open_table(STACKS).map_err(db)?;
+            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
+            for op in ops {
+                match op {
+                    Op::PutNode(node) => {
+                        nodes
+                            .insert(node.name.as_str(), encode("node", node)?.as_slice())
+                            .map_err(db)?;
+                    }
+                    Op::DeleteNode(name) => {
+                        nodes.remove(name.as_str()).map_err(db)?;
+                    }
+                    Op::PutContainer(c) => {
+                        containers
+                            .insert(container_key(&c.key).as_str(), encode("container", c)?.as_slice())
+                            .map_err(db)?;
+                    }
+                    Op::DeleteContainer(key) => {
+                        containers.remove(container_key(key).as_str()).map_err(db)?;
+                    }
+                    Op::SetLost(node, true) => {
+                        lost.insert(node.as_str(), ()).map_err(db)?;
+                    }
+                    Op::SetLost(node, false) => {
+                        lost.remove(node.as_str()).map_err(db)?;
+                    }
+                    Op::PutUserToken(hash, user) => {
+                        user_tokens.insert(hash.as_str(), user.as_str()).map_err(db)?;
+                    }
+                    Op::DeleteUserTokens(user) => {
+                        user_tokens.retain(|_, u| u != user.as_str()).map_err(db)?;
+                    }
+                    Op::PutStack(record) => {
+                        stacks
+                            .insert(
+                                stack_key(&record.user, &record.stack).as_str(),
+                                encode("stack", record)?.as_slice(),
+                            )
+                            .map_err(db)?;
+                    }
+                    Op::DeleteStack(user, stack) => {
+                        stacks.remove(stack_key(user, stack).as_str()).map_err(db)?;
+                    }
+                    Op::PutAssignment(a) => {
+                        assignments
+                            .insert(
+                                container_key(&a.container).as_str(),
+                                encode("assignment", a)?.as_slice(),
+                            )
+                            .map_err(db)?;
+                    }
+                    Op::DeleteAssignment(key) => {
+                        assignments.remove(container_key(key).as_str()).map_err(db)?;
+                    }
+                    Op::AssignmentIndex(index) => {
+                        meta.insert(KEY_ASSIGNMENT_INDEX, *index).map_err(db)?;
+                    }
+                }
+            }
+            let mut table = txn.open_table(JOURNAL).map_err(db)?;
+            match journal {
+                JournalWrite::Keep => {}
+                JournalWrite::Append { to, diff, keep_from } => {
+                    table.insert(u64::from(to), diff).map_err(db)?;
+                    while table
+                        .first()
+                        .map_err(db)?
+                        .is_some_and(|(serial, _)| serial.value() < u64::from(keep_from))
+                    {
+                        table.pop_first().map_err(db)?;
+                    }
+                }
+                JournalWrite::Reset { fingerprint } => {
+                    table.retain(|_, _| false).map_err(db)?;
+                    meta.insert(KEY_FINGERPRINT, fingerprint).map_err(db)?;
+                }
+            }
+            meta.insert(KEY_SERIAL, u64::from(serial)).map_err(db)?;
+        }
+        txn.commit().map_err(db)
+    }
+}
+
+fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn read_all<T: serde::de::DeserializeOwned>(
+    table: &::redb::ReadOnlyTable<&str, &[u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(db)? {
+        let (key, value) = row.map_err(db)?;
+        let record = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+            table: name,
+            key: key.value().to_owned(),
+            message: e.to_string(),
+        })?;
+        out.push(record);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Container, Node, Port};
+
+    fn label(s: &str) -> Label {
+        Label::parse("test", s).expect("valid label")
+    }
+
+    #[test]
+    fn commits_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let node = Node {
+            name: label("node-do"),
+            address: "95.85.30.162".parse().expect("ip"),
+            labels: Default::default(),
+            tags: vec![],
+            capacity: None,
+            token_sha256: "00".into(),
+        };
+        let container = Container {
+            key: ContainerKey {
+                user: label("honeniq"),
+                stack: label("quickstart-ruby"),
+                name: label("web-1"),
+            },
+            node: label("node-do"),
+            service: label("web"),
+            address: None,
+            ports: vec![Port {
+                container_port: 80,
+                host_port: Some(80),
+                protocol: crate::model::Protocol::Tcp,
+            }],
+            generation: 3,
+            running: true,
+        };
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store
+                .commit(Batch {
+                    ops: &[Op::PutNode(node.clone()), Op::PutContainer(container.clone())],
+                    serial: 42,
+                    journal: JournalWrite::Keep,
+                })
+                .expect("commit");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.serial, 42);
+        assert_eq!(loaded.nodes, vec![node]);
+        assert_eq!(loaded.containers, vec![container.clone()]);
+        store
+            .commit(Batch {
+                ops: &[
+                    Op::DeleteContainer(container.key),
+                    Op::DeleteNode(label("node-do")),
+                ],
+                serial: 43,
+                journal: JournalWrite::Keep,
+            })
+            .expect("delete");
+        let loaded = store.load().expect("load");
+        assert!(loaded.nodes.is_empty() && loaded.containers.is_empty());
+    }
+}
