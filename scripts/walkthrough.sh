@@ -8,6 +8,7 @@
 set -euo pipefail
 
 BIN="${1:-target/debug/stackdns}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="$(mktemp -d)"
 DNS_PORT=1053
 API=http://127.0.0.1:8053
@@ -20,6 +21,13 @@ cleanup() {
 trap cleanup EXIT
 
 fail() { echo "walkthrough: FAILED: $*" >&2; echo "--- server log ---" >&2; cat "$WORK/log" >&2; exit 1; }
+
+# The README shows the quick-start Stackfiles inline: they must be the fixtures the tests use.
+for f in stackfile.yml stackfile-scaled.yml; do
+  python3 -c 'import sys; r, f = (open(p).read() for p in sys.argv[1:]); sys.exit(("<<'"'"'YAML'"'"'\n" + f + "YAML") not in r)' \
+    "$ROOT/README.md" "$ROOT/tests/data/quickstart/$f" \
+    || { echo "walkthrough: FAILED: README.md does not show tests/data/quickstart/$f as it is" >&2; exit 1; }
+done
 
 "$BIN" serve --data "$WORK/stackdns-data" --zone-file zones/cluster.test.zone >"$WORK/log" 2>&1 &
 PID=$!
@@ -70,18 +78,7 @@ curl -sf -X DELETE -H "Authorization: Bearer $EC2_TOKEN" \
 
 # --- the README's stack section ---
 cd "$WORK"
-cat > stackfile.yml <<'YAML'
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80:80'
-YAML
+cp "$ROOT/tests/data/quickstart/stackfile.yml" stackfile.yml
 first=$(curl -s -X PUT -H "$AUTH" -H 'Content-Type: application/yaml' \
   --data-binary @stackfile.yml $API/v1/stacks/honeniq/quickstart-ruby | jq -r '[.stack.containers[].name] | join(" ")')
 [ "$first" = "redis-1 web-1" ] || fail "first Stackfile placed '$first'"
@@ -91,25 +88,7 @@ two=$(curl -s -X PATCH -H "$AUTH" $API/v1/stacks/honeniq/quickstart-ruby/service
 three=$(curl -s -X PATCH -H "$AUTH" $API/v1/stacks/honeniq/quickstart-ruby/services/web \
   -d '{"target_num_containers": 3}' | jq -r '.error.message')
 grep -q "cannot place web-3: needs host port 80/tcp" <<<"$three" || fail "scale to 3 said '$three'"
-cat > stackfile.yml <<'YAML'
-haproxy:
-  image: 'tutum/haproxy:latest'
-  links:
-    - web
-  ports:
-    - '80:80'
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80'
-  target_num_containers: 3
-YAML
+cp "$ROOT/tests/data/quickstart/stackfile-scaled.yml" stackfile.yml
 webs=$(curl -s -X PUT -H "$AUTH" -H 'Content-Type: application/yaml' \
   --data-binary @stackfile.yml $API/v1/stacks/honeniq/quickstart-ruby | jq '[.stack.containers[] | select(.service == "web")] | length')
 [ "$webs" = 3 ] || fail "second Stackfile placed $webs web containers"

@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! body bytes + Content-Type
-//!   |  document::Format::detect        JSON if declared or if the body starts with '{', else YAML
+//!   |  read::Format::detect            JSON if declared or if the body starts with '{', else YAML
 //!   v
-//! document::Document::load            yaml.rs (serde-saphyr) / json.rs (serde_json) into one
+//! read::Document::load                yaml.rs (serde-saphyr) / json.rs (serde_json) into one
 //!   |                                 positioned tree, inside the budgets below; repeated keys
 //!   |                                 refused
 //!   v
@@ -31,6 +31,7 @@ mod document;
 mod error;
 mod json;
 mod keys;
+mod read;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -62,7 +63,7 @@ pub const MAX_TARGET_NUM_CONTAINERS: u32 = 10_000;
 /// `text/yaml`…); for any other type, or none, a body starting with `{` is JSON and anything
 /// else YAML.
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Stackfile, StackfileError> {
-    let document = document::Document::load(body, content_type)?;
+    let document = read::Document::load(body, content_type)?;
     service::stackfile(&document.root).map_err(|problem| document.error(problem))
 }
 

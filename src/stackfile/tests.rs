@@ -7,38 +7,10 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::model::Protocol;
 
-const SEED_FIRST: &str = "\
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80:80'
-";
+/// The README's quick-start Stackfile, then the same stack grown (one copy for every test).
+const SEED_FIRST: &str = include_str!("../../tests/data/quickstart/stackfile.yml");
 
-const SEED_SECOND: &str = "\
-haproxy:
-  image: 'tutum/haproxy:latest'
-  links:
-    - web
-  ports:
-    - '80:80'
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80'
-  target_num_containers: 3
-";
+const SEED_SECOND: &str = include_str!("../../tests/data/quickstart/stackfile-scaled.yml");
 
 fn label(name: &str) -> Label {
     Label::parse("test", name).expect("valid label")

@@ -6,38 +6,10 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const FIRST: &str = "\
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80:80'
-";
+/// The README's quick-start Stackfile, then the same stack grown.
+const FIRST: &str = include_str!("../data/quickstart/stackfile.yml");
 
-const SECOND: &str = "\
-haproxy:
-  image: 'tutum/haproxy:latest'
-  links:
-    - web
-  ports:
-    - '80:80'
-redis:
-  image: 'tutum/redis:latest'
-  environment:
-    - REDIS_PASS=password
-web:
-  image: 'honeniq/quickstart-ruby:latest'
-  links:
-    - redis
-  ports:
-    - '80'
-  target_num_containers: 3
-";
+const SECOND: &str = include_str!("../data/quickstart/stackfile-scaled.yml");
 
 const STACK: &str = "/v1/stacks/honeniq/quickstart-ruby";
 
