@@ -4,8 +4,9 @@
 //! The decisions, in the order the RFCs give them:
 //!
 //! 1. not even a header, or a response: nothing (RFC 1035 §4.1.1);
-//! 2. a message that cannot be read (QDCOUNT not 1, a broken name or record): FORMERR, header
-//!    only;
+//! 2. an opcode other than QUERY that cannot be read as a query: NOTIMP, header only, whatever
+//!    the section counts say (RFC 1035 §4.1.1, RFC 6895 §2); a QUERY that cannot be read
+//!    (QDCOUNT not 1, a broken name or record): FORMERR, header only;
 //! 3. a TSIG record (found by the parse): BADKEY, BADSIG or BADTIME as RFC 8945 §5.2 says;
 //!    once verified, every reply or transfer message is signed, with room kept for the record;
 //! 4. a transfer of the zone (AXFR/IXFR, class IN or ANY, EDNS version 0) from an allowed
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use super::answer::{self, Scratch, Transport};
 use super::tsig::{self, Check, Signer};
-use super::wire::{self, Query, Reject, rcode};
+use super::wire::{self, OPCODE_QUERY, Query, Reject, rcode};
 use super::xfr::{self, TransferAcl};
 use crate::snapshot::Snapshot;
 use crate::zone::rtype;
@@ -87,7 +88,14 @@ pub fn handle(
         Ok(query) => query,
         Err(Reject::Drop) => return Outcome::Drop,
         Err(Reject::Malformed { id, flags }) => {
-            answer::header_only(out, id, flags, rcode::FORMERR);
+            // The opcode says how the rest is laid out: under one we do not implement, the
+            // message is not malformed as far as we know, it is simply not implemented.
+            let rcode = if wire::opcode(flags) == OPCODE_QUERY {
+                rcode::FORMERR
+            } else {
+                rcode::NOTIMP
+            };
+            answer::header_only(out, id, flags, rcode);
             return Outcome::Reply;
         }
     };

@@ -10,7 +10,7 @@
 //!         |                                        |
 //!         +--> handler::handle(packet, peer, transport, &snapshot, ..) <--+
 //!                 |  wire::parse (once): header, question, OPT, where a TSIG sits
-//!                 |  unreadable -> FORMERR | response -> drop
+//!                 |  unknown opcode -> NOTIMP | unreadable -> FORMERR | response -> drop
 //!                 |  tsig::check (from the parsed offset) -> BADKEY/BADSIG/BADTIME
 //!                 |  allowed transfer -> TCP: Transfer(job)  UDP IXFR: xfr::transfer
 //!                 |  otherwise answer::answer(&snapshot, &query, ..), signed if signed

@@ -15,6 +15,7 @@ struct Q {
     qclass: u16,
     /// Header flags word (opcode, RD, CD, Z...).
     flags: u16,
+    /// QDCOUNT, and how many times the question is written.
     qdcount: u16,
     /// (UDP size, version, DO, option bytes) of an OPT record.
     edns: Option<(u16, u8, bool, &'static [u8])>,
@@ -39,18 +40,20 @@ impl Q {
         out.extend_from_slice(&self.flags.to_be_bytes());
         out.extend_from_slice(&self.qdcount.to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(self.edns.is_some())]);
-        for label in self
-            .name
-            .trim_end_matches('.')
-            .split('.')
-            .filter(|l| !l.is_empty())
-        {
-            out.push(label.len() as u8);
-            out.extend_from_slice(label.as_bytes());
+        for _ in 0..self.qdcount {
+            for label in self
+                .name
+                .trim_end_matches('.')
+                .split('.')
+                .filter(|l| !l.is_empty())
+            {
+                out.push(label.len() as u8);
+                out.extend_from_slice(label.as_bytes());
+            }
+            out.push(0);
+            out.extend_from_slice(&self.qtype.to_be_bytes());
+            out.extend_from_slice(&self.qclass.to_be_bytes());
         }
-        out.push(0);
-        out.extend_from_slice(&self.qtype.to_be_bytes());
-        out.extend_from_slice(&self.qclass.to_be_bytes());
         if let Some((size, version, dnssec_ok, options)) = self.edns {
             out.extend_from_slice(&[0, 0, 41]);
             out.extend_from_slice(&size.to_be_bytes());
@@ -307,6 +310,52 @@ async fn rfc_behaviours() {
             },
             Expect {
                 rcode: 4,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP whatever QDCOUNT says (0)",
+            Q {
+                flags: 0x7800,
+                qdcount: 0,
+                edns: None,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                aa: Some(false),
+                answers: Some(0),
+                flags_set: 0x7800,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP whatever QDCOUNT says (2)",
+            Q {
+                flags: 0x7800,
+                qdcount: 2,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                aa: Some(false),
+                answers: Some(0),
+                flags_set: 0x7800,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP over TCP too",
+            Q {
+                flags: 0x7800,
+                qdcount: 0,
+                edns: None,
+                tcp: true,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                flags_set: 0x7800,
                 ..Expect::default()
             },
         ),
