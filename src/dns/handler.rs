@@ -165,3 +165,6 @@ fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], query: &Query<'_>, reserve:
         Ok(())
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -344,5 +344,16 @@ fn lower(wire: &[u8]) -> Option<Vec<u8>> {
     Some(wire.iter().map(u8::to_ascii_lowercase).collect())
 }
 
+/// Signs `query` as a client would at `time` (for tests of the handler).
+#[cfg(test)]
+pub(crate) fn sign_request(key: &Key, query: &mut Vec<u8>, time: u64) {
+    let mut mac = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes keys of any length");
+    mac.update(query.as_slice());
+    variables(&mut mac, &key.name, time, FUDGE, 0, &[]);
+    let digest = mac.finalize().into_bytes();
+    let id = u16::from_be_bytes([query[0], query[1]]);
+    append_tsig(query, &key.name, time, &digest, id, 0, &[]);
+}
+
 #[cfg(test)]
 mod tests;
