@@ -13,7 +13,7 @@ use crate::name;
 use crate::snapshot::{RRset, Snapshot};
 use crate::zone::rtype;
 
-use super::wire::{self, HEADER_LEN, Query, flag, rcode};
+use super::wire::{self, HEADER_LEN, OPCODE_QUERY, Query, flag, rcode};
 
 /// UDP answers never exceed this, whatever the requester offers: it fits the IPv6 minimum MTU
 /// without fragmentation (DNS Flag Day 2020) and bounds amplification.
@@ -27,7 +27,6 @@ const MAX_CNAME_CHAIN: usize = 8;
 
 const CLASS_IN: u16 = 1;
 const CLASS_ANY: u16 = 255;
-const OPCODE_QUERY: u8 = 0;
 
 /// The transport a query came over; it decides the size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,25 +45,11 @@ pub struct Scratch {
     rng: u64,
 }
 
-/// Writes the response to `packet` into `out` (cleared first), leaving `reserve` bytes of the
-/// size limit free (for a TSIG record). Leaves `out` empty when the packet deserves no answer
-/// (too short to carry an ID, or itself a response).
-pub fn respond(
-    snapshot: &Snapshot,
-    packet: &[u8],
-    transport: Transport,
-    reserve: usize,
-    scratch: &mut Scratch,
-    out: &mut Vec<u8>,
-) {
+/// Writes a reply of the header alone, `rcode` set: for a packet whose question could not be
+/// read. The opcode and RD are copied (RFC 1035 §4.1.1).
+pub fn header_only(out: &mut Vec<u8>, id: u16, flags: u16, rcode: u16) {
     out.clear();
-    match wire::parse(packet) {
-        Ok(query) => answer(snapshot, &query, transport, reserve, scratch, out),
-        Err(wire::Reject::Drop) => {}
-        Err(wire::Reject::Error { id, flags, rcode }) => {
-            write_header(out, id, (flags & (flag::RD | 0x7800)) | flag::QR, rcode);
-        }
-    }
+    write_header(out, id, (flags & (flag::RD | 0x7800)) | flag::QR, rcode);
 }
 
 fn write_header(out: &mut Vec<u8>, id: u16, flags: u16, rcode: u16) {
@@ -144,7 +129,11 @@ impl Message<'_> {
     }
 }
 
-fn answer(
+/// Writes the answer to `query` into `out` (cleared first), leaving `extra_reserve` bytes of
+/// the size limit free (for a TSIG record). Every rcode the query itself decides is chosen
+/// here, BADVERS first (RFC 6891 §6.1.3), then NOTIMP, REFUSED outside the zone or class,
+/// REFUSED for a transfer the handler did not take, FORMERR for a question of type OPT.
+pub fn answer(
     snapshot: &Snapshot,
     query: &Query<'_>,
     transport: Transport,
@@ -152,6 +141,7 @@ fn answer(
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) {
+    out.clear();
     let keep = query.flags & (flag::RD | flag::CD | 0x7800);
     write_header(out, query.id, keep | flag::QR, rcode::NOERROR);
     out[5] = 1; // QDCOUNT
@@ -182,7 +172,7 @@ fn answer(
         (op, ..) if op != OPCODE_QUERY => rcode::NOTIMP,
         (.., None) => rcode::REFUSED,
         _ if query.qclass != CLASS_IN && query.qclass != CLASS_ANY => rcode::REFUSED,
-        // Transfers from allowed peers are taken by the transports (dns::xfr) before this.
+        // Transfers the requester may have are taken by dns::handler before this.
         _ if matches!(query.qtype, rtype::AXFR | rtype::IXFR) => rcode::REFUSED,
         _ if query.qtype == rtype::OPT => rcode::FORMERR,
         (.., Some(rel)) => {

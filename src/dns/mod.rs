@@ -5,15 +5,23 @@
 //! touches the store and never waits for a writer.
 //!
 //! ```text
-//!  UDP worker threads (SO_REUSEPORT)      TCP tasks (tokio)
-//!            |  recv_from                    |  read length + message
-//!            v                               v
-//!        wire::parse  ->  answer::respond(&snapshot, ..)  -> bytes
-//!                                ^
-//!                    SnapshotHandle::load()  (one atomic load per query)
+//!  UDP worker threads (SO_REUSEPORT)        TCP tasks (tokio)
+//!     recv_from                               read length + message
+//!         |                                        |
+//!         +--> handler::handle(packet, peer, transport, &snapshot, ..) <--+
+//!                 |  wire::parse (once): header, question, OPT, where a TSIG sits
+//!                 |  unknown opcode -> NOTIMP | unreadable -> FORMERR | response -> drop
+//!                 |  tsig::check (from the parsed offset) -> BADKEY/BADSIG/BADTIME
+//!                 |  allowed transfer -> TCP: Transfer(job)  UDP IXFR: xfr::transfer
+//!                 |  otherwise answer::answer(&snapshot, &query, ..), signed if signed
+//!                 v                     ^
+//!   Outcome::Reply -> send_to / write   SnapshotHandle::load() (one atomic load per query)
+//!   Outcome::Drop  -> nothing / close
+//!   Outcome::Transfer(job) -> TCP streams job.run(..) from a blocking builder
 //! ```
 
 pub mod answer;
+pub mod handler;
 pub mod notify;
 mod tcp;
 pub mod tsig;

@@ -1,5 +1,8 @@
 //! TCP transport (RFC 1035 §4.2.2, RFC 7766): length-prefixed messages, several queries per
 //! connection answered in order, an idle timeout, and a bound on open connections.
+//!
+//! What a message gets is decided by [`handler::handle`]; this module writes the reply, or
+//! streams the zone transfer the handler hands back, built on a blocking thread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::answer::{self, Scratch, Transport};
-use super::tsig::{self, Check};
-use super::wire;
-use super::xfr::{self, TransferAcl};
+use super::answer::{Scratch, Transport};
+use super::handler::{self, Outcome, TransferJob};
+use super::xfr::TransferAcl;
 use crate::snapshot::SnapshotHandle;
 
 /// A connection with no new query for this long is closed (RFC 7766 §6.2.3 suggests seconds).
@@ -79,54 +81,19 @@ pub async fn serve(
     }
 }
 
-/// Streams a zone transfer if `packet` asks for one of the zone; `false` if it does not.
-async fn transfer(
-    packet: &[u8],
-    snapshots: &SnapshotHandle,
-    signer: Option<tsig::Signer>,
-    stream: &mut TcpStream,
-) -> std::io::Result<bool> {
-    let Ok(query) = wire::parse(packet) else {
-        return Ok(false);
-    };
-    let snapshot = snapshots.load_full();
-    if !xfr::is_transfer(&query) || query.lower_qname() != &snapshot.apex[..] {
-        return Ok(false);
-    }
+/// Streams the zone transfer `job`.
+async fn transfer(job: TransferJob, stream: &mut TcpStream) -> std::io::Result<()> {
     let started = std::time::Instant::now();
-    let client_serial = xfr::ixfr_client_serial(packet, &query);
-    let kind = match (query.qtype, client_serial) {
-        (crate::zone::rtype::IXFR, Some(c)) if xfr::serial_at_least(c, snapshot.serial) => {
-            "IXFR (up to date)"
-        }
-        (crate::zone::rtype::IXFR, Some(c)) if snapshot.journal.since(c).is_some() => "IXFR",
-        (crate::zone::rtype::IXFR, _) => "IXFR (whole zone)",
-        _ => "AXFR",
-    };
-    let serial = snapshot.serial;
-    let signed = signer.is_some();
+    let kind = job.kind();
+    let serial = job.snapshot.serial;
+    let signed = job.signer.is_some();
 
     // The messages are built on a blocking thread and streamed through a short queue, so a
     // large zone never sits in memory whole and a slow reader slows the builder down.
     let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(TRANSFER_QUEUE);
-    let packet = packet.to_vec();
     let producer = tokio::task::spawn_blocking(move || {
-        let Ok(query) = wire::parse(&packet) else {
-            return 0;
-        };
-        let mut signer = signer;
         let mut framed = Vec::with_capacity(TRANSFER_CHUNK + 65536);
-        let mut signed = Vec::new();
-        let sent = xfr::transfer(&snapshot, &query, client_serial, |message| {
-            let message = match signer.as_mut() {
-                Some(signer) => {
-                    signed.clear();
-                    signed.extend_from_slice(message);
-                    signer.sign(&mut signed);
-                    &signed[..]
-                }
-                None => message,
-            };
+        let sent = job.run(|message| {
             framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
             framed.extend_from_slice(message);
             if framed.len() < TRANSFER_CHUNK {
@@ -155,7 +122,7 @@ async fn transfer(
         kind,
         "zone transfer served"
     );
-    Ok(true)
+    Ok(())
 }
 
 /// Serves one connection: read a message, answer it, repeat until EOF or idle timeout.
@@ -181,39 +148,24 @@ async fn connection(
         tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let mut signer = match tsig::check(&acl.keys, &packet) {
-            Check::Unsigned => None,
-            Check::Valid(signer) => Some(signer),
-            Check::Refused(reply) => {
-                write_frame(&mut stream, &mut frame, &reply).await?;
-                continue;
-            }
-        };
-        // A valid signature allows a transfer from anywhere; otherwise the address must match.
-        let may_transfer = signer.is_some() || acl.allows(peer.ip());
-        if may_transfer && transfer(&packet, &snapshots, signer.clone(), &mut stream).await? {
-            continue;
-        }
-        {
+        let outcome = {
             let snapshot = snapshots.load();
-            let reserve = signer.as_ref().map_or(0, tsig::Signer::reserve);
-            answer::respond(
-                &snapshot,
+            handler::handle(
                 &packet,
+                peer.ip(),
                 Transport::Tcp,
-                reserve,
+                &snapshot,
+                &acl,
                 &mut scratch,
                 &mut out,
-            );
-        }
-        if out.is_empty() {
+            )
+        };
+        match outcome {
+            Outcome::Reply => write_frame(&mut stream, &mut frame, &out).await?,
             // Not a query (a response, or shorter than a header): nothing sane to say.
-            return Ok(());
+            Outcome::Drop => return Ok(()),
+            Outcome::Transfer(job) => transfer(*job, &mut stream).await?,
         }
-        if let Some(signer) = signer.as_mut() {
-            signer.sign(&mut out);
-        }
-        write_frame(&mut stream, &mut frame, &out).await?;
     }
 }
 

@@ -4,6 +4,9 @@
 //! response message signed; zone transfers are then allowed whatever the peer's address), or a
 //! bad one, which gets NOTAUTH with the TSIG error of RFC 8945 §5.2: BADKEY and BADSIG
 //! unsigned, BADTIME signed and carrying the server's time.
+//!
+//! [`wire::parse`](super::wire::parse) has already found the record (the last of the
+//! additional section); this module reads its fields from there and never walks the packet.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,11 +14,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::wire::{HEADER_LEN, name_end, section_count};
+use super::wire::{HEADER_LEN, RecordAt, TYPE_TSIG, name_end};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const TYPE_TSIG: u16 = 250;
 const CLASS_ANY: u16 = 255;
 const RCODE_NOTAUTH: u16 = 9;
 const BADSIG: u16 = 16;
@@ -114,9 +116,10 @@ struct Found<'p> {
     original_id: u16,
 }
 
-/// Checks the TSIG of `packet` (if any) against `keys`, at the current time.
-pub fn check(keys: &[Key], packet: &[u8]) -> Check {
-    check_at(keys, packet, now())
+/// Checks the TSIG record that `wire::parse` found at `at` in `packet` against `keys`, at the
+/// current time. A record whose fields cannot be read is no signature: `Unsigned`.
+pub fn check(keys: &[Key], packet: &[u8], at: RecordAt) -> Check {
+    check_at(keys, packet, at, now())
 }
 
 fn now() -> u64 {
@@ -125,12 +128,8 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn check_at(keys: &[Key], packet: &[u8], now: u64) -> Check {
-    // A response is never answered, signed or not; the answer path drops it.
-    if packet.get(2).is_some_and(|flags| flags & 0x80 != 0) {
-        return Check::Unsigned;
-    }
-    let Some(found) = find(packet) else {
+fn check_at(keys: &[Key], packet: &[u8], at: RecordAt, now: u64) -> Check {
+    let Some(found) = read(packet, at) else {
         return Check::Unsigned;
     };
     let key = keys.iter().find(|k| k.name == found.key_name);
@@ -295,42 +294,18 @@ fn question_end(packet: &[u8]) -> Option<usize> {
     (pos + 4 <= packet.len()).then_some(pos + 4)
 }
 
-/// Walks the whole message; returns its last record if that is a TSIG.
-fn find(packet: &[u8]) -> Option<Found<'_>> {
-    if packet.len() < HEADER_LEN {
-        return None;
-    }
-    let count = |section| section_count(packet, section) as usize;
-    let records = count(1) + count(2) + count(3);
-    if count(3) == 0 {
-        return None;
-    }
-    let mut pos = HEADER_LEN;
-    for _ in 0..count(0) {
-        pos = name_end(packet, pos)? + 4;
-    }
-    let mut last = None;
-    for _ in 0..records {
-        let start = pos;
-        let owner_end = name_end(packet, pos)?;
-        let rtype = u16::from_be_bytes([*packet.get(owner_end)?, *packet.get(owner_end + 1)?]);
-        let rdlen = u16::from_be_bytes([*packet.get(owner_end + 8)?, *packet.get(owner_end + 9)?]) as usize;
-        let rdata = owner_end + 10;
-        pos = rdata + rdlen;
-        if pos > packet.len() {
-            return None;
-        }
-        last = Some((start, owner_end, rtype, rdata));
-    }
-    let (start, owner_end, rtype, rdata) = last?;
-    if rtype != TYPE_TSIG {
+/// Reads the TSIG record at `at` (its owner, type and bounds checked by `wire::parse`).
+fn read(packet: &[u8], at: RecordAt) -> Option<Found<'_>> {
+    let RecordAt { start, rdata, end } = at;
+    let owner_end = rdata.checked_sub(10)?;
+    if packet.get(owner_end..owner_end + 2)? != TYPE_TSIG.to_be_bytes() || end > packet.len() {
         return None;
     }
     let key_name = lower(packet.get(start..owner_end)?)?;
     // The algorithm name must end inside the record, not just inside the packet.
-    let alg_end = name_end(packet, rdata).filter(|&end| end <= pos)?;
+    let alg_end = name_end(packet, rdata).filter(|&alg_end| alg_end <= end)?;
     let algorithm = lower(packet.get(rdata..alg_end)?)?;
-    let r = &packet[alg_end..pos];
+    let r = &packet[alg_end..end];
     let time_signed = u64::from_be_bytes([
         0,
         0,
@@ -367,6 +342,17 @@ fn lower(wire: &[u8]) -> Option<Vec<u8>> {
         pos += 1 + len as usize;
     }
     Some(wire.iter().map(u8::to_ascii_lowercase).collect())
+}
+
+/// Signs `query` as a client would at `time` (for tests of the handler).
+#[cfg(test)]
+pub(crate) fn sign_request(key: &Key, query: &mut Vec<u8>, time: u64) {
+    let mut mac = HmacSha256::new_from_slice(&key.secret).expect("HMAC takes keys of any length");
+    mac.update(query.as_slice());
+    variables(&mut mac, &key.name, time, FUDGE, 0, &[]);
+    let digest = mac.finalize().into_bytes();
+    let id = u16::from_be_bytes([query[0], query[1]]);
+    append_tsig(query, &key.name, time, &digest, id, 0, &[]);
 }
 
 #[cfg(test)]

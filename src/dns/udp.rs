@@ -3,7 +3,8 @@
 //!
 //! Blocking I/O on dedicated threads is the shortest path from packet to answer: no reactor,
 //! no task wake-ups, one `recv_from` and one `send_to` per query, buffers reused. A short
-//! receive timeout lets each worker notice shutdown.
+//! receive timeout lets each worker notice shutdown. What a datagram gets is decided by
+//! [`handler::handle`]; this module only moves bytes.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -13,10 +14,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::answer::{self, Scratch, Transport};
-use super::tsig::{self, Check};
-use super::wire;
-use super::xfr::{self, TransferAcl};
-use crate::snapshot::Snapshot;
+use super::handler::{self, Outcome};
+use super::xfr::TransferAcl;
 use crate::snapshot::SnapshotHandle;
 
 /// How often an idle worker checks whether it should stop.
@@ -71,79 +70,30 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>
         };
         let snapshot = snapshots.load();
         // A bug in answer building must cost one query, not the worker.
-        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let packet = &packet[..len];
-            match tsig::check(&acl.keys, packet) {
-                Check::Unsigned => {
-                    if !(acl.allows(peer.ip()) && ixfr_over_udp(&snapshot, packet, 0, &mut out)) {
-                        answer::respond(&snapshot, packet, Transport::Udp, 0, &mut scratch, &mut out);
-                    }
-                }
-                Check::Valid(mut signer) => {
-                    let reserve = signer.reserve();
-                    if !ixfr_over_udp(&snapshot, packet, reserve, &mut out) {
-                        answer::respond(&snapshot, packet, Transport::Udp, reserve, &mut scratch, &mut out);
-                    }
-                    if !out.is_empty() {
-                        signer.sign(&mut out);
-                    }
-                }
-                Check::Refused(reply) => {
-                    out.clear();
-                    out.extend_from_slice(&reply);
-                }
-            }
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler::handle(
+                &packet[..len],
+                peer.ip(),
+                Transport::Udp,
+                &snapshot,
+                &acl,
+                &mut scratch,
+                &mut out,
+            )
         }));
-        if answered.is_err() {
-            tracing::error!(%peer, "answering a query panicked; query dropped");
-            scratch = Scratch::default();
-            out.clear();
-        }
-        if !out.is_empty() {
-            if let Err(e) = socket.send_to(&out, peer) {
-                tracing::debug!(error = %e, %peer, "udp send failed");
+        match handled {
+            Ok(Outcome::Reply) => {
+                if let Err(e) = socket.send_to(&out, peer) {
+                    tracing::debug!(error = %e, %peer, "udp send failed");
+                }
             }
-        }
-    }
-}
-
-/// IXFR over UDP from an allowed peer (RFC 1995 §2): the increment itself when the journal
-/// has it and it fits one datagram, otherwise the current SOA alone, which says "up to date"
-/// to a current client and "come back over TCP" to any other. `false` if not an IXFR.
-fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], reserve: usize, out: &mut Vec<u8>) -> bool {
-    let Ok(query) = wire::parse(packet) else {
-        return false;
-    };
-    if query.qtype != crate::zone::rtype::IXFR
-        || !xfr::is_transfer(&query)
-        || query.lower_qname() != &snapshot.apex[..]
-    {
-        return false;
-    }
-    let limit = query.edns.map_or(wire::MIN_UDP_PAYLOAD, |e| {
-        e.udp_size.clamp(wire::MIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD)
-    }) as usize;
-    let client = xfr::ixfr_client_serial(packet, &query);
-    if client
-        .is_some_and(|c| !xfr::serial_at_least(c, snapshot.serial) && snapshot.journal.since(c).is_some())
-    {
-        let mut messages = Vec::new();
-        let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, client, |m| {
-            messages.push(m.to_vec());
-            Ok(())
-        });
-        if let [only] = &messages[..] {
-            if only.len() + reserve <= limit {
+            // Transfers are only ever streamed over TCP.
+            Ok(Outcome::Drop | Outcome::Transfer(_)) => {}
+            Err(_) => {
+                tracing::error!(%peer, "answering a query panicked; query dropped");
+                scratch = Scratch::default();
                 out.clear();
-                out.extend_from_slice(only);
-                return true;
             }
         }
     }
-    out.clear();
-    let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &query, Some(snapshot.serial), |m| {
-        out.extend_from_slice(m);
-        Ok(())
-    });
-    true
 }

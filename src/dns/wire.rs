@@ -1,9 +1,11 @@
 //! Reading a query off the wire (RFC 1035 §4.1, RFC 6891 §6 for OPT).
 //!
 //! Only what an authoritative server needs is parsed, without allocating: the header, the one
-//! question (kept as raw bytes so the answer echoes its case exactly, RFC 4343) and the OPT
-//! record. Any other section is walked only to find OPT. Every length is checked; a packet
-//! that does not parse becomes a FORMERR, or is dropped when not even a header can be read.
+//! question (kept as raw bytes so the answer echoes its case exactly, RFC 4343), the OPT
+//! record, and where a TSIG record sits (so it is verified without walking the packet again).
+//! Any other section is walked only to find those. Every length is checked; a packet that does
+//! not parse is reported as malformed (the handler answers FORMERR or NOTIMP), or dropped when
+//! not even a header can be read.
 
 use crate::name::MAX_NAME_LEN;
 use crate::zone::rtype;
@@ -27,6 +29,11 @@ pub mod rcode {
     pub const REFUSED: u16 = 5;
     pub const BADVERS: u16 = 16;
 }
+
+/// The one opcode answered (RFC 1035 §4.1.1); every other is NOTIMP.
+pub const OPCODE_QUERY: u8 = 0;
+/// The TSIG meta-type (RFC 8945 §4.2).
+pub const TYPE_TSIG: u16 = 250;
 
 pub const HEADER_LEN: usize = 12;
 /// Smallest payload every DNS transport carries (RFC 1035 §4.2.1).
@@ -57,6 +64,19 @@ pub struct Query<'a> {
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
+    /// The last record of the additional section, if it is a TSIG (RFC 8945 §5.1).
+    pub tsig: Option<RecordAt>,
+}
+
+/// Where a record lies in the packet; every offset has been checked against its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordAt {
+    /// Start of the owner name.
+    pub start: usize,
+    /// Start of the RDATA (type, class, TTL and RDLENGTH are the 10 bytes before it).
+    pub rdata: usize,
+    /// One past the end of the RDATA.
+    pub end: usize,
 }
 
 impl Query<'_> {
@@ -67,12 +87,17 @@ impl Query<'_> {
 }
 
 /// Why a packet got no normal answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// Not worth an answer: shorter than a header, or itself a response.
     Drop,
-    /// Answer with this response code and no question (the question could not be read).
-    Error { id: u16, flags: u16, rcode: u16 },
+    /// The header was read but the rest was not: answered with the header alone.
+    Malformed { id: u16, flags: u16 },
+}
+
+/// The opcode in a header flags word.
+pub fn opcode(flags: u16) -> u8 {
+    ((flags >> 11) & 0xF) as u8
 }
 
 /// The record count of header section `section` (0 question, 1 answer, 2 authority,
@@ -86,6 +111,7 @@ fn read_u16(buf: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parses a query. Opcodes other than QUERY are still parsed: the caller answers NOTIMP.
+/// A query must carry exactly one question (QDCOUNT 1), or it is malformed.
 pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
     if buf.len() < HEADER_LEN {
         return Err(Reject::Drop);
@@ -95,11 +121,7 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
     if flags & flag::QR != 0 {
         return Err(Reject::Drop);
     }
-    let formerr = Reject::Error {
-        id,
-        flags,
-        rcode: rcode::FORMERR,
-    };
+    let formerr = Reject::Malformed { id, flags };
     let count = |section| section_count(buf, section) as usize;
     let (qdcount, ancount, nscount, arcount) = (count(0), count(1), count(2), count(3));
     if qdcount != 1 {
@@ -141,15 +163,16 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
 
     let mut pos = question_end;
     for _ in 0..ancount + nscount {
-        pos = skip_record(buf, pos).ok_or(formerr_of(id, flags))?.next;
+        pos = skip_record(buf, pos).ok_or(formerr)?.next;
     }
     let mut edns = None;
+    let mut tsig = None;
     for _ in 0..arcount {
-        let rr = skip_record(buf, pos).ok_or(formerr_of(id, flags))?;
+        let rr = skip_record(buf, pos).ok_or(formerr)?;
         if rr.rtype == rtype::OPT {
             // One OPT, owned by the root (RFC 6891 §6.1.1).
             if edns.is_some() || rr.owner_is_root == Some(false) {
-                return Err(formerr_of(id, flags));
+                return Err(formerr);
             }
             edns = Some(Edns {
                 udp_size: rr.class.max(MIN_UDP_PAYLOAD),
@@ -157,12 +180,18 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
                 dnssec_ok: rr.ttl & 0x8000 != 0,
             });
         }
+        // Only the last record can be the TSIG (RFC 8945 §5.1); one elsewhere is not looked at.
+        tsig = (rr.rtype == TYPE_TSIG).then_some(RecordAt {
+            start: pos,
+            rdata: rr.rdata,
+            end: rr.next,
+        });
         pos = rr.next;
     }
 
     Ok(Query {
         id,
-        opcode: ((flags >> 11) & 0xF) as u8,
+        opcode: opcode(flags),
         flags,
         question: &buf[HEADER_LEN..question_end],
         qname_len,
@@ -170,19 +199,13 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
         qtype,
         qclass,
         edns,
+        tsig,
     })
-}
-
-fn formerr_of(id: u16, flags: u16) -> Reject {
-    Reject::Error {
-        id,
-        flags,
-        rcode: rcode::FORMERR,
-    }
 }
 
 /// What the walk over one resource record learned.
 struct Skipped {
+    rdata: usize,
     next: usize,
     rtype: u16,
     class: u16,
@@ -222,6 +245,7 @@ fn skip_record(buf: &[u8], start: usize) -> Option<Skipped> {
         return None;
     }
     Some(Skipped {
+        rdata: pos + 10,
         next,
         rtype,
         class,
@@ -253,7 +277,32 @@ mod tests {
         assert_eq!(q.id, 0x1234);
         assert_eq!(q.lower_qname(), b"\x03web\x04test\x00");
         assert_eq!(&q.question[..4], b"\x03WeB");
-        assert_eq!((q.qtype, q.qclass, q.edns), (1, 1, None));
+        assert_eq!((q.qtype, q.qclass, q.edns, q.tsig), (1, 1, None, None));
+    }
+
+    #[test]
+    fn finds_a_tsig_only_as_the_last_record() {
+        // Root owner, type TSIG, class ANY, TTL 0, RDLENGTH 2, two bytes of RDATA.
+        let tsig: &[u8] = &[0, 0, 250, 0, 255, 0, 0, 0, 0, 0, 2, 7, 7];
+        let mut last = OPT_4096_DO.to_vec();
+        last.extend_from_slice(tsig);
+        let buf = query(b"\x00", 1, &last, 2);
+        let start = buf.len() - tsig.len();
+        let at = parse(&buf).expect("parses").tsig.expect("found");
+        assert_eq!(
+            at,
+            RecordAt {
+                start,
+                rdata: start + 11,
+                end: buf.len()
+            }
+        );
+
+        let mut first = tsig.to_vec();
+        first.extend_from_slice(OPT_4096_DO);
+        let buf = query(b"\x00", 1, &first, 2);
+        let q = parse(&buf).expect("parses");
+        assert_eq!((q.tsig, q.edns.is_some()), (None, true), "not last: not a TSIG");
     }
 
     #[test]
@@ -276,15 +325,7 @@ mod tests {
         let mut response = query(b"\x00", 1, &[], 0);
         response[2] |= 0x80;
         assert!(matches!(parse(&response), Err(Reject::Drop)));
-        let formerr = |buf: &[u8]| {
-            matches!(
-                parse(buf),
-                Err(Reject::Error {
-                    rcode: rcode::FORMERR,
-                    ..
-                })
-            )
-        };
+        let formerr = |buf: &[u8]| matches!(parse(buf), Err(Reject::Malformed { id: 0x1234, .. }));
         assert!(formerr(&query(b"\x05ab", 1, &[], 0)[..15]), "label runs past end");
         assert!(formerr(&query(b"\xc0\x0c", 1, &[], 0)), "pointer in question");
         assert!(formerr(&query(b"\x00", 1, &[], 1)), "missing additional");

@@ -6,13 +6,16 @@
 //! is written as its labels below the apex plus a pointer to the apex in the question, and
 //! compression keeps working in every message. The SOA comes first and last (RFC 5936 §2.2).
 //!
-//! Who may transfer is decided by [`TransferAcl`]; others get REFUSED.
+//! Who may transfer is decided by [`TransferAcl`] (the handler applies it); others get REFUSED.
+//! A transfer is built from a [`Request`]: the few fields of the query it needs, owned, so a
+//! builder thread never parses the packet again.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::wire::{self, HEADER_LEN, Query, flag};
+use super::wire::{self, HEADER_LEN, OPCODE_QUERY, Query, flag};
+use crate::name::MAX_NAME_LEN;
 use crate::snapshot::{Entry, Snapshot};
 use crate::zone::rtype;
 
@@ -43,7 +46,7 @@ impl TransferAcl {
 /// ordinary answer path). The caller checks that the name is the apex.
 pub fn is_transfer(query: &Query<'_>) -> bool {
     matches!(query.qtype, rtype::AXFR | rtype::IXFR)
-        && query.opcode == 0
+        && query.opcode == OPCODE_QUERY
         && matches!(query.qclass, 1 | 255)
         && query.edns.is_none_or(|e| e.version == 0)
 }
@@ -74,20 +77,69 @@ pub fn serial_at_least(a: u32, b: u32) -> bool {
     a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
+/// What building a transfer needs from its query, owned: small, and no packet to parse again.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: u16,
+    /// The query's flags word (RD is copied).
+    pub flags: u16,
+    /// The question as received (name, type, class), in `question[..question_len]`.
+    question: [u8; MAX_NAME_LEN + 4],
+    question_len: usize,
+    /// Wire length of the question name.
+    pub qname_len: usize,
+    pub qtype: u16,
+    /// The serial of an IXFR query's authority SOA; `None` asks for the whole zone.
+    pub client_serial: Option<u32>,
+}
+
+impl Request {
+    /// The request for `query`, whose packet is `packet`.
+    pub fn new(packet: &[u8], query: &Query<'_>) -> Self {
+        let mut question = [0u8; MAX_NAME_LEN + 4];
+        // wire::parse bounds the name to MAX_NAME_LEN, so the question always fits.
+        let question_len = query.question.len().min(question.len());
+        question[..question_len].copy_from_slice(&query.question[..question_len]);
+        Self {
+            id: query.id,
+            flags: query.flags,
+            question,
+            question_len,
+            qname_len: query.qname_len,
+            qtype: query.qtype,
+            client_serial: ixfr_client_serial(packet, query),
+        }
+    }
+
+    pub fn question(&self) -> &[u8] {
+        &self.question[..self.question_len]
+    }
+
+    /// What `transfer` will send for this request from `snapshot`, for the logs.
+    pub fn kind(&self, snapshot: &Snapshot) -> &'static str {
+        match (self.qtype, self.client_serial) {
+            (rtype::IXFR, Some(c)) if serial_at_least(c, snapshot.serial) => "IXFR (up to date)",
+            (rtype::IXFR, Some(c)) if snapshot.journal.since(c).is_some() => "IXFR",
+            (rtype::IXFR, _) => "IXFR (whole zone)",
+            _ => "AXFR",
+        }
+    }
+}
+
 /// Streams a transfer of `snapshot` as DNS messages, calling `send` with each one; returns
-/// the number of records sent.
+/// the number of records sent. The caller has checked that the request's name is the apex.
 ///
 /// An IXFR whose client already has the current serial gets the SOA alone (RFC 1995 §2); one
 /// whose serial the journal reaches back to gets the differences since (RFC 1995 §4); any
 /// other transfer gets the whole zone in AXFR form, which RFC 1995 §4 allows as an IXFR answer.
 pub fn transfer<E>(
     snapshot: &Snapshot,
-    query: &Query<'_>,
-    client_serial: Option<u32>,
+    request: &Request,
     mut send: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<usize, E> {
-    let mut w = Writer::new(query);
-    let apex_at = (HEADER_LEN + query.qname_len - snapshot.apex.len()) as u16;
+    let client_serial = request.client_serial;
+    let mut w = Writer::new(request);
+    let apex_at = (HEADER_LEN + request.qname_len).saturating_sub(snapshot.apex.len()) as u16;
     let soa = &snapshot.soa_rdata;
     let soa_ttl = snapshot.soa_ttl;
     if client_serial.is_some_and(|c| serial_at_least(c, snapshot.serial)) {
@@ -140,15 +192,15 @@ struct Writer<'q> {
 }
 
 impl<'q> Writer<'q> {
-    fn new(query: &Query<'q>) -> Self {
+    fn new(request: &'q Request) -> Self {
         let mut header = [0u8; HEADER_LEN];
-        header[..2].copy_from_slice(&query.id.to_be_bytes());
-        let flags = flag::QR | flag::AA | (query.flags & flag::RD);
+        header[..2].copy_from_slice(&request.id.to_be_bytes());
+        let flags = flag::QR | flag::AA | (request.flags & flag::RD);
         header[2..4].copy_from_slice(&flags.to_be_bytes());
         header[5] = 1;
         let mut w = Self {
             header,
-            question: query.question,
+            question: request.question(),
             out: Vec::with_capacity(MESSAGE_TARGET + 1024),
             count: 0,
         };

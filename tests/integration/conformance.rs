@@ -15,6 +15,7 @@ struct Q {
     qclass: u16,
     /// Header flags word (opcode, RD, CD, Z...).
     flags: u16,
+    /// QDCOUNT, and how many times the question is written.
     qdcount: u16,
     /// (UDP size, version, DO, option bytes) of an OPT record.
     edns: Option<(u16, u8, bool, &'static [u8])>,
@@ -39,18 +40,20 @@ impl Q {
         out.extend_from_slice(&self.flags.to_be_bytes());
         out.extend_from_slice(&self.qdcount.to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(self.edns.is_some())]);
-        for label in self
-            .name
-            .trim_end_matches('.')
-            .split('.')
-            .filter(|l| !l.is_empty())
-        {
-            out.push(label.len() as u8);
-            out.extend_from_slice(label.as_bytes());
+        for _ in 0..self.qdcount {
+            for label in self
+                .name
+                .trim_end_matches('.')
+                .split('.')
+                .filter(|l| !l.is_empty())
+            {
+                out.push(label.len() as u8);
+                out.extend_from_slice(label.as_bytes());
+            }
+            out.push(0);
+            out.extend_from_slice(&self.qtype.to_be_bytes());
+            out.extend_from_slice(&self.qclass.to_be_bytes());
         }
-        out.push(0);
-        out.extend_from_slice(&self.qtype.to_be_bytes());
-        out.extend_from_slice(&self.qclass.to_be_bytes());
         if let Some((size, version, dnssec_ok, options)) = self.edns {
             out.extend_from_slice(&[0, 0, 41]);
             out.extend_from_slice(&size.to_be_bytes());
@@ -70,8 +73,18 @@ struct Expect {
     answers: Option<usize>,
     /// The SOA in the authority section (negative answers).
     soa: Option<bool>,
+    /// ... with this TTL (the negative TTL, RFC 2308 §5).
+    soa_ttl: Option<u32>,
+    /// Records in the authority section.
+    authorities: Option<usize>,
+    /// Distinct RRsets (owner and type) in the answer section.
+    rrsets: Option<usize>,
+    /// The question and every answer owner echo the query's name exactly, case included.
+    echo: bool,
     /// An OPT record in the answer.
     opt: Option<bool>,
+    /// ... offering this UDP payload size.
+    opt_payload: Option<u16>,
     /// The answer's raw flags word must include these bits.
     flags_set: u16,
     /// ... and must not include these.
@@ -106,15 +119,45 @@ fn check(dns: &Dns, rfc: &str, query: Q, want: Expect) {
     if let Some(n) = want.answers {
         assert_eq!(msg.answers.len(), n, "{rfc}: answers {:?}", msg.answers);
     }
-    if let Some(soa) = want.soa {
-        let has = msg
-            .authorities
+    let soa = msg
+        .authorities
+        .iter()
+        .find(|r| r.record_type() == hickory_proto::rr::RecordType::SOA);
+    if let Some(want_soa) = want.soa {
+        assert_eq!(soa.is_some(), want_soa, "{rfc}: SOA in authority");
+    }
+    if let Some(ttl) = want.soa_ttl {
+        assert_eq!(soa.map(|r| r.ttl), Some(ttl), "{rfc}: negative TTL");
+    }
+    if let Some(n) = want.authorities {
+        assert_eq!(msg.authorities.len(), n, "{rfc}: authority {:?}", msg.authorities);
+    }
+    if let Some(n) = want.rrsets {
+        let sets: std::collections::BTreeSet<_> = msg
+            .answers
             .iter()
-            .any(|r| r.record_type() == hickory_proto::rr::RecordType::SOA);
-        assert_eq!(has, soa, "{rfc}: SOA in authority");
+            .map(|r| (r.name.to_ascii().to_lowercase(), r.record_type()))
+            .collect();
+        assert_eq!(sets.len(), n, "{rfc}: RRsets {:?}", msg.answers);
+    }
+    if want.echo {
+        let names = msg
+            .queries
+            .iter()
+            .map(|q| q.name())
+            .chain(msg.answers.iter().map(|r| &r.name));
+        for name in names {
+            assert_eq!(name.to_ascii(), query.name, "{rfc}: case echoed");
+        }
     }
     if let Some(opt) = want.opt {
         assert_eq!(msg.edns.is_some(), opt, "{rfc}: OPT");
+    }
+    if let Some(edns) = &msg.edns {
+        assert_eq!(edns.version(), 0, "{rfc}: RFC 6891 §6.1.3: we speak version 0");
+        if let Some(size) = want.opt_payload {
+            assert_eq!(edns.max_payload(), size, "{rfc}: OPT payload size");
+        }
     }
 }
 
@@ -135,6 +178,16 @@ async fn rfc_behaviours() {
         aa: Some(true),
         answers: Some(0),
         soa: Some(true),
+        soa_ttl: Some(5),
+        authorities: Some(1),
+        ..Expect::default()
+    };
+    let nxdomain = || Expect { rcode: 3, ..nodata() };
+    let refused = || Expect {
+        rcode: 5,
+        aa: Some(false),
+        answers: Some(0),
+        authorities: Some(0),
         ..Expect::default()
     };
     let cases: Vec<(&str, Q, Expect)> = vec![
@@ -186,24 +239,54 @@ async fn rfc_behaviours() {
             nodata(),
         ),
         (
+            "RFC 8020 §2: an empty non-terminal is NODATA (stack)",
+            q("quickstart-ruby.honeniq.svc.cluster.test.", 1),
+            nodata(),
+        ),
+        (
+            "RFC 8020 §2: an empty non-terminal is NODATA (svc subtree)",
+            q("svc.cluster.test.", 1),
+            nodata(),
+        ),
+        (
+            "RFC 8020 §2: an empty non-terminal is NODATA (SRV protocol label)",
+            q("_tcp.web.quickstart-ruby.honeniq.svc.cluster.test.", 1),
+            nodata(),
+        ),
+        (
             "RFC 2308 §2.1: NXDOMAIN carries the SOA",
             q("nope.svc.cluster.test.", 1),
-            Expect {
-                rcode: 3,
-                soa: Some(true),
-                aa: Some(true),
-                ..Expect::default()
-            },
+            nxdomain(),
+        ),
+        (
+            "RFC 2308 §2.1: NXDOMAIN for an unknown service of a known stack",
+            q("db.quickstart-ruby.honeniq.svc.cluster.test.", 1),
+            nxdomain(),
+        ),
+        (
+            "RFC 2308 §2.1: NXDOMAIN below a container name",
+            q("x.web-1.quickstart-ruby.honeniq.cont.cluster.test.", 1),
+            nxdomain(),
         ),
         (
             "RFC 1034 §4.3.2: not authoritative for the name: REFUSED, no AA",
             q("example.com.", 1),
-            Expect {
-                rcode: 5,
-                aa: Some(false),
-                answers: Some(0),
-                ..Expect::default()
-            },
+            refused(),
+        ),
+        (
+            "RFC 1034 §4.3.2: REFUSED for the root, shorter than the apex",
+            q(".", 1),
+            refused(),
+        ),
+        (
+            "RFC 1034 §4.3.2: REFUSED for a parent of the apex",
+            q("test.", 1),
+            refused(),
+        ),
+        (
+            "RFC 1034 §4.3.2: REFUSED for a name that only ends like the apex",
+            q("xcluster.test.", 1),
+            refused(),
         ),
         (
             "RFC 1035 §3.2.4: class CH is not served",
@@ -226,21 +309,41 @@ async fn rfc_behaviours() {
             ok(2),
         ),
         (
-            "RFC 4343 §4.1: a mixed-case question is answered",
-            q("WEB.Quickstart-Ruby.honeniq.SVC.cluster.test.", 1),
-            ok(2),
+            "RFC 4343 §4.1: a mixed-case question is answered, its case echoed",
+            q("WeB.QuickStart-Ruby.HONENIQ.svc.Cluster.TEST.", 1),
+            Expect { echo: true, ..ok(2) },
         ),
-        ("RFC 8482 §4.2: ANY gets one RRset", q(SVC, 255), ok(2)),
+        (
+            "RFC 8482 §4.2: ANY gets one RRset",
+            q(SVC, 255),
+            Expect {
+                rrsets: Some(1),
+                ..ok(2)
+            },
+        ),
+        (
+            "RFC 8482 §4.2: ANY at the apex gets one RRset",
+            q("cluster.test.", 255),
+            Expect {
+                aa: Some(true),
+                rrsets: Some(1),
+                ..Expect::default()
+            },
+        ),
         (
             "RFC 2782: SRV with target addresses",
             q("_80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test.", 33),
             ok(2),
         ),
         (
-            "RFC 6891 §6.1.1: OPT echoed",
-            q(SVC, 1),
+            "RFC 6891 §6.1.1: OPT echoed, offering our 1232-byte payload",
+            Q {
+                edns: Some((4096, 0, false, &[])),
+                ..q(SVC, 1)
+            },
             Expect {
                 opt: Some(true),
+                opt_payload: Some(1232),
                 ..ok(2)
             },
         ),
@@ -311,11 +414,69 @@ async fn rfc_behaviours() {
             },
         ),
         (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP whatever QDCOUNT says (0)",
+            Q {
+                flags: 0x7800,
+                qdcount: 0,
+                edns: None,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                aa: Some(false),
+                answers: Some(0),
+                flags_set: 0x7800,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP whatever QDCOUNT says (2)",
+            Q {
+                flags: 0x7800,
+                qdcount: 2,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                aa: Some(false),
+                answers: Some(0),
+                flags_set: 0x7800,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.1, RFC 6895 §2: an unknown opcode is NOTIMP over TCP too",
+            Q {
+                flags: 0x7800,
+                qdcount: 0,
+                edns: None,
+                tcp: true,
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 4,
+                flags_set: 0x7800,
+                ..Expect::default()
+            },
+        ),
+        (
             "RFC 1035 §4.1.2: QDCOUNT 0 is a format error",
             Q {
                 qdcount: 0,
                 edns: None,
                 ..q("", 1)
+            },
+            Expect {
+                rcode: 1,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1035 §4.1.2: QDCOUNT 2 is a format error",
+            Q {
+                qdcount: 2,
+                edns: None,
+                ..q("test.", 1)
             },
             Expect {
                 rcode: 1,
@@ -336,6 +497,18 @@ async fn rfc_behaviours() {
             },
         ),
         (
+            "RFC 5936 §4.2: AXFR over UDP is REFUSED",
+            Q {
+                edns: None,
+                ..q("cluster.test.", 252)
+            },
+            Expect {
+                rcode: 5,
+                answers: Some(0),
+                ..Expect::default()
+            },
+        ),
+        (
             "RFC 1995 §2: IXFR from a peer not allowed is REFUSED",
             Q {
                 edns: None,
@@ -343,6 +516,19 @@ async fn rfc_behaviours() {
             },
             Expect {
                 rcode: 5,
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 1995 §2: IXFR over TCP from a peer not allowed is REFUSED",
+            Q {
+                edns: None,
+                tcp: true,
+                ..q("cluster.test.", 251)
+            },
+            Expect {
+                rcode: 5,
+                answers: Some(0),
                 ..Expect::default()
             },
         ),

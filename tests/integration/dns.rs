@@ -1,6 +1,8 @@
-//! DNS behaviour, row by row of design.md §3, checked with an independent DNS codec.
+//! DNS behaviour of design.md §3 that needs a scenario (rotation, answer limits, SRV additionals,
+//! truncation, serial changes, several queries per connection, garbage), checked with an
+//! independent DNS codec. Single query → answer checks are rows of the table in conformance.rs.
 
-use hickory_proto::op::{OpCode, ResponseCode};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use serde_json::json;
 
@@ -197,42 +199,6 @@ fn assert_nodata(reply: &hickory_proto::op::Message, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn nodata_nxdomain_and_refused() {
-    let s = two_web(&[]).await;
-    let dns = s.dns();
-    for ent in [
-        "quickstart-ruby.honeniq.svc.cluster.test.",
-        "honeniq.svc.cluster.test.",
-        "svc.cluster.test.",
-        "_tcp.web.quickstart-ruby.honeniq.svc.cluster.test.",
-    ] {
-        assert_nodata(&dns.query(ent, RecordType::A), ent);
-    }
-    assert_nodata(&dns.query(SVC, RecordType::MX), "other type at svc name");
-    assert_nodata(&dns.query(SVC, RecordType::Unknown(65400)), "unknown type");
-
-    for missing in [
-        "nope.svc.cluster.test.",
-        "db.quickstart-ruby.honeniq.svc.cluster.test.",
-        "x.web-1.quickstart-ruby.honeniq.cont.cluster.test.",
-    ] {
-        let reply = dns.query(missing, RecordType::A);
-        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{missing}");
-        assert!(reply.metadata.authoritative);
-        assert_eq!(reply.authorities[0].record_type(), RecordType::SOA);
-        assert_eq!(reply.authorities[0].ttl, 5);
-    }
-
-    // "." is shorter than the apex: a regression test for an offset underflow.
-    for outside in [".", "example.com.", "test.", "xcluster.test."] {
-        let reply = dns.query(outside, RecordType::A);
-        assert_eq!(reply.metadata.response_code, ResponseCode::Refused, "{outside}");
-        assert!(!reply.metadata.authoritative, "no AA outside the zone");
-        assert!(reply.answers.is_empty() && reply.authorities.is_empty());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn known_service_without_live_containers_is_nodata() {
     let s = Server::start(&[]);
     let t = s.add_node("node-do", "95.85.30.162").await;
@@ -278,79 +244,6 @@ async fn apex_soa_ns_and_serial() {
     let serial = body["serial"].as_u64().expect("serial") as u32;
     assert!(serial > before, "a published change raises the serial");
     assert_eq!(dns.serial(), serial, "the response's serial is already live");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn any_gets_one_rrset() {
-    let s = two_web(&[]).await;
-    let reply = s.dns().query(SVC, RecordType::ANY);
-    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-    let types: std::collections::BTreeSet<_> = reply.answers.iter().map(|r| r.record_type()).collect();
-    assert_eq!(types.len(), 1, "RFC 8482: one RRset, got {:?}", reply.answers);
-    let apex = s.dns().query(ZONE, RecordType::ANY);
-    let types: std::collections::BTreeSet<_> = apex.answers.iter().map(|r| r.record_type()).collect();
-    assert_eq!(types.len(), 1);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn zone_transfers_are_refused() {
-    let s = two_web(&[]).await;
-    for (rtype, tcp) in [
-        (RecordType::AXFR, true),
-        (RecordType::AXFR, false),
-        (RecordType::IXFR, true),
-    ] {
-        let reply = s.dns().ask(ZONE, rtype, Ask { edns: None, tcp });
-        assert_eq!(
-            reply.metadata.response_code,
-            ResponseCode::Refused,
-            "{rtype} tcp={tcp}"
-        );
-        assert!(reply.answers.is_empty());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn question_case_is_echoed() {
-    let s = two_web(&[]).await;
-    let mixed = "WeB.QuickStart-Ruby.HONENIQ.svc.Cluster.TEST.";
-    let reply = s.dns().query(mixed, RecordType::A);
-    assert_eq!(reply.queries[0].name().to_ascii(), mixed);
-    assert_eq!(reply.answers.len(), 2);
-    assert!(
-        reply.answers.iter().all(|r| r.name.to_ascii() == mixed),
-        "owner names echo the case"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn edns_is_echoed_and_bad_versions_get_badvers() {
-    let s = two_web(&[]).await;
-    let reply = s.dns().query(SVC, RecordType::A);
-    let edns = reply.edns.as_ref().expect("OPT echoed");
-    assert_eq!(edns.max_payload(), 1232);
-    let plain = s.dns().ask(
-        SVC,
-        RecordType::A,
-        Ask {
-            edns: None,
-            tcp: false,
-        },
-    );
-    assert!(plain.edns.is_none(), "no OPT without one in the query");
-
-    // EDNS version 1 (RFC 6891 §6.1.3): BADVERS, OPT with version 0.
-    let mut q = hickory_proto::op::Message::query();
-    q.metadata.id = 7;
-    q.add_query(hickory_proto::op::Query::query(fqdn(SVC), RecordType::A));
-    let mut e = hickory_proto::op::Edns::new();
-    e.set_version(1);
-    q.set_edns(e);
-    let raw = s.dns().udp_raw(&q.to_vec().expect("encode")).expect("answer");
-    let reply = hickory_proto::op::Message::from_vec(&raw).expect("parses");
-    assert_eq!(u16::from(reply.metadata.response_code), 16, "BADVERS");
-    assert!(reply.answers.is_empty());
-    assert_eq!(reply.edns.as_ref().map(|e| e.version()), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -443,29 +336,10 @@ async fn sixty_containers_truncate_honestly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn opcodes_and_malformed_packets() {
+async fn malformed_packets_are_answered_or_dropped_never_fatal() {
     let s = two_web(&[]).await;
     let dns = s.dns();
-    let mut q = hickory_proto::op::Message::query();
-    q.metadata.id = 9;
-    q.metadata.op_code = OpCode::Update;
-    q.add_query(hickory_proto::op::Query::query(fqdn(ZONE), RecordType::SOA));
-    let reply =
-        hickory_proto::op::Message::from_vec(&dns.udp_raw(&q.to_vec().expect("encode")).expect("answer"))
-            .expect("parses");
-    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
-
-    // QDCOUNT 0 and 2: FORMERR.
     let header = |qd: u8| vec![0xab, 0xcd, 0x01, 0x00, 0x00, qd, 0, 0, 0, 0, 0, 0];
-    let mut two = header(2);
-    for _ in 0..2 {
-        two.extend_from_slice(b"\x04test\x00\x00\x01\x00\x01");
-    }
-    for packet in [header(0), two] {
-        let raw = dns.udp_raw(&packet).expect("FORMERR answer");
-        assert_eq!(&raw[..2], &[0xab, 0xcd]);
-        assert_eq!(raw[3] & 0x0f, 1, "FORMERR");
-    }
     // Garbage: shorter than a header is dropped; a broken name is FORMERR; never a crash.
     assert!(dns.udp_raw(&[1, 2, 3]).is_none());
     let mut broken = header(1);

@@ -1,0 +1,170 @@
+//! The one entry point for a DNS message, whatever carried it: [`handle`] parses the packet
+//! once and decides what it gets, so the transports only move bytes.
+//!
+//! The decisions, in the order the RFCs give them:
+//!
+//! 1. not even a header, or a response: nothing (RFC 1035 §4.1.1);
+//! 2. an opcode other than QUERY that cannot be read as a query: NOTIMP, header only, whatever
+//!    the section counts say (RFC 1035 §4.1.1, RFC 6895 §2); a QUERY that cannot be read
+//!    (QDCOUNT not 1, a broken name or record): FORMERR, header only;
+//! 3. a TSIG record (found by the parse): BADKEY, BADSIG or BADTIME as RFC 8945 §5.2 says;
+//!    once verified, every reply or transfer message is signed, with room kept for the record;
+//! 4. a transfer of the zone (AXFR/IXFR, class IN or ANY, EDNS version 0) from an allowed
+//!    address or with a valid signature: over TCP a [`TransferJob`] to stream; over UDP an
+//!    IXFR gets the increment if it fits one datagram, else the SOA alone (RFC 1995 §2);
+//! 5. anything else: [`answer::answer`], which picks BADVERS, NOTIMP, REFUSED or the data.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::answer::{self, Scratch, Transport};
+use super::tsig::{self, Check, Signer};
+use super::wire::{self, OPCODE_QUERY, Query, Reject, rcode};
+use super::xfr::{self, TransferAcl};
+use crate::snapshot::Snapshot;
+use crate::zone::rtype;
+
+/// What the transport does with a message after [`handle`].
+pub enum Outcome {
+    /// Send the reply `handle` wrote into `out`.
+    Reply,
+    /// Send nothing (not a query); TCP closes the connection.
+    Drop,
+    /// Stream this zone transfer (TCP only); `out` is left empty.
+    Transfer(Box<TransferJob>),
+}
+
+/// A zone transfer that may go ahead: everything its builder needs, owned, so it can run on a
+/// thread of its own without the packet.
+pub struct TransferJob {
+    /// The snapshot the transfer reads from start to end.
+    pub snapshot: Arc<Snapshot>,
+    pub request: xfr::Request,
+    /// Signs every message when the request was signed.
+    pub signer: Option<Signer>,
+}
+
+impl TransferJob {
+    /// What the transfer sends, for the logs.
+    pub fn kind(&self) -> &'static str {
+        self.request.kind(&self.snapshot)
+    }
+
+    /// Builds every message of the transfer, signed if the request was, calling `send` with
+    /// each; returns the number of records sent.
+    pub fn run<E>(self, mut send: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
+        let Self {
+            snapshot,
+            request,
+            mut signer,
+        } = self;
+        let mut signed = Vec::new();
+        xfr::transfer(&snapshot, &request, |message| match signer.as_mut() {
+            Some(signer) => {
+                signed.clear();
+                signed.extend_from_slice(message);
+                signer.sign(&mut signed);
+                send(&signed)
+            }
+            None => send(message),
+        })
+    }
+}
+
+/// Decides what `packet`, received from `peer` over `transport`, gets from `snapshot`: writes
+/// the reply into `out` (cleared first) and says what to do with it. Allocation-free for an
+/// unsigned query that is not a transfer; `scratch` is the caller's, reused across queries.
+pub fn handle(
+    packet: &[u8],
+    peer: IpAddr,
+    transport: Transport,
+    snapshot: &Arc<Snapshot>,
+    acl: &TransferAcl,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    out.clear();
+    let query = match wire::parse(packet) {
+        Ok(query) => query,
+        Err(Reject::Drop) => return Outcome::Drop,
+        Err(Reject::Malformed { id, flags }) => {
+            // The opcode says how the rest is laid out: under one we do not implement, the
+            // message is not malformed as far as we know, it is simply not implemented.
+            let rcode = if wire::opcode(flags) == OPCODE_QUERY {
+                rcode::FORMERR
+            } else {
+                rcode::NOTIMP
+            };
+            answer::header_only(out, id, flags, rcode);
+            return Outcome::Reply;
+        }
+    };
+    let mut signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
+        None | Some(Check::Unsigned) => None,
+        Some(Check::Valid(signer)) => Some(signer),
+        Some(Check::Refused(reply)) => {
+            out.extend_from_slice(&reply);
+            return Outcome::Reply;
+        }
+    };
+    let reserve = signer.as_ref().map_or(0, Signer::reserve);
+
+    // A valid signature allows a transfer from anywhere; otherwise the address must.
+    let transfer = xfr::is_transfer(&query)
+        && query.lower_qname() == &snapshot.apex[..]
+        && (signer.is_some() || acl.allows(peer));
+    match transport {
+        Transport::Tcp if transfer => {
+            return Outcome::Transfer(Box::new(TransferJob {
+                snapshot: Arc::clone(snapshot),
+                request: xfr::Request::new(packet, &query),
+                signer,
+            }));
+        }
+        Transport::Udp if transfer && query.qtype == rtype::IXFR => {
+            ixfr_over_udp(snapshot, packet, &query, reserve, out);
+        }
+        // AXFR over UDP is REFUSED like any transfer not taken here.
+        _ => answer::answer(snapshot, &query, transport, reserve, scratch, out),
+    }
+    if let Some(signer) = signer.as_mut() {
+        signer.sign(out);
+    }
+    Outcome::Reply
+}
+
+/// IXFR over UDP (RFC 1995 §2): the increment itself when the journal has it and it fits one
+/// datagram (with `reserve` bytes left for a TSIG), otherwise the current SOA alone, which says
+/// "up to date" to a current client and "come back over TCP" to any other.
+fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], query: &Query<'_>, reserve: usize, out: &mut Vec<u8>) {
+    let limit = query.edns.map_or(wire::MIN_UDP_PAYLOAD, |e| {
+        e.udp_size.clamp(wire::MIN_UDP_PAYLOAD, answer::MAX_UDP_PAYLOAD)
+    }) as usize;
+    let mut request = xfr::Request::new(packet, query);
+    if request
+        .client_serial
+        .is_some_and(|c| !xfr::serial_at_least(c, snapshot.serial) && snapshot.journal.since(c).is_some())
+    {
+        let mut messages = Vec::new();
+        let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &request, |m| {
+            messages.push(m.to_vec());
+            Ok(())
+        });
+        if let [only] = &messages[..] {
+            if only.len() + reserve <= limit {
+                out.clear();
+                out.extend_from_slice(only);
+                return;
+            }
+        }
+    }
+    out.clear();
+    request.client_serial = Some(snapshot.serial);
+    let _ = xfr::transfer::<std::convert::Infallible>(snapshot, &request, |m| {
+        out.extend_from_slice(m);
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+mod tests;
