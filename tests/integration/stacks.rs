@@ -304,6 +304,36 @@ async fn assignments_block_until_they_change_and_follow_lost_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn blocking_queries_end_when_the_server_shuts_down() {
+    let s = Server::start(&[]);
+    let t = s.add_node("node-do", "10.0.0.1").await;
+    let (_, list) = s
+        .call("GET", "/v1/nodes/node-do/assignments", Some(&t), None)
+        .await;
+    let index = list["index"].as_u64().expect("index");
+    let url = format!("{}/v1/nodes/node-do/assignments?index={index}&wait=120s", s.api);
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let resp = reqwest::Client::new().get(url).bearer_auth(t).send().await;
+        let status = resp.map(|r| r.status().as_u16()).ok();
+        (started.elapsed(), status)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the query blocks while nothing changes");
+    let stopped = std::time::Instant::now();
+    let exit = tokio::task::block_in_place(|| s.terminate());
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let (elapsed, status) = waiter.await.expect("task");
+    assert_eq!(status, Some(200), "answered with what there is, not cut off");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stacks_and_assignments_survive_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
