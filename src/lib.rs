@@ -2,34 +2,41 @@
 //!
 //! # Map
 //!
-//! | module      | owns                                                                 |
-//! |-------------|----------------------------------------------------------------------|
-//! | [`model`]   | validated names, nodes, containers, ports (pure)                      |
-//! | [`name`]    | wire-form domain names (pure)                                         |
-//! | [`zone`]    | the zone file's apex, SOA and static records (pure)                   |
-//! | [`placement`]| which node runs each container; errors that explain themselves (pure)|
-//! | [`snapshot`]| the immutable zone the DNS path reads, and how changes update it (pure)|
-//! | [`stackfile`]| Stackfiles (YAML/JSON) read into validated service definitions (pure)|
-//! | [`store`]   | redb schema and durable commits                                       |
-//! | [`control`] | the single writer: state, leases, group commit, snapshot publication  |
-//! | [`dns`]     | UDP/TCP transports, queries, answers, AXFR, NOTIFY (only hickory user)|
-//! | [`api`]     | the HTTP/JSON registration API (axum)                                 |
-//! | [`server`]  | wiring, start-up and shutdown                                         |
+//! | module        | owns                                                                  |
+//! |---------------|-----------------------------------------------------------------------|
+//! | [`model`]     | validated names, nodes, containers, ports, assignments (pure)         |
+//! | [`name`]      | wire-form domain names (pure)                                         |
+//! | [`zone`]      | the zone file's apex, SOA and static records (pure)                   |
+//! | [`scheme`]    | the name scheme: `node`, `cont`, `svc` and SRV names (pure)           |
+//! | [`placement`] | which node runs each container; errors that explain themselves (pure) |
+//! | [`snapshot`]  | the immutable zone the DNS path reads, and how changes update it (pure) |
+//! | [`stackfile`] | Stackfiles (YAML/JSON) read into validated service definitions (pure) |
+//! | [`store`]     | the storage seam (`Store` trait) and the redb engine                  |
+//! | [`control`]   | the single writer: named operations, state, leases, group commit      |
+//! | [`dns`]       | one message handler, UDP/TCP transports, answers, AXFR/IXFR, NOTIFY (only hickory user) |
+//! | [`api`]       | the HTTP/JSON registration API (axum)                                 |
+//! | [`config`]    | `stackdns serve` flags                                                |
+//! | [`server`]    | wiring, start-up and shutdown                                         |
 //!
-//! Dependencies point one way: `model` ← `snapshot`, `placement`, `store` ← `control` ← `api`;
-//! `dns` → `snapshot` only (never `store`).
+//! Dependencies point one way: `model` ← `scheme` ← `snapshot`; `model` ← `placement`;
+//! `model`, `stackfile` ← `store`; `store`, `placement`, `snapshot`, `stackfile` ← `control`
+//! ← `api`; `dns` → `snapshot`, `zone`, `name` only (never `store`).
 //!
 //! # Flows
 //!
 //! ```text
-//! HTTP write:  agent --PUT--> api (auth, validate) --job--> control writer
-//!              --> store.commit (one fsync per batch) --> Projection: recompute touched names
-//!              --> ArcSwap::store
+//! HTTP write:  agent --PUT--> api handler (token -> Caller; path, query, body validated)
+//!              --> Control::<operation>(caller, ..) --job--> control writer:
+//!                  authorize, validate, mutate (every queued job, one batch)
+//!              --> projection: recompute touched names, build the snapshot and its diff
+//!              --> Store::commit (one fsync per batch) --> publish (ArcSwap::store)
 //!              --> response {serial}   (already answered by DNS)
 //!
-//! DNS query:   socket --> dns::wire::parse --> ArcSwap::load --> Snapshot::lookup
-//!              --> dns::answer writes prepared RDATA --> socket
+//! DNS query:   socket --> ArcSwap::load --> dns::handler::handle (one parse)
+//!              --> answer::answer, or a zone transfer --> socket
 //! ```
+//!
+//! `docs/architecture.md` has both in more detail, with the module rules.
 
 pub mod api;
 pub mod config;
