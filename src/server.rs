@@ -40,10 +40,24 @@ pub enum ServerError {
     },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error("admin token: {0}")]
-    AdminToken(String),
-    #[error("TSIG key file {path}: {message}")]
-    TsigKeyFile { path: PathBuf, message: String },
+    #[error("admin token: cannot {action} {path}: {source}")]
+    AdminTokenFile {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin token: {path} is empty")]
+    AdminTokenEmpty { path: PathBuf },
+    #[error("admin token: cannot generate one: {0}")]
+    AdminTokenRandom(getrandom::Error),
+    #[error("TSIG key file {path}: {source}")]
+    TsigKeyFileRead { path: PathBuf, source: std::io::Error },
+    #[error("TSIG key file {path}, line {line}: {source}")]
+    TsigKeyFileLine {
+        path: PathBuf,
+        line: usize,
+        source: crate::dns::tsig::KeyError,
+    },
 }
 
 /// A started server.
@@ -227,15 +241,19 @@ async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: 
 fn tsig_keys(args: &ServeArgs) -> Result<Vec<crate::dns::tsig::Key>, ServerError> {
     let mut keys = args.tsig_keys.clone();
     if let Some(path) = &args.tsig_key_file {
-        let err = |message: String| ServerError::TsigKeyFile {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::TsigKeyFileRead {
             path: path.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            source,
+        })?;
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if !line.is_empty() {
-                keys.push(line.parse().map_err(|e| err(format!("line {}: {e}", i + 1)))?);
+                let key = line.parse().map_err(|source| ServerError::TsigKeyFileLine {
+                    path: path.clone(),
+                    line: i + 1,
+                    source,
+                })?;
+                keys.push(key);
             }
         }
     }
@@ -244,17 +262,18 @@ fn tsig_keys(args: &ServeArgs) -> Result<Vec<crate::dns::tsig::Key>, ServerError
 
 /// The admin token: from the file, the environment, or generated into `<data>/admin.token`.
 fn admin_token(args: &ServeArgs) -> Result<String, ServerError> {
+    let file_error = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| ServerError::AdminTokenFile { action, path, source }
+    };
     let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| ServerError::AdminToken(format!("cannot read {}: {e}", path.display())))
-            .and_then(|t| {
-                if t.is_empty() {
-                    Err(ServerError::AdminToken(format!("{} is empty", path.display())))
-                } else {
-                    Ok(t)
-                }
-            })
+        let token = std::fs::read_to_string(path).map_err(file_error("read", path))?;
+        match token.trim() {
+            "" => Err(ServerError::AdminTokenEmpty {
+                path: path.to_owned(),
+            }),
+            token => Ok(token.to_owned()),
+        }
     };
     if let Some(path) = &args.admin_token_file {
         return read(path);
@@ -269,17 +288,15 @@ fn admin_token(args: &ServeArgs) -> Result<String, ServerError> {
         tracing::info!(path = %path.display(), "admin token read from file");
         return read(&path);
     }
-    let token = crate::control::generate_token().map_err(|e| ServerError::AdminToken(e.to_string()))?;
+    let token = crate::control::generate_token().map_err(ServerError::AdminTokenRandom)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| ServerError::AdminToken(format!("cannot create {}: {e}", path.display())))?;
+    let mut file = options.open(&path).map_err(file_error("create", &path))?;
     writeln!(file, "{token}")
         .and_then(|()| file.sync_all())
-        .map_err(|e| ServerError::AdminToken(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(file_error("write", &path))?;
     tracing::info!(path = %path.display(), "generated an admin token; read it from this file");
     Ok(token)
 }

@@ -6,8 +6,9 @@
 //!                                                        | run every queued job against State:
 //!                                                        |   authorize, validate, mutate,
 //!                                                        |   record store Ops       <- group commit
+//!                                                        | Projection: recompute the touched names,
+//!                                                        |   build the next snapshot and its diff
 //!                                                        | Store::commit(batch)   (one fsync for all)
-//!                                                        | Projection: recompute the touched names
 //!                                                        | publish -> SnapshotHandle::store
 //!  API handler <--Committed{value, serial}---------------+ answer every job of the batch
 //! ```

@@ -40,11 +40,12 @@ pub enum StoreError {
         "the database was written by a newer stackdns (schema {found}, this build knows {known}); upgrade stackdns"
     )]
     NewerSchema { found: u64, known: u64 },
-    #[error("database record {table}/{key} is unreadable: {message}")]
+    #[error("database record {table}/{key} is unreadable: {source}")]
     Corrupt {
         table: &'static str,
         key: String,
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("cannot encode a {what} record: {source}")]
     Encode {

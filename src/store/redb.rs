@@ -127,7 +127,7 @@ impl Store for RedbStore {
                 Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
                     table: "lost",
                     key: name.value().to_owned(),
-                    message: e.to_string(),
+                    source: e.into(),
                 })?,
             );
         }
@@ -143,7 +143,7 @@ impl Store for RedbStore {
             let user = Label::parse("user", user.value()).map_err(|e| StoreError::Corrupt {
                 table: "user_tokens",
                 key: hash.value().to_owned(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
             user_tokens.push((hash.value().to_owned(), user));
         }
@@ -153,7 +153,7 @@ impl Store for RedbStore {
             let serial = u32::try_from(serial.value()).map_err(|_| StoreError::Corrupt {
                 table: "journal",
                 key: serial.value().to_string(),
-                message: "the key is not a 32-bit serial".to_owned(),
+                source: "the key is not a 32-bit serial".into(),
             })?;
             journal.push((serial, bytes.value().to_vec()));
         }
@@ -279,7 +279,7 @@ fn read_all<T: serde::de::DeserializeOwned>(
         let record = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
             table: name,
             key: key.value().to_owned(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         out.push(record);
     }
