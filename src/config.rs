@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cli;
 use crate::snapshot::Rotation;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,41 @@ pub struct Cli {
 pub enum Command {
     /// Run the DNS server and the registration API.
     Serve(ServeArgs),
+    /// Nodes: add, ls, rm, token.
+    Node {
+        #[command(subcommand)]
+        command: cli::NodeCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// Stacks: up, ls, ps, rm.
+    Stack {
+        #[command(subcommand)]
+        command: cli::StackCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// Services: scale.
+    Service {
+        #[command(subcommand)]
+        command: cli::ServiceCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// User tokens: token, revoke.
+    User {
+        #[command(subcommand)]
+        command: cli::UserCommand,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// Ask the server over DNS.
+    Lookup {
+        #[command(flatten)]
+        args: cli::LookupArgs,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -31,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKDNS_DNS", default_value = "127.0.0.1:1053")]
     pub dns: SocketAddr,
     /// HTTP API listen address.
-    #[arg(long, env = "STACKDNS_API", default_value = "127.0.0.1:8053")]
+    #[arg(long, env = "STACKDNS_API_LISTEN", default_value = "127.0.0.1:8053")]
     pub api: SocketAddr,
     /// Data directory: the database and the generated admin token live here.
     #[arg(long, env = "STACKDNS_DATA", default_value = "stackdns-data")]

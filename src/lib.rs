@@ -39,6 +39,8 @@
 //! `docs/architecture.md` has both in more detail, with the module rules.
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod dns;

@@ -1,6 +1,7 @@
 //! The `stackdns` binary: parse flags, set up logging, run, map the outcome to an exit code.
 
 use clap::Parser;
+use stackdns::cli::Request;
 use stackdns::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
@@ -13,19 +14,33 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // Every error message already names its cause.
-            eprintln!("stackdns: {e}");
+            eprintln!("stackdns: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(stackdns::server::run(args))?,
+    let (connection, request) = match cli.command {
+        Command::Serve(args) => {
+            runtime.block_on(stackdns::server::run(args))?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Command::Node { command, connection } => (connection, Request::Node(command)),
+        Command::Stack { command, connection } => (connection, Request::Stack(command)),
+        Command::Service { command, connection } => (connection, Request::Service(command)),
+        Command::User { command, connection } => (connection, Request::User(command)),
+        Command::Lookup { args, connection } => (connection, Request::Lookup(args)),
+    };
+    match runtime.block_on(stackdns::cli::run(connection, request)) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("stackdns: {e}");
+            Ok(e.exit_code())
+        }
     }
-    Ok(())
 }

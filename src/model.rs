@@ -175,6 +175,18 @@ pub struct Container {
     /// `false` once stopped: the record stays as a tombstone so a late report from before the
     /// stop cannot bring the container back.
     pub running: bool,
+    /// Whether it may receive traffic: a running container that fails its health check, or is
+    /// draining before a stop, is reported not ready and leaves DNS while staying known.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// The agent's word on its state ("health check failed: …", "draining", "exited with
+    /// status 1"), shown by `stack ps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Container {

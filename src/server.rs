@@ -134,6 +134,8 @@ impl Server {
             admin_token_sha256,
             apex: apex.clone(),
             node_ttl: args.node_ttl(),
+            dns_ttl: args.ttl,
+            dns_addr: dns.addr,
         });
         let api_cancel = cancel.clone();
         let api = tokio::spawn(async move {

@@ -61,6 +61,7 @@ async fn assignments(
             .iter()
             .map(|w| render::work(w, &app.apex))
             .collect(),
+        dns_ttl: app.dns_ttl,
         serial: done.serial,
     }))
 }

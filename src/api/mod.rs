@@ -48,6 +48,10 @@ pub struct AppState {
     /// The zone apex as text with the trailing dot (`cluster.test.`), for FQDNs in responses.
     pub apex: String,
     pub node_ttl: Duration,
+    /// TTL of the `svc`, `cont` and `node` records.
+    pub dns_ttl: u32,
+    /// Where DNS listens (UDP and TCP), for clients that look names up (`stackdns lookup`).
+    pub dns_addr: std::net::SocketAddr,
 }
 
 /// The whole API, ready to serve.
@@ -59,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/info", get(info))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -98,6 +103,28 @@ async fn healthz() -> &'static str {
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
     let serial = state.control.ready().await?.serial;
     Ok(format!("ready serial={serial}\n"))
+}
+
+/// `GET /v1/info`, for any valid token: the zone, where DNS answers, the TTLs.
+async fn info(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: crate::control::Caller,
+) -> Result<axum::Json<types::ServerInfo>, ApiError> {
+    let role = match caller {
+        crate::control::Caller::Admin => "admin",
+        crate::control::Caller::Node { .. } => "node",
+        crate::control::Caller::User { .. } => "user",
+    };
+    let serial = state.control.ready().await?.serial;
+    Ok(axum::Json(types::ServerInfo {
+        zone: state.apex.clone(),
+        dns: state.dns_addr.to_string(),
+        dns_ttl: state.dns_ttl,
+        node_ttl_seconds: state.node_ttl.as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        role: role.to_owned(),
+        serial,
+    }))
 }
 
 /// Prometheus text format: zone and fleet gauges.

@@ -194,18 +194,36 @@ fn container_key(user: &str, stack: &str, name: &str) -> Result<ContainerKey, Ap
     })
 }
 
+/// Longest `detail` an agent may attach to a report.
+const MAX_DETAIL: usize = 200;
+
+fn check_detail(detail: Option<&str>) -> Result<(), ApiError> {
+    match detail {
+        Some(d) if d.chars().count() > MAX_DETAIL || d.chars().any(char::is_control) => Err(ApiError::bad_request(
+            "invalid_value",
+            format!("detail: at most {MAX_DETAIL} characters of text without control characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn report(
     service: &str,
     address: Option<&str>,
     ports: Vec<Port>,
     generation: u64,
+    ready: bool,
+    detail: Option<String>,
 ) -> Result<Report, ApiError> {
     check_ports(&ports)?;
+    check_detail(detail.as_deref())?;
     Ok(Report {
         service: Label::parse("service", service)?,
         address: address.map(|a| parse_ip("address", a)).transpose()?,
         ports,
         generation,
+        ready,
+        detail,
     })
 }
 
@@ -217,7 +235,14 @@ async fn put_container(
 ) -> Reply<ContainerResponse> {
     let node = Label::parse("node", &node)?;
     let key = container_key(&user, &stack, &container)?;
-    let report = report(&req.service, req.address.as_deref(), req.ports, req.generation)?;
+    let report = report(
+        &req.service,
+        req.address.as_deref(),
+        req.ports,
+        req.generation,
+        req.ready,
+        req.detail,
+    )?;
     let done = app.control.put_container(caller, node, key, report).await?;
     let (c, effect) = done.value;
     let code = if effect == Effect::Created {
@@ -232,12 +257,15 @@ async fn put_container(
     Ok((code, Json(body)))
 }
 
-/// `DELETE …/containers/{user}/{stack}/{container}?generation=N`.
+/// `DELETE …/containers/{user}/{stack}/{container}?generation=N&detail=…`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StopParams {
     #[serde(default)]
     generation: Option<u64>,
+    /// Why it stopped ("exited with status 1"), shown by `stack ps`.
+    #[serde(default)]
+    detail: Option<String>,
 }
 
 async fn delete_container(
@@ -249,9 +277,10 @@ async fn delete_container(
     let node = Label::parse("node", &node)?;
     let key = container_key(&user, &stack, &container)?;
     let params: StopParams = query::parse(raw.as_deref())?;
+    check_detail(params.detail.as_deref())?;
     let done = app
         .control
-        .stop_container(caller, node, key, params.generation)
+        .stop_container(caller, node, key, params.generation, params.detail)
         .await?;
     ok(ContainerResponse {
         container: render::container(&done.value, &app.apex),
@@ -273,7 +302,14 @@ async fn replace_containers(
             let key = container_key(&c.user, &c.stack, &c.name)?;
             Ok((
                 key,
-                report(&c.service, c.address.as_deref(), c.ports, c.generation)?,
+                report(
+                    &c.service,
+                    c.address.as_deref(),
+                    c.ports,
+                    c.generation,
+                    c.ready,
+                    c.detail,
+                )?,
             ))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

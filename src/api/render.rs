@@ -31,6 +31,8 @@ pub fn container(c: &Container, apex: &str) -> ContainerInfo {
         ports: c.ports.clone(),
         generation: c.generation,
         state: if c.running { "running" } else { "stopped" }.to_owned(),
+        ready: c.running && c.ready,
+        detail: c.detail.clone(),
         fqdn: scheme::container_fqdn(k, apex),
         service_fqdn: scheme::service_fqdn(&c.service_key(), apex),
     }
@@ -67,6 +69,7 @@ pub fn stack(s: &StackStatus, apex: &str) -> StackView {
                 ports: a.ports.clone(),
                 generation: a.generation,
                 state: placed.state.as_str().to_owned(),
+                detail: placed.detail.clone(),
                 endpoint: scheme::container_fqdn(&a.container, apex),
             }
         })
@@ -95,5 +98,7 @@ pub fn work(w: &Work, apex: &str) -> AssignmentItem {
         mem_limit_mb: a.mem_limit_mb,
         generation: a.generation,
         endpoint: scheme::container_fqdn(k, apex),
+        restart: w.restart,
+        health_check: w.health_check.clone(),
     }
 }

@@ -17,6 +17,7 @@ use crate::model::{Label, ServiceKey};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/stacks", get(list_all))
         .route("/v1/stacks/{user}", get(list))
         .route("/v1/stacks/{user}/{stack}", put(apply).get(show).delete(remove))
         .route("/v1/stacks/{user}/{stack}/services/{service}", patch(scale))
@@ -25,7 +26,7 @@ pub fn router() -> Router<AppState> {
 /// `?dry_run=true` and nothing else.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ApplyParams {
+struct DryRun {
     #[serde(default, deserialize_with = "query::flag")]
     dry_run: bool,
 }
@@ -41,7 +42,7 @@ async fn apply(
 ) -> Result<(StatusCode, Json<StackResponse>), ApiError> {
     let user = Label::parse("user", &user)?;
     let stack = Label::parse("stack", &stack)?;
-    let ApplyParams { dry_run } = query::parse(raw.as_deref())?;
+    let DryRun { dry_run } = query::parse(raw.as_deref())?;
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -113,12 +114,31 @@ async fn list(
     }))
 }
 
+/// `GET /v1/stacks`: every stack the caller may see.
+async fn list_all(State(app): State<AppState>, caller: Caller) -> Result<Json<AllStacks>, ApiError> {
+    let done = app.control.visible_stacks(caller).await?;
+    let stacks = done
+        .value
+        .iter()
+        .map(|(user, stack)| StackName {
+            user: user.to_string(),
+            stack: stack.to_string(),
+        })
+        .collect();
+    Ok(Json(AllStacks {
+        stacks,
+        serial: done.serial,
+    }))
+}
+
 async fn scale(
     State(app): State<AppState>,
     caller: Caller,
     Path((user, stack, service)): Path<(String, String, String)>,
+    RawQuery(raw): RawQuery,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> Result<Json<StackResponse>, ApiError> {
+    let DryRun { dry_run } = query::parse(raw.as_deref())?;
     let service = ServiceKey {
         user: Label::parse("user", &user)?,
         stack: Label::parse("stack", &stack)?,
@@ -126,14 +146,14 @@ async fn scale(
     };
     let done = app
         .control
-        .scale_service(caller, service, req.target_num_containers)
+        .scale_service(caller, service, req.target_num_containers, dry_run)
         .await?;
-    let (stack, applied) = done.value;
+    let applied = done.value;
     Ok(Json(StackResponse {
-        stack: render::stack(&stack, &app.apex),
-        dry_run: false,
-        changes: Some(applied),
-        verdicts: None,
+        stack: render::stack(&applied.status, &app.apex),
+        dry_run,
+        changes: applied.changes,
+        verdicts: applied.verdicts,
         serial: done.serial,
     }))
 }

@@ -69,6 +69,16 @@ pub struct ContainerRequest {
     pub ports: Vec<Port>,
     /// Fencing token: must not be older than the last report for this container.
     pub generation: u64,
+    /// `false`: running, but keep it out of DNS (failing its health check, draining).
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// A short word on its state for `stack ps` (at most 200 characters).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One entry of `PUT /v1/nodes/{node}/containers`.
@@ -84,6 +94,10 @@ pub struct ContainerListItem {
     #[serde(default)]
     pub ports: Vec<Port>,
     pub generation: u64,
+    #[serde(default = "yes")]
+    pub ready: bool,
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// `PUT /v1/nodes/{node}/containers`: everything running on the node.
@@ -107,6 +121,10 @@ pub struct ContainerInfo {
     pub generation: u64,
     /// `running` or `stopped`.
     pub state: String,
+    /// In DNS while running: false when its agent reports it unhealthy or draining.
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// `<name>.<stack>.<user>.cont.<zone>`.
     pub fqdn: String,
     /// `<service>.<stack>.<user>.svc.<zone>`.
@@ -208,25 +226,59 @@ pub struct StackContainer {
     /// Host ports as placed (fixed or allocated).
     pub ports: Vec<Port>,
     pub generation: u64,
-    /// `running` (its agent reports it), `assigned` (not reported yet), or `lost` (its node's
-    /// lease lapsed).
+    /// `running` (its agent reports it, in DNS), `unready` (running, kept out of DNS: failing
+    /// its health check or draining), `stopped` (it ran and stopped), `assigned` (not reported
+    /// yet), or `lost` (its node's lease lapsed).
     pub state: String,
+    /// The agent's word on it, when it said one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// `<name>.<stack>.<user>.cont.<zone>`.
     pub endpoint: String,
 }
 
 /// Answer to stack writes and reads.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackResponse {
     pub stack: StackView,
     /// True when nothing was applied (`?dry_run=true`): `stack` shows the plan.
     pub dry_run: bool,
     /// What the change did to containers.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<crate::control::Applied>,
     /// Dry runs: every node's verdict for every container placed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdicts: Option<Vec<crate::placement::NodeVerdict>>,
+    pub serial: u32,
+}
+
+/// `GET /v1/stacks`: every stack the caller may see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllStacks {
+    pub stacks: Vec<StackName>,
+    pub serial: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackName {
+    pub user: String,
+    pub stack: String,
+}
+
+/// `GET /v1/info`: what a client needs to know about this server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The zone apex, absolute (`cluster.test.`).
+    pub zone: String,
+    /// Where DNS answers, UDP and TCP (`127.0.0.1:1053`).
+    pub dns: String,
+    /// TTL of the `svc`, `cont` and `node` records, seconds.
+    pub dns_ttl: u32,
+    /// A node is lost this many seconds after its last heartbeat.
+    pub node_ttl_seconds: u64,
+    pub version: String,
+    /// The caller's role: `admin`, `node` or `user`.
+    pub role: String,
     pub serial: u32,
 }
 
@@ -244,6 +296,9 @@ pub struct AssignmentList {
     /// Pass it back as `?index=` to wait for the next change.
     pub index: u64,
     pub assignments: Vec<AssignmentItem>,
+    /// TTL of the zone's records: how long a container must stay up after it left DNS, so
+    /// that clients holding its address still reach it (drain before stop).
+    pub dns_ttl: u32,
     pub serial: u32,
 }
 
@@ -266,4 +321,10 @@ pub struct AssignmentItem {
     /// Report the container with this generation.
     pub generation: u64,
     pub endpoint: String,
+    /// When to restart it after it stops.
+    #[serde(default)]
+    pub restart: crate::stackfile::Restart,
+    /// Run by the agent: the container is reported ready only while it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<crate::stackfile::HealthCheck>,
 }

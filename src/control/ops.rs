@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::auth::{Caller, generate_token, hash_token};
 use super::changes::Effect;
 use super::error::ControlError;
-use super::stacks::{Applied, service_specs};
+use super::stacks::service_specs;
 use super::state::{NodeSpec, ReplaceSummary, Report, require_admin};
 use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
 use super::{Committed, Control};
@@ -152,19 +152,21 @@ impl Control {
         .await
     }
 
-    /// Records that `key` stopped on `node`; without a generation, the stored one is used.
+    /// Records that `key` stopped on `node` (and why, if the agent says); without a
+    /// generation, the stored one is used.
     pub async fn stop_container(
         &self,
         caller: Caller,
         node: Label,
         key: ContainerKey,
         generation: Option<u64>,
+        detail: Option<String>,
     ) -> Result<Committed<Container>, ControlError> {
         self.run(move |ctx| {
             ctx.state.authorize_node(&caller, &node)?;
             let (stopped, _) = ctx
                 .state
-                .delete_container(&node, &key, generation, ctx.now, ctx.changes)?;
+                .delete_container(&node, &key, generation, detail, ctx.now, ctx.changes)?;
             Ok(stopped)
         })
         .await
@@ -365,24 +367,55 @@ impl Control {
         .await
     }
 
-    /// Changes a service's target; placement decides or refuses (422).
+    /// Every stack the caller may see, as (user, stack): all of them for the admin, a user's
+    /// own for a user token.
+    pub async fn visible_stacks(&self, caller: Caller) -> Result<Committed<Vec<(Label, Label)>>, ControlError> {
+        self.run(move |ctx| match &caller {
+            Caller::Node { .. } => Err(ControlError::Forbidden("a node token cannot act on stacks".to_owned())),
+            _ => Ok(ctx
+                .state
+                .stacks()
+                .all()
+                .filter(|(user, _)| ctx.state.may_act_for(&caller, user))
+                .cloned()
+                .collect()),
+        })
+        .await
+    }
+
+    /// Changes a service's target; placement decides or refuses (422). A dry run answers
+    /// the plan and every node's verdict without applying it.
     pub async fn scale_service(
         &self,
         caller: Caller,
         service: ServiceKey,
         target: u32,
-    ) -> Result<Committed<(StackStatus, Applied)>, ControlError> {
+        dry_run: bool,
+    ) -> Result<Committed<StackApplied>, ControlError> {
         self.run(move |ctx| {
             let (user, stack) = (service.user.clone(), service.stack.clone());
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            if ctx.state.stacks().get(&user, &stack).is_none() {
+            let Some(record) = ctx.state.stacks().get(&user, &stack) else {
                 return Err(stack_not_found(&user, &stack));
+            };
+            let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
+            if dry_run {
+                let status = views::preview(ctx.state, &user, &stack, &record.file, &plan.services, &plan.assignments);
+                return Ok(StackApplied {
+                    status,
+                    created: false,
+                    changes: None,
+                    verdicts: Some(plan.verdicts),
+                });
             }
-            let plan = ctx.state.plan(&Change::Scale { service, target }, false)?;
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
-            let status = views::stack_status(ctx.state, &user, &stack)
-                .ok_or_else(|| stack_not_found(&user, &stack))?;
-            Ok((status, applied))
+            let status = views::stack_status(ctx.state, &user, &stack).ok_or_else(|| stack_not_found(&user, &stack))?;
+            Ok(StackApplied {
+                status,
+                created: false,
+                changes: Some(applied),
+                verdicts: None,
+            })
         })
         .await
     }

@@ -29,7 +29,7 @@ pub struct Stacks {
 }
 
 /// What a plan did, for the response.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Applied {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -84,6 +84,11 @@ impl Stacks {
     /// The names of `user`'s stacks, in order.
     pub fn of_user<'a>(&'a self, user: &'a Label) -> impl Iterator<Item = &'a Label> + 'a {
         self.stacks.keys().filter(move |(u, _)| u == user).map(|(_, s)| s)
+    }
+
+    /// Every stack, as (user, stack), in order.
+    pub fn all(&self) -> impl Iterator<Item = &(Label, Label)> {
+        self.stacks.keys()
     }
 
     /// The assignment index after the latest change.

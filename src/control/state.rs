@@ -199,10 +199,15 @@ impl State {
         }
     }
 
-    /// Where a container answers in DNS: only while it runs on a live node.
+    /// Where a container answers in DNS: only while it runs, ready, on a live node.
     pub fn live_address(&self, c: &Container) -> Option<IpAddr> {
-        let node = self.nodes.get(&c.node).filter(|n| n.live && c.running)?;
+        let node = self.nodes.get(&c.node).filter(|n| n.live && c.running && c.ready)?;
         Some(c.address.unwrap_or(node.node.address))
+    }
+
+    /// Whether `node` exists and its lease is current.
+    pub fn node_is_live(&self, node: &Label) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.live)
     }
 
     /// Every known container (running or stopped) last reported by `node`.

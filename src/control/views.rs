@@ -9,7 +9,7 @@ use super::stacks::Applied;
 use super::state::{NodeState, State};
 use crate::model::{Assignment, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
 use crate::placement::NodeVerdict;
-use crate::stackfile::Stackfile;
+use crate::stackfile::{HealthCheck, Restart, Stackfile};
 
 /// A node and its lease.
 #[derive(Debug, Clone)]
@@ -67,12 +67,18 @@ pub struct ServiceStatus {
 pub struct PlacedContainer {
     pub assignment: Assignment,
     pub state: Placed,
+    /// What its agent last said about it.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
-    /// Its agent reports it running, at the assigned generation or later.
+    /// Its agent reports it running and ready, at the assigned generation or later.
     Running,
+    /// Running, but kept out of DNS (failing its health check, or draining).
+    Unready,
+    /// It ran at this generation and stopped.
+    Stopped,
     /// Not reported yet (or reported elsewhere, or older).
     Assigned,
     /// Reported, but its node's lease lapsed.
@@ -83,6 +89,8 @@ impl Placed {
     pub fn as_str(self) -> &'static str {
         match self {
             Placed::Running => "running",
+            Placed::Unready => "unready",
+            Placed::Stopped => "stopped",
             Placed::Assigned => "assigned",
             Placed::Lost => "lost",
         }
@@ -118,6 +126,8 @@ pub struct Work {
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
     pub environment: BTreeMap<String, String>,
+    pub restart: Restart,
+    pub health_check: Option<HealthCheck>,
 }
 
 pub fn node_status(state: &State, n: &NodeState, now: Instant) -> NodeStatus {
@@ -191,19 +201,18 @@ pub fn preview(
         .filter(|a| &a.service.user == user && &a.service.stack == stack)
         .map(|a| {
             let observed = state.container(&a.container);
-            let placed = match observed {
-                Some(c) if c.running && c.node == a.node && c.generation >= a.generation => {
-                    if state.live_address(c).is_some() {
-                        Placed::Running
-                    } else {
-                        Placed::Lost
-                    }
-                }
-                _ => Placed::Assigned,
+            let current = observed.filter(|c| c.node == a.node && c.generation >= a.generation);
+            let placed = match current {
+                Some(c) if c.running && !state.node_is_live(&c.node) => Placed::Lost,
+                Some(c) if c.running && c.ready => Placed::Running,
+                Some(c) if c.running => Placed::Unready,
+                Some(_) => Placed::Stopped,
+                None => Placed::Assigned,
             };
             PlacedContainer {
                 assignment: a.clone(),
                 state: placed,
+                detail: current.and_then(|c| c.detail.clone()),
             }
         })
         .collect();
@@ -228,6 +237,8 @@ pub fn node_assignments(state: &State, node: &Label) -> NodeAssignments {
                 command: def.and_then(|d| d.command.clone()),
                 entrypoint: def.and_then(|d| d.entrypoint.clone()),
                 environment: def.map(|d| d.environment.clone()).unwrap_or_default(),
+                restart: def.map(|d| d.restart).unwrap_or_default(),
+                health_check: def.and_then(|d| d.health_check.clone()),
             }
         })
         .collect();

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod answer;
+pub mod lookup;
 pub mod handler;
 pub mod notify;
 mod tcp;

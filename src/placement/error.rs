@@ -8,7 +8,7 @@
 
 use std::fmt::{self, Write as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ServiceSpec;
 use crate::model::{ContainerKey, Label, Protocol, ServiceKey};
@@ -19,7 +19,7 @@ const LISTED_NODES: usize = 8;
 
 /// Why one node cannot take one container. Checked in this order; the first that applies is
 /// the node's reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Refusal {
     /// The node's lease is not current (lost, or never heartbeated).

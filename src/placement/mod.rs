@@ -42,7 +42,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{ContainerKey, Label, ServiceKey};
 
@@ -154,7 +154,7 @@ impl Plan {
 }
 
 /// One node's verdict on one container.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeVerdict {
     pub container: ContainerKey,
     pub node: Label,
@@ -163,7 +163,7 @@ pub struct NodeVerdict {
 
 /// What a node made of a container. The counts are before the container was placed and are
 /// what the strategy ranked by.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Verdict {
     /// The container goes here.

@@ -55,6 +55,7 @@ pub(super) const KEYS: &[(&str, Handling)] = &[
     ("entrypoint", Honoured),
     ("restart", Honoured),
     ("autorestart", Honoured),
+    ("health_check", Honoured),
     (
         "autodestroy",
         Platform(OneOf(&["no", "on-success", "always"], "")),

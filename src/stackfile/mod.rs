@@ -103,10 +103,50 @@ pub struct ServiceDef {
     pub entrypoint: Option<Vec<String>>,
     /// From `restart`, or Tutum's `autorestart`.
     pub restart: Restart,
+    /// Run by the agent; while it fails, the container is not in DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Accepted container options stackdns does not interpret (`hostname`, `volumes`, `user`,
     /// `labels`…; see docs/stackfile.md), by key, as written. Kept so that [`Self::spec_hash`]
     /// notices when they change, and so an agent could be given them.
     pub runtime_options: BTreeMap<String, serde_json::Value>,
+}
+
+/// A service's health check (`health_check`), with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    /// The published TCP container port probed (through its host port on the node).
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive passes before the container enters DNS (also after it starts).
+    pub healthy_threshold: u32,
+    /// Consecutive failures before it leaves DNS.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            probe: Probe::Tcp,
+            port: None,
+            interval_ms: 10_000,
+            timeout_ms: 2_000,
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// `GET path`; 2xx and 3xx pass.
+    Http { path: String },
+    /// A TCP connection opens.
+    Tcp,
 }
 
 /// When a container is restarted after it stops (Docker's restart policies).
@@ -138,6 +178,7 @@ impl ServiceDef {
             command: None,
             entrypoint: None,
             restart: Restart::default(),
+            health_check: None,
             runtime_options: BTreeMap::new(),
         }
     }
@@ -174,6 +215,9 @@ impl ServiceDef {
             command: &'a Option<Vec<String>>,
             entrypoint: &'a Option<Vec<String>>,
             restart: Restart,
+            // Absent from the form when not set, so services without one keep their hash.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            health_check: Option<&'a HealthCheck>,
             runtime_options: &'a BTreeMap<String, serde_json::Value>,
         }
         let mut ports = self.ports.clone();
@@ -191,6 +235,7 @@ impl ServiceDef {
             command: &self.command,
             entrypoint: &self.entrypoint,
             restart: self.restart,
+            health_check: self.health_check.as_ref(),
             runtime_options: &self.runtime_options,
         };
         // Cannot fail: every map above has string keys and every type serializes infallibly.

@@ -14,6 +14,8 @@ use super::keys::{
 use super::values::{self, PORT_FORMS, SIZE_FORMS};
 use super::{MAX_SERVICES, MAX_TARGET_NUM_CONTAINERS, Restart, ServiceDef, Stackfile};
 
+mod health;
+
 const MAX_IMAGE_LEN: usize = 1024;
 /// The kernel's range for CPU shares (cgroup v1 `cpu.shares`).
 const CPU_SHARES: std::ops::RangeInclusive<i128> = 2..=262_144;
@@ -177,6 +179,7 @@ impl ServiceReader<'_> {
         let mut links = Vec::new();
         let mut restart: Option<(Restart, &Node)> = None;
         let mut autorestart: Option<(Restart, &Node)> = None;
+        let mut health = None;
         for (key_node, value) in entries {
             let key = key_text(key_node).unwrap_or_default();
             let Some(handling) = keys::handling(&key) else {
@@ -203,6 +206,7 @@ impl ServiceReader<'_> {
                     "autorestart" => {
                         autorestart = Some((self.restart(value, "autorestart", values::autorestart)?, value))
                     }
+                    "health_check" => health = Some((self.health_check(value)?, value)),
                     // A key marked honoured in the table but not handled here; the table test
                     // (`every_key_in_the_table_is_handled`) keeps this unreachable.
                     _ => return Err(self.unknown_key(key_node, &key)),
@@ -225,6 +229,7 @@ impl ServiceReader<'_> {
             Problem::new(ErrorKind::MissingKey, name_at, detail)
         })?;
         def.restart = self.one_restart_policy(restart, autorestart)?;
+        def.health_check = self.health_port(health, &def.ports)?;
         Ok((def, links))
     }
 

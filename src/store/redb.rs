@@ -323,6 +323,8 @@ mod tests {
             }],
             generation: 3,
             running: true,
+            ready: true,
+            detail: None,
         };
         {
             let store = RedbStore::open(&path).expect("open");

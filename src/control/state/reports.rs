@@ -17,6 +17,9 @@ pub struct Report {
     pub address: Option<IpAddr>,
     pub ports: Vec<Port>,
     pub generation: u64,
+    /// False: running, but keep it out of DNS (failing its health check, or draining).
+    pub ready: bool,
+    pub detail: Option<String>,
 }
 
 /// Generations above this are refused: room is left above any reported one, so a
@@ -102,6 +105,8 @@ impl State {
             ports: report.ports,
             generation: report.generation,
             running: true,
+            ready: report.ready,
+            detail: report.detail,
         };
         let effect = match self.containers.get(&container.key) {
             Some(old) if *old == container => return (container, Effect::Unchanged),
@@ -112,12 +117,15 @@ impl State {
         (container, effect)
     }
 
-    /// Records that `key` stopped on `node`. Without a generation, the stored one is used.
+    /// Records that `key` stopped on `node` (`detail`: why, if the agent said). Without a
+    /// generation, the stored one is used.
+    #[allow(clippy::too_many_arguments)]
     pub fn delete_container(
         &mut self,
         node: &Label,
         key: &ContainerKey,
         generation: Option<u64>,
+        detail: Option<String>,
         now: Instant,
         changes: &mut Changes,
     ) -> Result<(Container, Effect), ControlError> {
@@ -155,14 +163,18 @@ impl State {
                 message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
             });
         }
-        if !stored.running && generation == stored.generation {
+        if !stored.running && generation == stored.generation && (detail.is_none() || detail == stored.detail) {
             let stopped = stored.clone();
             self.heartbeat(node, now, changes)?;
             return Ok((stopped, Effect::Unchanged));
         }
         let mut stopped = stored.clone();
         stopped.running = false;
+        stopped.ready = false;
         stopped.generation = generation;
+        if detail.is_some() {
+            stopped.detail = detail;
+        }
         self.heartbeat(node, now, changes)?;
         self.store_container(stopped.clone(), changes);
         Ok((stopped, Effect::Updated))

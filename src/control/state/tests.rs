@@ -22,6 +22,8 @@ fn report(generation: u64) -> Report {
         address: None,
         ports: vec![],
         generation,
+        ready: true,
+        detail: None,
     }
 }
 
@@ -73,7 +75,7 @@ fn reports_are_fenced_by_generation() {
             let result = if put {
                 s.put_container(&label(node), key("web-1"), report(generation), now, &mut changes)
             } else {
-                s.delete_container(&label(node), &key("web-1"), Some(generation), now, &mut changes)
+                s.delete_container(&label(node), &key("web-1"), Some(generation), None, now, &mut changes)
             };
             if result.is_err() {
                 assert!(
