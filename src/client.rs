@@ -23,7 +23,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ClientError {
     /// The server answered with an error: its status, code and message.
     #[error("{message} ({code}, HTTP {status})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// No address answered.
     #[error("cannot reach the API at {url}: {source}")]
     Unreachable {
@@ -61,7 +65,8 @@ pub struct Client {
     bases: Vec<String>,
     /// Index into `bases` of the address that answered last.
     current: AtomicUsize,
-    token: String,
+    /// Replaceable: an agent re-reads its token file when the API refuses the token.
+    token: std::sync::RwLock<String>,
     http: reqwest::Client,
 }
 
@@ -78,7 +83,11 @@ impl Client {
             .map(|b| b.trim().trim_end_matches('/').to_owned())
             .filter(|b| !b.is_empty())
             .collect();
-        if bases.is_empty() || bases.iter().any(|b| !b.starts_with("http://") && !b.starts_with("https://")) {
+        if bases.is_empty()
+            || bases
+                .iter()
+                .any(|b| !b.starts_with("http://") && !b.starts_with("https://"))
+        {
             return Err(ClientError::BadAddress(api.to_owned()));
         }
         let http = reqwest::Client::builder()
@@ -91,9 +100,23 @@ impl Client {
         Ok(Self {
             bases,
             current: AtomicUsize::new(0),
-            token: token.into(),
+            token: std::sync::RwLock::new(token.into()),
             http,
         })
+    }
+
+    /// Uses `token` from now on; whether it differs from the one in use.
+    pub fn set_token(&self, token: &str) -> bool {
+        let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != token;
+        if changed {
+            *current = token.to_owned();
+        }
+        changed
+    }
+
+    fn bearer(&self) -> String {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sends one request, trying each address in turn while none can be reached.
@@ -112,7 +135,7 @@ impl Client {
             let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(&self.token)
+                .bearer_auth(self.bearer())
                 .timeout(timeout);
             request = match &body {
                 Some(Body::Json(value)) => request.json(value),
@@ -149,7 +172,8 @@ impl Client {
             url: path.to_owned(),
             detail: e.to_string(),
         })?;
-        self.call(method, path, Some(Body::Json(value)), REQUEST_TIMEOUT).await
+        self.call(method, path, Some(Body::Json(value)), REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn info(&self) -> Result<ServerInfo, ClientError> {
@@ -159,7 +183,8 @@ impl Client {
     // Nodes
 
     pub async fn put_node(&self, node: &str, request: &NodeRequest) -> Result<NodeResponse, ClientError> {
-        self.send(Method::PUT, &format!("/v1/nodes/{node}"), request).await
+        self.send(Method::PUT, &format!("/v1/nodes/{node}"), request)
+            .await
     }
 
     pub async fn nodes(&self) -> Result<NodeList, ClientError> {
@@ -167,18 +192,33 @@ impl Client {
     }
 
     pub async fn delete_node(&self, node: &str) -> Result<SerialResponse, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/nodes/{node}"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/nodes/{node}"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn rotate_node_token(&self, node: &str) -> Result<NodeResponse, ClientError> {
-        self.call(Method::POST, &format!("/v1/nodes/{node}/token"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{node}/token"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<HeartbeatResponse, ClientError> {
-        self.call(Method::POST, &format!("/v1/nodes/{node}/heartbeat"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{node}/heartbeat"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     // Containers, as an agent reports them
@@ -218,7 +258,12 @@ impl Client {
 
     /// What `node` must run; with `wait`, a blocking query that answers once the
     /// assignments change past `index` (or `wait` runs out).
-    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<AssignmentList, ClientError> {
+    pub async fn assignments(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<AssignmentList, ClientError> {
         let path = format!(
             "/v1/nodes/{node}/assignments?index={index}&wait={}ms",
             wait.as_millis()
@@ -256,8 +301,13 @@ impl Client {
     }
 
     pub async fn delete_stack(&self, user: &str, stack: &str) -> Result<SerialResponse, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/stacks/{user}/{stack}"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/stacks/{user}/{stack}"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn scale(
@@ -276,13 +326,23 @@ impl Client {
     // Users
 
     pub async fn issue_user_token(&self, user: &str) -> Result<UserTokenResponse, ClientError> {
-        self.call(Method::POST, &format!("/v1/users/{user}/tokens"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::POST,
+            &format!("/v1/users/{user}/tokens"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn revoke_user_tokens(&self, user: &str) -> Result<UserTokensRevoked, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/users/{user}/tokens"), None, REQUEST_TIMEOUT)
-            .await
+        self.call(
+            Method::DELETE,
+            &format!("/v1/users/{user}/tokens"),
+            None,
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 }
 
@@ -298,14 +358,20 @@ enum Body<'a> {
 /// The JSON answer, or the API's error as [`ClientError::Api`].
 async fn read<T: DeserializeOwned>(url: String, response: reqwest::Response) -> Result<T, ClientError> {
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|source| ClientError::Unreachable {
-        url: url.clone(),
-        source,
-    })?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
             url,
-            detail: format!("{e} in {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])),
+            detail: format!(
+                "{e} in {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
         });
     }
     #[derive(serde::Deserialize)]

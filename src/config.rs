@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the DNS server and the registration API.
     Serve(ServeArgs),
+    /// Run a node's agent: it starts, stops and reports the containers placed on the node.
+    Agent(crate::agent::AgentArgs),
     /// Nodes: add, ls, rm, token.
     Node {
         #[command(subcommand)]

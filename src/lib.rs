@@ -38,6 +38,7 @@
 //!
 //! `docs/architecture.md` has both in more detail, with the module rules.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -30,6 +30,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runtime.block_on(stackdns::server::run(args))?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
+        Command::Agent(args) => {
+            runtime.block_on(stackdns::agent::run(args))?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         Command::Node { command, connection } => (connection, Request::Node(command)),
         Command::Stack { command, connection } => (connection, Request::Stack(command)),
         Command::Service { command, connection } => (connection, Request::Service(command)),

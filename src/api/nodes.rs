@@ -182,6 +182,7 @@ async fn heartbeat(
         node: name.to_string(),
         state: "live".to_owned(),
         lease_seconds: app.node_ttl.as_secs(),
+        address: done.value.to_string(),
         serial: done.serial,
     })
 }
@@ -199,10 +200,12 @@ const MAX_DETAIL: usize = 200;
 
 fn check_detail(detail: Option<&str>) -> Result<(), ApiError> {
     match detail {
-        Some(d) if d.chars().count() > MAX_DETAIL || d.chars().any(char::is_control) => Err(ApiError::bad_request(
-            "invalid_value",
-            format!("detail: at most {MAX_DETAIL} characters of text without control characters"),
-        )),
+        Some(d) if d.chars().count() > MAX_DETAIL || d.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(
+                "invalid_value",
+                format!("detail: at most {MAX_DETAIL} characters of text without control characters"),
+            ))
+        }
         _ => Ok(()),
     }
 }

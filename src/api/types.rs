@@ -160,6 +160,8 @@ pub struct HeartbeatResponse {
     pub state: String,
     /// Seconds the lease lasts without another heartbeat.
     pub lease_seconds: u64,
+    /// The node's address as registered (what `<node>.node.<zone>` answers).
+    pub address: String,
     pub serial: u32,
 }
 

@@ -27,7 +27,12 @@ use crate::dns::lookup::{self, LookupError};
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
     /// API address(es), comma-separated: tried in turn until one answers.
-    #[arg(long, env = "STACKDNS_API", default_value = "http://127.0.0.1:8053", global = true)]
+    #[arg(
+        long,
+        env = "STACKDNS_API",
+        default_value = "http://127.0.0.1:8053",
+        global = true
+    )]
     pub api: String,
     /// Bearer token (admin, user or node). Else --token-file, else ./stackdns-data/admin.token.
     #[arg(long, env = "STACKDNS_TOKEN", hide_env_values = true, global = true)]
@@ -171,7 +176,9 @@ impl CliError {
 /// Runs one client command, printing its answer on stdout.
 pub async fn run(connection: Connection, request: Request) -> Result<(), CliError> {
     let client = Client::new(&connection.api, token(&connection)?)?;
-    let out = output::Output { json: connection.json };
+    let out = output::Output {
+        json: connection.json,
+    };
     match request {
         Request::Node(command) => node(&client, &out, command).await,
         Request::Stack(command) => stack(&client, &out, command).await,
@@ -181,12 +188,18 @@ pub async fn run(connection: Connection, request: Request) -> Result<(), CliErro
             dry_run,
         }) => {
             let parts = split::<3>(&service, "USER/STACK/SERVICE")?;
-            let answer = client.scale((parts[0], parts[1], parts[2]), count, dry_run).await?;
+            let answer = client
+                .scale((parts[0], parts[1], parts[2]), count, dry_run)
+                .await?;
             out.stack_change(&answer)
         }
         Request::User(UserCommand::Token { user }) => {
             let answer = client.issue_user_token(&user).await?;
-            out.token(&answer, &answer.token, &format!("token for user {user} issued; it is shown once"))
+            out.token(
+                &answer,
+                &answer.token,
+                &format!("token for user {user} issued; it is shown once"),
+            )
         }
         Request::User(UserCommand::Revoke { user }) => {
             let answer = client.revoke_user_tokens(&user).await?;
@@ -208,7 +221,10 @@ fn token(connection: &Connection) -> Result<String, CliError> {
     };
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
-        Ok(_) => Err(CliError::Usage(format!("the token file {} is empty", path.display()))),
+        Ok(_) => Err(CliError::Usage(format!(
+            "the token file {} is empty",
+            path.display()
+        ))),
         Err(source) if given => Err(CliError::Read { path, source }),
         Err(_) => Err(CliError::Usage(
             "no token: pass --token or --token-file, or set STACKDNS_TOKEN".to_owned(),
@@ -257,7 +273,10 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
                 Some(token) => out.token(
                     &answer,
                     token,
-                    &format!("node {name} registered at {}; its token is shown once", answer.node.address),
+                    &format!(
+                        "node {name} registered at {}; its token is shown once",
+                        answer.node.address
+                    ),
                 ),
                 None => out.note(&answer, &format!("node {name} updated (it keeps its token)")),
             }
@@ -270,7 +289,11 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
         NodeCommand::Token { name } => {
             let answer = client.rotate_node_token(&name).await?;
             let token = answer.token.clone().unwrap_or_default();
-            out.token(&answer, &token, &format!("new token for node {name}; the old one no longer works"))
+            out.token(
+                &answer,
+                &token,
+                &format!("new token for node {name}; the old one no longer works"),
+            )
         }
     }
 }
@@ -281,20 +304,34 @@ async fn stack(client: &Client, out: &output::Output, command: StackCommand) -> 
             let [user, name] = split::<2>(&stack, "USER/STACK")?;
             let body = if file.as_os_str() == "-" {
                 let mut text = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)
-                    .map_err(|source| CliError::Read { path: file.clone(), source })?;
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut text).map_err(|source| {
+                    CliError::Read {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
                 text
             } else {
-                std::fs::read(&file).map_err(|source| CliError::Read { path: file.clone(), source })?
+                std::fs::read(&file).map_err(|source| CliError::Read {
+                    path: file.clone(),
+                    source,
+                })?
             };
             let json = file.extension().is_some_and(|e| e == "json");
-            let content_type = if json { "application/json" } else { "application/yaml" };
-            let answer = client.apply_stack((user, name), &body, content_type, dry_run).await?;
+            let content_type = if json {
+                "application/json"
+            } else {
+                "application/yaml"
+            };
+            let answer = client
+                .apply_stack((user, name), &body, content_type, dry_run)
+                .await?;
             out.stack_change(&answer)
         }
         StackCommand::Ls { user: Some(user) } => {
             let answer = client.stacks_of(&user).await?;
-            let names: Vec<(String, String)> = answer.stacks.iter().map(|s| (user.clone(), s.clone())).collect();
+            let names: Vec<(String, String)> =
+                answer.stacks.iter().map(|s| (user.clone(), s.clone())).collect();
             out.stack_names(&answer, &names)
         }
         StackCommand::Ls { user: None } => {
@@ -327,16 +364,20 @@ async fn lookup(client: &Client, out: &output::Output, args: LookupArgs) -> Resu
             let server = match dns {
                 Some(server) => server,
                 None => info.dns.parse().map_err(|_| {
-                    CliError::Usage(format!("the API names DNS at {:?}; pass --dns ADDR:PORT", info.dns))
+                    CliError::Usage(format!(
+                        "the API names DNS at {:?}; pass --dns ADDR:PORT",
+                        info.dns
+                    ))
                 })?,
             };
             (server, qualify(&args.name, &info.zone))
         }
     };
     let rtype = args.rtype.clone();
-    let answer = tokio::task::spawn_blocking(move || lookup::lookup(server, &name, &rtype, Duration::from_secs(3)))
-        .await
-        .map_err(|e| CliError::Usage(format!("the lookup did not finish: {e}")))??;
+    let answer =
+        tokio::task::spawn_blocking(move || lookup::lookup(server, &name, &rtype, Duration::from_secs(3)))
+            .await
+            .map_err(|e| CliError::Usage(format!("the lookup did not finish: {e}")))??;
     out.lookup(&args, &answer)?;
     match (answer.rcode.as_str(), answer.answers.is_empty()) {
         ("NOERROR", false) => Ok(()),
@@ -367,7 +408,10 @@ mod tests {
     fn names_are_qualified_within_the_zone() {
         let zone = "cluster.test.";
         assert_eq!(qualify("web.s.u.svc", zone), "web.s.u.svc.cluster.test.");
-        assert_eq!(qualify("web.s.u.svc.cluster.test", zone), "web.s.u.svc.cluster.test.");
+        assert_eq!(
+            qualify("web.s.u.svc.cluster.test", zone),
+            "web.s.u.svc.cluster.test."
+        );
         assert_eq!(qualify("other.example.", zone), "other.example.");
         assert_eq!(qualify("cluster.test", zone), "cluster.test.");
     }

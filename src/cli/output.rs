@@ -77,10 +77,16 @@ fn ports(ports: &[Port]) -> String {
 
 fn verdict(v: &Verdict) -> String {
     match v {
-        Verdict::Chosen { containers, of_service } => {
+        Verdict::Chosen {
+            containers,
+            of_service,
+        } => {
             format!("chosen ({containers} containers, {of_service} of this service)")
         }
-        Verdict::Fits { containers, of_service } => {
+        Verdict::Fits {
+            containers,
+            of_service,
+        } => {
             format!("fits ({containers} containers, {of_service} of this service)")
         }
         Verdict::Refused { reason } => format!("refused: {reason}"),
@@ -129,7 +135,16 @@ impl Output {
                 ]
             })
             .collect();
-        let headers = ["NAME", "ADDRESS", "STATE", "HEARTBEAT", "CONTAINERS", "TAGS", "LABELS", "DNS"];
+        let headers = [
+            "NAME",
+            "ADDRESS",
+            "STATE",
+            "HEARTBEAT",
+            "CONTAINERS",
+            "TAGS",
+            "LABELS",
+            "DNS",
+        ];
         emit(&table(&headers, &rows));
         Ok(())
     }
@@ -173,14 +188,24 @@ impl Output {
             .filter(|(_, list)| !list.is_empty())
             .map(|(what, list)| format!("{what} {}", list.join(" ")))
             .collect();
-            let what = if parts.is_empty() { "no change".to_owned() } else { parts.join("; ") };
+            let what = if parts.is_empty() {
+                "no change".to_owned()
+            } else {
+                parts.join("; ")
+            };
             note(&format!("stack {name}: {what} (serial {})", answer.serial));
         }
         text.push_str(&stack_tables(answer));
         if let Some(verdicts) = &answer.verdicts {
             let rows: Vec<Vec<String>> = verdicts
                 .iter()
-                .map(|v| vec![v.container.name.to_string(), v.node.to_string(), verdict(&v.verdict)])
+                .map(|v| {
+                    vec![
+                        v.container.name.to_string(),
+                        v.node.to_string(),
+                        verdict(&v.verdict),
+                    ]
+                })
                 .collect();
             text.push('\n');
             text.push_str(&table(&["CONTAINER", "NODE", "VERDICT"], &rows));

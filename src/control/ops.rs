@@ -115,11 +115,16 @@ impl Control {
         .await
     }
 
-    /// Renews a node's lease (admin or the node itself).
-    pub async fn heartbeat(&self, caller: Caller, node: Label) -> Result<Committed<()>, ControlError> {
+    /// Renews a node's lease (admin or the node itself); answers the node's address.
+    pub async fn heartbeat(
+        &self,
+        caller: Caller,
+        node: Label,
+    ) -> Result<Committed<std::net::IpAddr>, ControlError> {
         self.run(move |ctx| {
             ctx.state.authorize_node(&caller, &node)?;
-            ctx.state.heartbeat(&node, ctx.now, ctx.changes)
+            ctx.state.heartbeat(&node, ctx.now, ctx.changes)?;
+            Ok(ctx.state.node(&node)?.node.address)
         })
         .await
     }
@@ -164,9 +169,9 @@ impl Control {
     ) -> Result<Committed<Container>, ControlError> {
         self.run(move |ctx| {
             ctx.state.authorize_node(&caller, &node)?;
-            let (stopped, _) = ctx
-                .state
-                .delete_container(&node, &key, generation, detail, ctx.now, ctx.changes)?;
+            let (stopped, _) =
+                ctx.state
+                    .delete_container(&node, &key, generation, detail, ctx.now, ctx.changes)?;
             Ok(stopped)
         })
         .await
@@ -369,9 +374,14 @@ impl Control {
 
     /// Every stack the caller may see, as (user, stack): all of them for the admin, a user's
     /// own for a user token.
-    pub async fn visible_stacks(&self, caller: Caller) -> Result<Committed<Vec<(Label, Label)>>, ControlError> {
+    pub async fn visible_stacks(
+        &self,
+        caller: Caller,
+    ) -> Result<Committed<Vec<(Label, Label)>>, ControlError> {
         self.run(move |ctx| match &caller {
-            Caller::Node { .. } => Err(ControlError::Forbidden("a node token cannot act on stacks".to_owned())),
+            Caller::Node { .. } => Err(ControlError::Forbidden(
+                "a node token cannot act on stacks".to_owned(),
+            )),
             _ => Ok(ctx
                 .state
                 .stacks()
@@ -400,7 +410,14 @@ impl Control {
             };
             let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
             if dry_run {
-                let status = views::preview(ctx.state, &user, &stack, &record.file, &plan.services, &plan.assignments);
+                let status = views::preview(
+                    ctx.state,
+                    &user,
+                    &stack,
+                    &record.file,
+                    &plan.services,
+                    &plan.assignments,
+                );
                 return Ok(StackApplied {
                     status,
                     created: false,
@@ -409,7 +426,8 @@ impl Control {
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
-            let status = views::stack_status(ctx.state, &user, &stack).ok_or_else(|| stack_not_found(&user, &stack))?;
+            let status = views::stack_status(ctx.state, &user, &stack)
+                .ok_or_else(|| stack_not_found(&user, &stack))?;
             Ok(StackApplied {
                 status,
                 created: false,

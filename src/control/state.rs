@@ -201,7 +201,10 @@ impl State {
 
     /// Where a container answers in DNS: only while it runs, ready, on a live node.
     pub fn live_address(&self, c: &Container) -> Option<IpAddr> {
-        let node = self.nodes.get(&c.node).filter(|n| n.live && c.running && c.ready)?;
+        let node = self
+            .nodes
+            .get(&c.node)
+            .filter(|n| n.live && c.running && c.ready)?;
         Some(c.address.unwrap_or(node.node.address))
     }
 

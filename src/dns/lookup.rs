@@ -45,7 +45,8 @@ pub enum LookupError {
 /// Asks `server` for `name` `rtype` (a type mnemonic such as `A` or `SRV`).
 pub fn lookup(server: SocketAddr, name: &str, rtype: &str, timeout: Duration) -> Result<Lookup, LookupError> {
     let name = Name::from_ascii(name).map_err(|_| LookupError::BadName(name.to_owned()))?;
-    let rtype = RecordType::from_str(&rtype.to_ascii_uppercase()).map_err(|_| LookupError::BadType(rtype.to_owned()))?;
+    let rtype = RecordType::from_str(&rtype.to_ascii_uppercase())
+        .map_err(|_| LookupError::BadType(rtype.to_owned()))?;
     let id = random_id();
     let mut query = Message::query();
     query.metadata.id = id;
@@ -59,7 +60,9 @@ pub fn lookup(server: SocketAddr, name: &str, rtype: &str, timeout: Duration) ->
     })?;
     let io = |source| LookupError::Io { server, source };
     let timed_out = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => LookupError::Timeout { server, timeout },
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            LookupError::Timeout { server, timeout }
+        }
         _ => LookupError::Io { server, source: e },
     };
 

@@ -21,8 +21,8 @@
 //! ```
 
 pub mod answer;
-pub mod lookup;
 pub mod handler;
+pub mod lookup;
 pub mod notify;
 mod tcp;
 pub mod tsig;

@@ -207,6 +207,7 @@ mod tests {
             ("command" | "entrypoint", _) => "run it",
             ("restart", _) => "always",
             ("autorestart", _) => "ALWAYS",
+            ("health_check", _) => "{tcp: true}, ports: ['80']",
             (_, Platform(shape) | Runtime(shape)) => match shape {
                 Bool => "true",
                 Scalar => "value",

@@ -814,3 +814,82 @@ fn round_trips_through_its_own_serde_form() {
     let loaded: Stackfile = serde_json::from_str(&stored).expect("deserialize");
     assert_eq!(loaded, stackfile);
 }
+
+#[test]
+fn health_checks_fill_defaults_and_name_what_is_wrong() {
+    let def = only(
+        "web:\n  image: x\n  ports: ['8080', '53/udp']\n  health_check:\n    http: /healthz\n    interval: 500ms\n",
+    );
+    let check = def.health_check.expect("a health check");
+    assert_eq!(
+        check.probe,
+        crate::stackfile::Probe::Http {
+            path: "/healthz".to_owned()
+        }
+    );
+    assert_eq!(check.port, Some(8080), "the first published TCP port");
+    assert_eq!(
+        (check.interval_ms, check.timeout_ms),
+        (500, 500),
+        "the default timeout fits the interval"
+    );
+    assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (2, 3));
+
+    let tcp = only(
+        "web:\n  image: x\n  ports: ['80', '81']\n  health_check: {tcp: true, port: 81, timeout: 1s, interval: 2s, healthy_threshold: 1}\n",
+    );
+    let check = tcp.health_check.expect("a health check");
+    assert_eq!(
+        (check.probe, check.port, check.timeout_ms, check.healthy_threshold),
+        (crate::stackfile::Probe::Tcp, Some(81), 1000, 1)
+    );
+
+    for (text, says) in [
+        (
+            "  ports: ['80']\n  health_check: {interval: 5s}\n",
+            "it needs a probe",
+        ),
+        ("  health_check: {tcp: true}\n", "publishes no TCP port"),
+        (
+            "  ports: ['80']\n  health_check: {tcp: true, port: 81}\n",
+            "port 81 is not a published TCP port",
+        ),
+        (
+            "  ports: ['80']\n  health_check: {tcp: true, timeout: 5s, interval: 1s}\n",
+            "longer than the interval",
+        ),
+        (
+            "  ports: ['80']\n  health_check: {tcp: true, interval: 10ms}\n",
+            "between 100 ms and 1 hour",
+        ),
+        ("  ports: ['80']\n  health_check: {tcp: true, interval: 5}\n", ""),
+        (
+            "  ports: ['80']\n  health_check: {http: healthz}\n",
+            "is not a path",
+        ),
+        (
+            "  ports: ['80']\n  health_check: {tcp: true, retries: 3}\n",
+            "unknown key \"retries\"",
+        ),
+        (
+            "  ports: ['80']\n  health_check: {tcp: true, unhealthy_threshold: 0}\n",
+            "not between 1 and 100",
+        ),
+        (
+            "  ports: ['80']\n  health_check: /healthz\n",
+            "expected a mapping",
+        ),
+    ] {
+        let stackfile = format!("web:\n  image: x\n{text}");
+        if says.is_empty() {
+            assert!(
+                crate::stackfile::parse(stackfile.as_bytes(), None).is_ok(),
+                "{stackfile}"
+            );
+            continue;
+        }
+        let e = error(&stackfile);
+        assert!(e.to_string().contains(says), "{stackfile}: {e}");
+        assert!(e.to_string().contains("health_check"), "names the key: {e}");
+    }
+}

@@ -163,7 +163,8 @@ impl State {
                 message: format!("{generation} is beyond the largest generation, {MAX_GENERATION}"),
             });
         }
-        if !stored.running && generation == stored.generation && (detail.is_none() || detail == stored.detail) {
+        if !stored.running && generation == stored.generation && (detail.is_none() || detail == stored.detail)
+        {
             let stopped = stored.clone();
             self.heartbeat(node, now, changes)?;
             return Ok((stopped, Effect::Unchanged));

@@ -75,7 +75,14 @@ fn reports_are_fenced_by_generation() {
             let result = if put {
                 s.put_container(&label(node), key("web-1"), report(generation), now, &mut changes)
             } else {
-                s.delete_container(&label(node), &key("web-1"), Some(generation), None, now, &mut changes)
+                s.delete_container(
+                    &label(node),
+                    &key("web-1"),
+                    Some(generation),
+                    None,
+                    now,
+                    &mut changes,
+                )
             };
             if result.is_err() {
                 assert!(

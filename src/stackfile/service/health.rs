@@ -5,7 +5,7 @@
 //!   http: /healthz          # GET must answer 2xx or 3xx; or `tcp: true` for a TCP connect
 //!   port: 80                # a published TCP container port; default: the first one
 //!   interval: 5s            # between probes (default 10s)
-//!   timeout: 2s             # per probe, at most the interval (default 2s)
+//!   timeout: 2s             # per probe, at most the interval (default 2s, or the interval)
 //!   healthy_threshold: 2    # consecutive passes to enter DNS (default 2)
 //!   unhealthy_threshold: 3  # consecutive failures to leave DNS (default 3)
 //! ```
@@ -31,6 +31,7 @@ impl ServiceReader<'_> {
         };
         let mut check = HealthCheck::default();
         let mut probe = None;
+        let mut timeout = None;
         for (key, value) in entries {
             let name = key_text(key).unwrap_or_default();
             let field = format!("{KEY}.{name}");
@@ -55,13 +56,14 @@ impl ServiceReader<'_> {
                 },
                 "port" => {
                     let n = self.integer(value, &field)?;
-                    let port = u16::try_from(n).ok().filter(|&p| p > 0).ok_or_else(|| {
-                        self.invalid(value, &field, format!("{n} is not a port (1-65535)"))
-                    })?;
+                    let port = u16::try_from(n)
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| self.invalid(value, &field, format!("{n} is not a port (1-65535)")))?;
                     check.port = Some(port);
                 }
                 "interval" => check.interval_ms = self.millis(value, &field, MIN_INTERVAL_MS)?,
-                "timeout" => check.timeout_ms = self.millis(value, &field, 1)?,
+                "timeout" => timeout = Some(self.millis(value, &field, 1)?),
                 "healthy_threshold" => check.healthy_threshold = self.threshold(value, &field)?,
                 "unhealthy_threshold" => check.unhealthy_threshold = self.threshold(value, &field)?,
                 _ => {
@@ -69,13 +71,24 @@ impl ServiceReader<'_> {
                         "unknown key {name:?}; a health check has http or tcp, port, interval, \
                          timeout, healthy_threshold and unhealthy_threshold"
                     );
-                    return Err(self.problem(crate::stackfile::error::ErrorKind::UnknownKey, key.at, KEY, reason));
+                    return Err(self.problem(
+                        crate::stackfile::error::ErrorKind::UnknownKey,
+                        key.at,
+                        KEY,
+                        reason,
+                    ));
                 }
             }
         }
         check.probe = probe.ok_or_else(|| {
-            self.invalid(node, KEY, "it needs a probe: http: PATH (an HTTP GET) or tcp: true (a TCP connect)")
+            self.invalid(
+                node,
+                KEY,
+                "it needs a probe: http: PATH (an HTTP GET) or tcp: true (a TCP connect)",
+            )
         })?;
+        // Without a timeout of its own, a short interval shortens the default.
+        check.timeout_ms = timeout.unwrap_or(check.timeout_ms.min(check.interval_ms));
         if check.timeout_ms > check.interval_ms {
             let reason = format!(
                 "the timeout ({} ms) is longer than the interval ({} ms)",
@@ -103,7 +116,9 @@ impl ServiceReader<'_> {
         };
         let Some(published) = published else {
             let reason = match check.port {
-                Some(port) => format!("port {port} is not a published TCP port of this service; add it to ports"),
+                Some(port) => {
+                    format!("port {port} is not a published TCP port of this service; add it to ports")
+                }
                 None => "the service publishes no TCP port to probe; add one to ports".to_owned(),
             };
             return Err(self.invalid(node, KEY, reason));
@@ -126,7 +141,11 @@ impl ServiceReader<'_> {
         } else if let Some(n) = text.strip_suffix('m') {
             (n, 60_000)
         } else {
-            return Err(self.invalid(node, field, format!("{text:?} has no unit; write \"5s\" or \"500ms\"")));
+            return Err(self.invalid(
+                node,
+                field,
+                format!("{text:?} has no unit; write \"5s\" or \"500ms\""),
+            ));
         };
         let ms = number
             .trim()
