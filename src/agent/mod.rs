@@ -203,6 +203,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 /// A container's supervisor, as the main loop knows it.
 struct Handle {
     generation: u64,
+    /// Host ports the container holds, which a new container must not take before it stops.
+    ports: Vec<(u16, crate::model::Protocol)>,
     commands: mpsc::Sender<Command>,
     exits: mpsc::Sender<Exited>,
     task: tokio::task::JoinHandle<()>,
@@ -285,6 +287,17 @@ impl<R: Runtime> Agent<R> {
             if self.supervisors.contains_key(&key) {
                 continue; // Running, or stopping and then started once it is gone.
             }
+            // A container being drained may still hold a host port placement has given to
+            // this one (a redeploy from "80:80" to "80", say): start it once that one stopped.
+            let held = self.supervisors.iter().find(|(_, h)| {
+                item.ports
+                    .iter()
+                    .any(|p| p.host_port.is_some_and(|hp| h.ports.contains(&(hp, p.protocol))))
+            });
+            if let Some((holder, _)) = held {
+                tracing::info!(container = %key, waits_for = %holder, "waiting for a stopping container to free its host port");
+                continue;
+            }
             match spec_of(&key, item) {
                 Ok(spec) => self.supervise(spec, false, true),
                 Err(e) => tracing::error!(container = %key, error = %e, "cannot run this assignment"),
@@ -315,6 +328,11 @@ impl<R: Runtime> Agent<R> {
             );
         }
         let generation = spec.generation;
+        let ports = spec
+            .ports
+            .iter()
+            .filter_map(|p| p.host_port.map(|hp| (hp, p.protocol)))
+            .collect();
         let supervisor = Supervisor {
             spec,
             adopted,
@@ -330,6 +348,7 @@ impl<R: Runtime> Agent<R> {
             key,
             Handle {
                 generation,
+                ports,
                 commands: commands_tx,
                 exits: exits_tx,
                 task,
