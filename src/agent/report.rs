@@ -42,7 +42,9 @@ pub enum Known {
         listed: bool,
     },
     Stopped {
+        service: Label,
         generation: u64,
+        ports: Vec<Port>,
         detail: Option<String>,
     },
 }
@@ -274,14 +276,34 @@ impl Reporter {
                     .put_container(self.node.as_str(), names, &request)
                     .await?;
             }
-            Known::Stopped { generation, detail } => {
-                match self
-                    .client
-                    .stop_container(self.node.as_str(), names, *generation, detail.as_deref())
-                    .await
-                {
-                    // Never reported, or already forgotten: stopped is what the API knows.
-                    Err(ClientError::Api { status: 404, .. }) | Ok(_) => {}
+            Known::Stopped {
+                service,
+                generation,
+                ports,
+                detail,
+            } => {
+                let stop = || {
+                    self.client
+                        .stop_container(self.node.as_str(), names, *generation, detail.as_deref())
+                };
+                match stop().await {
+                    Ok(_) => {}
+                    // It stopped before it was ever reported (a command that exits at once):
+                    // report it, out of DNS, then stopped, so `stack ps` can say why.
+                    Err(ClientError::Api { status: 404, .. }) => {
+                        let request = ContainerRequest {
+                            service: service.to_string(),
+                            address: None,
+                            ports: ports.clone(),
+                            generation: *generation,
+                            ready: false,
+                            detail: detail.clone(),
+                        };
+                        self.client
+                            .put_container(self.node.as_str(), names, &request)
+                            .await?;
+                        stop().await?;
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -160,7 +160,9 @@ impl<R: Runtime> Supervisor<R> {
 
     fn report_stopped(&self, detail: String) {
         let known = Known::Stopped {
+            service: self.spec.service.clone(),
             generation: self.spec.generation,
+            ports: self.spec.ports.clone(),
             detail: Some(detail),
         };
         self.reporter.set(&self.spec.key, known);

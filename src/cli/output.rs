@@ -76,19 +76,19 @@ fn ports(ports: &[Port]) -> String {
 }
 
 fn verdict(v: &Verdict) -> String {
+    let counts = |containers: u32, of_service: u32| {
+        let plural = if containers == 1 { "" } else { "s" };
+        format!("{containers} container{plural}, {of_service} of this service")
+    };
     match v {
         Verdict::Chosen {
             containers,
             of_service,
-        } => {
-            format!("chosen ({containers} containers, {of_service} of this service)")
-        }
+        } => format!("chosen ({})", counts(*containers, *of_service)),
         Verdict::Fits {
             containers,
             of_service,
-        } => {
-            format!("fits ({containers} containers, {of_service} of this service)")
-        }
+        } => format!("fits ({})", counts(*containers, *of_service)),
         Verdict::Refused { reason } => format!("refused: {reason}"),
         Verdict::Stranded => "stranded: no live node can take it".to_owned(),
     }
@@ -186,7 +186,15 @@ impl Output {
             ]
             .iter()
             .filter(|(_, list)| !list.is_empty())
-            .map(|(what, list)| format!("{what} {}", list.join(" ")))
+            .map(|(what, list)| {
+                // `web-1.quickstart-ruby.honeniq` is `web-1` within the stack named above.
+                let suffix = format!(".{}.{}", answer.stack.stack, answer.stack.user);
+                let short: Vec<&str> = list
+                    .iter()
+                    .map(|n| n.strip_suffix(&suffix).unwrap_or(n))
+                    .collect();
+                format!("{what} {}", short.join(" "))
+            })
             .collect();
             let what = if parts.is_empty() {
                 "no change".to_owned()

@@ -1,6 +1,8 @@
 //! One integration binary: each module starts real servers and talks to them over loopback.
 
+mod agent;
 mod api;
+mod cli;
 mod conformance;
 mod dns;
 mod durability;

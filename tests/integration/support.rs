@@ -39,24 +39,22 @@ impl Server {
     pub fn start_in(data: &Path, extra: &[&str], admin_env: bool) -> Server {
         let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackdns"));
-        cmd.args([
-            "serve",
-            "--dns",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--udp-workers",
-            "2",
-        ])
-        .arg("--data")
-        .arg(data)
-        .arg("--zone-file")
-        .arg(zone)
-        .args(extra)
-        .env("STACKDNS_LOG", "info")
-        .env_remove("STACKDNS_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["serve", "--udp-workers", "2"]);
+        // Port 0 unless the test names the addresses itself (a restart on the same ports).
+        for flag in ["--dns", "--api"] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.arg("--data")
+            .arg(data)
+            .arg("--zone-file")
+            .arg(zone)
+            .args(extra)
+            .env("STACKDNS_LOG", "info")
+            .env_remove("STACKDNS_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         if admin_env {
             cmd.env("STACKDNS_ADMIN_TOKEN", ADMIN);
         }
