@@ -36,6 +36,7 @@ use crate::api::types::{AssignmentItem, AssignmentList};
 use crate::client::{Client, ClientError};
 use crate::model::{ContainerKey, Label};
 use report::{Backoff, Known, Reporter};
+use runtime::docker::DockerRuntime;
 use runtime::process::ProcessRuntime;
 use runtime::{Exited, Runtime, Spec};
 use supervisor::{Command, Settings, Supervisor};
@@ -48,6 +49,8 @@ const WATCH_WAIT: Duration = Duration::from_secs(30);
 pub enum RuntimeKind {
     /// The service's command as a child process on the node (like Nomad's raw_exec).
     Process,
+    /// The service's image through the Docker Engine API.
+    Docker,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,6 +76,13 @@ pub struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping a container.
     #[arg(long, env = "STACKDNS_AGENT_STOP_GRACE", default_value_t = 10)]
     pub stop_grace: u64,
+    /// The Docker engine's socket (docker runtime).
+    #[arg(long, env = "STACKDNS_DOCKER_SOCKET", default_value = "/var/run/docker.sock")]
+    pub docker_socket: String,
+    /// How docker containers reach the network: ports published on the node's address
+    /// (bridge), or the node's own network, where they bind $HOST:$PORT (host).
+    #[arg(long, env = "STACKDNS_DOCKER_NETWORK", value_enum, default_value_t = runtime::docker::Network::Bridge)]
+    pub docker_network: runtime::docker::Network,
 }
 
 /// Why the agent could not start.
@@ -149,6 +159,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         dns_ttl: AtomicU32::new(5),
         stop_grace: Duration::from_secs(args.stop_grace),
         drain_timeout: Duration::from_secs(30),
+        lease,
     });
     tracing::info!(%node, %host, lease_s = lease.as_secs(), data = %data.display(), runtime = ?args.runtime, "agent starting");
 
@@ -163,16 +174,54 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             tracing::warn!(error = %e, "cannot read the server's DNS address; containers get no STACKDNS_DNS")
         }
     }
-    let runtime = Arc::new(match args.runtime {
-        RuntimeKind::Process => ProcessRuntime::new(&data, node.clone(), platform),
-    });
+    let start = Start {
+        client,
+        node,
+        settings,
+        token_file: args.token_file.clone(),
+    };
+    match args.runtime {
+        RuntimeKind::Process => {
+            let runtime = ProcessRuntime::new(&data, start.node.clone(), platform);
+            drive(Arc::new(runtime), start).await
+        }
+        RuntimeKind::Docker => {
+            let runtime = DockerRuntime::connect(
+                &args.docker_socket,
+                start.node.clone(),
+                args.docker_network,
+                platform,
+            )
+            .await?;
+            drive(Arc::new(runtime), start).await
+        }
+    }
+}
+
+/// What every runtime's agent starts from.
+struct Start {
+    client: Arc<Client>,
+    node: Label,
+    settings: Arc<Settings>,
+    token_file: PathBuf,
+}
+
+/// Adopts what `runtime` runs, then follows the assignments until SIGINT or SIGTERM.
+async fn drive<R: Runtime>(runtime: Arc<R>, start: Start) -> Result<(), AgentError> {
+    let Start {
+        client,
+        node,
+        settings,
+        token_file,
+    } = start;
+    let lease = settings.lease;
     let reporter = Reporter::new(client.clone(), node.clone());
     tokio::spawn(reporter.clone().run());
     tokio::spawn(heartbeats(
         client.clone(),
         node.clone(),
         lease,
-        args.token_file.clone(),
+        token_file.clone(),
     ));
 
     let (exits_tx, exits_rx) = mpsc::channel(256);
@@ -182,7 +231,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         client.clone(),
         node.clone(),
         reporter.clone(),
-        args.token_file.clone(),
+        token_file,
         lists_tx,
     ));
     let mut agent = Agent {

@@ -48,6 +48,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// Longest wait for the API to acknowledge a drain before stopping anyway.
     pub drain_timeout: Duration,
+    /// The node's lease: heartbeats go out every third of it.
+    pub lease: Duration,
 }
 
 /// A container's supervisor, moved into its task.

@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod conformance;
 mod dns;
+mod docker;
 mod durability;
 mod fleet;
 mod leases;

@@ -4,6 +4,7 @@
 //! tells the agent when one exits on its own, and on start-up hands back the containers it
 //! already runs ([`Runtime::adopt`]), so an agent restart neither loses nor doubles them.
 
+pub mod docker;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ pub enum RuntimeError {
         #[source]
         source: nix::Error,
     },
+    /// What the Docker engine said, with what was being done.
+    #[error("docker: {0}")]
+    Docker(String),
 }
 
 /// Whatever runs containers on this node.
