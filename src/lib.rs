@@ -13,14 +13,18 @@
 //! | [`stackfile`] | Stackfiles (YAML/JSON) read into validated service definitions (pure) |
 //! | [`store`]     | the storage seam (`Store` trait) and the redb engine                  |
 //! | [`control`]   | the single writer: named operations, state, leases, group commit      |
-//! | [`dns`]       | one message handler, UDP/TCP transports, answers, AXFR/IXFR, NOTIFY (only hickory user) |
+//! | [`dns`]       | one message handler, UDP/TCP transports, answers, AXFR/IXFR, NOTIFY; `lookup`, a stub lookup for `stackdns lookup` (only hickory user) |
 //! | [`api`]       | the HTTP/JSON registration API (axum)                                 |
-//! | [`config`]    | `stackdns serve` flags                                                |
+//! | [`client`]    | typed HTTP client over `api::types`, used by `cli` and `agent`        |
+//! | [`cli`]       | the command-line client (`node`, `stack`, `service`, `user`, `lookup`) over `client` |
+//! | [`agent`]     | the node agent: supervisors, reporter, runtimes; the API only through `client` |
+//! | [`config`]    | flags: `stackdns serve`, the agent and the client commands            |
 //! | [`server`]    | wiring, start-up and shutdown                                         |
 //!
 //! Dependencies point one way: `model` ← `scheme` ← `snapshot`; `model` ← `placement`;
 //! `model`, `stackfile` ← `store`; `store`, `placement`, `snapshot`, `stackfile` ← `control`
-//! ← `api`; `dns` → `snapshot`, `zone`, `name` only (never `store`).
+//! ← `api`; `dns` → `snapshot`, `zone`, `name` only (never `store`). `agent` and `cli` →
+//! `client` → `api::types`; neither touches `control`, `store` or `snapshot`.
 //!
 //! # Flows
 //!
