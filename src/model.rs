@@ -269,3 +269,21 @@ pub struct Assignment {
     /// assignment when the name leaves and comes back within one change).
     pub generation: u64,
 }
+
+/// What a placement change did to containers (their names, `<name>.<stack>.<user>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub moved: Vec<String>,
+    pub redeployed: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.moved.is_empty()
+            && self.redeployed.is_empty()
+    }
+}

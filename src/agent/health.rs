@@ -78,11 +78,12 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    pub fn new(check: &HealthCheck) -> Self {
+    /// Thresholds for a container that starts `passing` (one adopted while in DNS) or not.
+    pub fn new(check: &HealthCheck, passing: bool) -> Self {
         Self {
             healthy: check.healthy_threshold.max(1),
             unhealthy: check.unhealthy_threshold.max(1),
-            passing: false,
+            passing,
             streak: 0,
         }
     }
@@ -118,7 +119,7 @@ mod tests {
 
     #[test]
     fn thresholds_damp_flapping() {
-        let mut t = Thresholds::new(&check());
+        let mut t = Thresholds::new(&check(), false);
         assert_eq!(t.record(true), None, "one pass is not enough");
         assert_eq!(t.record(false), None);
         assert_eq!(t.record(true), None, "the streak restarted");

@@ -62,7 +62,7 @@ pub struct AgentArgs {
     #[arg(long, env = "STACKDNS_NODE")]
     pub node: String,
     /// File holding the node's token; read again whenever the API refuses it.
-    #[arg(long, env = "STACKDNS_TOKEN_FILE")]
+    #[arg(long, env = "STACKDNS_AGENT_TOKEN_FILE")]
     pub token_file: PathBuf,
     #[arg(long, env = "STACKDNS_AGENT_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
     pub runtime: RuntimeKind,
@@ -99,6 +99,14 @@ pub enum AgentError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "the API refuses node {node}: {source}; check --node and the token file (stackdns node add prints the token, stackdns node token NAME issues a new one)"
+    )]
+    Refused {
+        node: String,
+        #[source]
+        source: ClientError,
     },
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -140,8 +148,19 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 let registered = answer.address.parse::<IpAddr>().ok();
                 break (Duration::from_secs(answer.lease_seconds.max(1)), registered);
             }
+            // Wrong name or wrong token: retrying cannot help, and nothing runs yet.
+            Err(
+                e @ ClientError::Api {
+                    status: 401 | 403 | 404,
+                    ..
+                },
+            ) => {
+                return Err(AgentError::Refused {
+                    node: node.to_string(),
+                    source: e,
+                });
+            }
             Err(e) => {
-                refresh_token(&client, &args.token_file, &e);
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach the API yet; retrying");
                 tokio::time::sleep(wait).await;

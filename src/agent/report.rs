@@ -371,7 +371,7 @@ impl Reporter {
                 // The list holds a container that is no longer ours: let the agent look at
                 // its assignments again, which stops it, then retry.
                 tracing::warn!(%code, %message, "the API refused the node's container list; reconciling with the assignments first");
-                self.refresh.notify_one();
+                self.refresh.notify_waiters();
                 Err(ClientError::Api {
                     status: 409,
                     code,

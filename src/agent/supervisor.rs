@@ -83,7 +83,13 @@ impl<R: Runtime> Supervisor<R> {
         let key = self.spec.key.clone();
         let mut restarts = 0u32;
         let mut phase = if self.adopted {
-            self.running(Instant::now(), None)
+            // It was in DNS under the agent before this one: it stays in while it passes. Its
+            // state is already with the reporter, listed once the assignments say it is ours.
+            let health = self.spec.health_check.as_ref().map(|c| Thresholds::new(c, true));
+            Phase::Running {
+                since: Instant::now(),
+                health,
+            }
         } else {
             self.start(None).await
         };
@@ -172,7 +178,7 @@ impl<R: Runtime> Supervisor<R> {
 
     /// Reports it running; with a health check, out of DNS until it passes.
     fn running(&self, since: Instant, restarted: Option<u32>) -> Phase {
-        let health = self.spec.health_check.as_ref().map(Thresholds::new);
+        let health = self.spec.health_check.as_ref().map(|c| Thresholds::new(c, false));
         let detail = match (&health, restarted) {
             (Some(_), _) => Some("starting: waiting for the health check".to_owned()),
             (None, Some(n)) if n > 0 => Some(format!("restarted {n} times")),

@@ -247,7 +247,7 @@ pub struct StackResponse {
     pub dry_run: bool,
     /// What the change did to containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changes: Option<crate::control::Applied>,
+    pub changes: Option<crate::model::Applied>,
     /// Dry runs: every node's verdict for every container placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdicts: Option<Vec<crate::placement::NodeVerdict>>,

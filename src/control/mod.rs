@@ -52,11 +52,11 @@ use crate::zone::Zone;
 use state::State;
 use writer::{Ctx, Job, Writer};
 
+pub use crate::model::Applied;
 pub use auth::{Caller, Principal, generate_token, hash_token, same_secret};
 pub use changes::Effect;
 pub use error::ControlError;
 pub use ops::StackSubmission;
-pub use stacks::Applied;
 pub use state::{MAX_GENERATION, NodeSpec, ReplaceSummary, Report};
 pub use views::{
     Fleet, NodeAssignments, NodeRegistered, NodeStatus, Placed, PlacedContainer, ServiceStatus, StackApplied,

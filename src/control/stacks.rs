@@ -8,11 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
-
 use super::changes::Changes;
 use super::error::ControlError;
-use crate::model::{Assignment, ContainerKey, Label, PortSpec, ServiceKey, ServiceSpec};
+use crate::model::{Applied, Assignment, ContainerKey, Label, PortSpec, ServiceKey, ServiceSpec};
 use crate::placement::Plan;
 use crate::stackfile::ServiceDef;
 use crate::store::{Loaded, Op, StackRecord};
@@ -26,24 +24,6 @@ pub struct Stacks {
     index: u64,
     /// The index at which each node's assignments last changed.
     node_index: HashMap<Label, u64>,
-}
-
-/// What a plan did, for the response.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Applied {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub moved: Vec<String>,
-    pub redeployed: Vec<String>,
-}
-
-impl Applied {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.removed.is_empty()
-            && self.moved.is_empty()
-            && self.redeployed.is_empty()
-    }
 }
 
 impl Stacks {

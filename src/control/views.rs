@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::stacks::Applied;
 use super::state::{NodeState, State};
+use crate::model::Applied;
 use crate::model::{Assignment, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
 use crate::placement::NodeVerdict;
 use crate::stackfile::{HealthCheck, Restart, Stackfile};

@@ -200,3 +200,30 @@ fn faults_get_a_clear_state_and_disturb_nothing_else() {
     );
     agent.kill();
 }
+
+#[test]
+fn an_agent_with_a_wrong_name_or_token_says_so_and_exits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&[]);
+    let token = admin(&server, &["node", "add", "node-w", "--address", "127.0.0.12"]);
+    let token_file = dir.path().join("token");
+    for (node, written, says) in [
+        ("node-x", token.trim(), "node-x"),
+        ("node-w", "not-the-token", "the bearer token is not known"),
+    ] {
+        std::fs::write(&token_file, written).expect("token file");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stackdns"))
+            .args(["agent", "--api", &server.api, "--node", node, "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--token-file")
+            .arg(&token_file)
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{node}: {stderr}");
+        assert!(
+            stderr.contains("the API refuses node") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+}

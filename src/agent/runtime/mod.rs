@@ -45,7 +45,8 @@ pub struct Spec {
 pub enum Exit {
     Code(i32),
     Signal(i32),
-    /// Adopted after an agent restart: it is gone, how it ended is not known.
+    /// It ended, and how is not known (a process adopted after an agent restart is not the
+    /// agent's child, so its status cannot be read).
     Vanished,
 }
 
@@ -60,7 +61,7 @@ impl std::fmt::Display for Exit {
         match self {
             Exit::Code(code) => write!(f, "exited with status {code}"),
             Exit::Signal(signal) => write!(f, "killed by signal {signal}"),
-            Exit::Vanished => write!(f, "gone (it ended while the agent was away)"),
+            Exit::Vanished => write!(f, "ended (its exit status is unknown)"),
         }
     }
 }

@@ -42,7 +42,7 @@ impl State {
     }
 
     /// Makes `plan` the current placement (see [`crate::control::stacks::Stacks::apply_plan`]).
-    pub fn apply_plan(&mut self, plan: &Plan, changes: &mut Changes) -> crate::control::stacks::Applied {
+    pub fn apply_plan(&mut self, plan: &Plan, changes: &mut Changes) -> crate::model::Applied {
         self.stacks.apply_plan(plan, changes)
     }
 
