@@ -227,3 +227,46 @@ fn an_agent_with_a_wrong_name_or_token_says_so_and_exits() {
         );
     }
 }
+
+#[test]
+fn restart_policies_restart_with_a_pause_and_give_up_when_told() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&[]);
+    let agent = Agent::register_and_start(&server, dir.path(), "node-r", "127.0.0.13", &[]);
+    let stackfile = "flaky:\n  image: x\n  restart: on-failure:2\n  command: [sh, -c, 'echo crash >&2; exit 1']\n\
+                     sturdy:\n  image: x\n  restart: always\n  command: [sh, -c, 'sleep 0.2; exit 0']\n";
+    up(&server, dir.path(), "rita/restarts", stackfile);
+    // on-failure:2: two restarts (1 s, then 2 s apart), then it stays stopped, saying why.
+    let gave_up = wait_for(Duration::from_secs(15), || {
+        let (state, detail) = state_of(&server, "rita/restarts", "flaky-1");
+        state == "stopped" && detail.contains("exited with status 1: crash")
+    });
+    assert!(
+        gave_up.is_some(),
+        "{:?}\n{}",
+        ps(&server, "rita/restarts"),
+        agent.log()
+    );
+    let restarts = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("restarting after a pause") && l.contains("flaky-1"))
+        .count();
+    assert_eq!(restarts, 2, "{}", agent.log());
+    // always: restarted even after a clean exit.
+    let again = wait_for(Duration::from_secs(10), || {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("restarting after a pause") && l.contains("sturdy-1"))
+            .count()
+            >= 2
+    });
+    assert!(again.is_some(), "{}", agent.log());
+    admin(&server, &["stack", "rm", "rita/restarts"]);
+    assert!(
+        wait_for(Duration::from_secs(15), || processes_under(&agent.data)
+            .is_empty())
+        .is_some()
+    );
+}
