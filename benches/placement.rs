@@ -38,6 +38,7 @@ fn nodes() -> Vec<NodeInfo> {
                 ("provider".to_owned(), format!("provider-{}", i % 3)),
             ]),
             memory_mb: Some(64 * 1024),
+            tenants: None,
         })
         .collect()
 }

@@ -130,6 +130,34 @@ pub struct Node {
     pub capacity: Option<Capacity>,
     /// SHA-256 of the node's bearer token; the token itself is never stored.
     pub token_sha256: String,
+    /// The user the node belongs to (registered with that user's token): it runs and reports
+    /// that user's containers only. `None`: a platform node, registered by an admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Label>,
+    /// A platform node's users: whose containers it may run and report. `None`: every user's
+    /// (the default, and the trust a platform node carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<Label>>,
+}
+
+impl Node {
+    /// Whether the node may run and report containers of `user`.
+    pub fn serves(&self, user: &Label) -> bool {
+        match (&self.owner, &self.tenants) {
+            (Some(owner), _) => owner == user,
+            (None, Some(tenants)) => tenants.contains(user),
+            (None, None) => true,
+        }
+    }
+
+    /// The users it serves, `None` for all (what placement needs to know).
+    pub fn tenant_set(&self) -> Option<BTreeSet<Label>> {
+        match (&self.owner, &self.tenants) {
+            (Some(owner), _) => Some(BTreeSet::from([owner.clone()])),
+            (None, Some(tenants)) => Some(tenants.iter().cloned().collect()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Identity of a container across nodes: `web-1` of stack `quickstart-ruby` of user `honeniq`.
@@ -183,6 +211,11 @@ pub struct Container {
     /// status 1"), shown by `stack ps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Reported by the node placement assigned it to, at the assigned generation. In a
+    /// declared stack only such a container answers in DNS once its assignment is gone (while
+    /// its agent drains it); a name reported by a node nobody placed it on never does.
+    #[serde(default)]
+    pub placed: bool,
 }
 
 fn yes() -> bool {

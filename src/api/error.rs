@@ -81,6 +81,7 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid { .. } => Self::bad_request("invalid_value", message),
             ControlError::Unauthorized => Self::unauthorized(message),
             ControlError::Forbidden(_) => Self::forbidden(message),
+            ControlError::ReportRefused { code, .. } => Self::new(StatusCode::FORBIDDEN, code, message),
             ControlError::Storage(_) | ControlError::Unreadable | ControlError::Internal => {
                 tracing::error!(error = %message, "request failed in storage");
                 Self::new(

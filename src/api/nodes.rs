@@ -84,11 +84,21 @@ fn node_spec(req: NodeRequest) -> Result<NodeSpec, ApiError> {
             ));
         }
     }
+    let tenants = req
+        .tenants
+        .map(|users| {
+            users
+                .iter()
+                .map(|u| Label::parse("tenants", u))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     Ok(NodeSpec {
         address: parse_ip("address", &req.address)?,
         labels: req.labels,
         tags,
         capacity: req.capacity,
+        tenants,
     })
 }
 

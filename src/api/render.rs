@@ -16,6 +16,12 @@ pub fn node(n: &NodeStatus, apex: &str) -> NodeInfo {
         last_heartbeat_seconds_ago: n.since_heartbeat.as_secs_f64(),
         containers_running: n.containers_running,
         fqdn: scheme::node_fqdn(&n.node.name, apex),
+        owner: n.node.owner.as_ref().map(ToString::to_string),
+        tenants: n
+            .node
+            .tenants
+            .as_ref()
+            .map(|t| t.iter().map(ToString::to_string).collect()),
     }
 }
 

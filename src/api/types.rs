@@ -21,6 +21,10 @@ pub struct NodeRequest {
     pub tags: Vec<String>,
     #[serde(default)]
     pub capacity: Option<Capacity>,
+    /// A platform node's users: whose containers it may run and report (admin only; default
+    /// every user's). A node a user registers serves that user alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
 }
 
 /// A node as the API shows it.
@@ -37,6 +41,12 @@ pub struct NodeInfo {
     pub containers_running: usize,
     /// `<node>.node.<zone>`.
     pub fqdn: String,
+    /// The user it belongs to; absent for a platform node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A platform node's users, if an admin limited them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<String>>,
 }
 
 /// Answer to node writes and reads.

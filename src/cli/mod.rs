@@ -59,6 +59,11 @@ pub enum NodeCommand {
         /// A deploy tag; services with `tags` only run on nodes carrying all of them.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// A platform node's user (admin only; repeatable): only their containers run here.
+        /// Without it a platform node serves every user. A user's token registers a node that
+        /// serves that user alone.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
         /// Memory placement may hand out on this node, MiB (with --cpus).
         #[arg(long, requires = "cpus")]
         memory_mb: Option<u64>,
@@ -248,6 +253,7 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
             address,
             labels,
             tags,
+            tenants,
             memory_mb,
             cpus,
         } => {
@@ -267,6 +273,7 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
                 labels,
                 tags,
                 capacity,
+                tenants: (!tenants.is_empty()).then_some(tenants),
             };
             let answer = client.put_node(&name, &request).await?;
             match &answer.token {

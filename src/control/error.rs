@@ -24,6 +24,10 @@ pub enum ControlError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// A node reported a container it may not publish (not placed there; a user it does not
+    /// serve); `code` says which rule.
+    #[error("{message}")]
+    ReportRefused { code: &'static str, message: String },
     /// The commit failed; the state was reloaded from the store.
     #[error("the change could not be stored, so it was not applied: {0}")]
     Storage(#[source] Arc<StoreError>),

@@ -43,9 +43,10 @@ fn stack_not_found(user: &Label, stack: &Label) -> ControlError {
     }
 }
 
-/// Nodes: admin only, except what a node does about itself.
+/// Nodes: the admin any node, a user the nodes it registered, a node itself.
 impl Control {
-    /// Creates or updates a node; a new node's token is in the answer, and only there.
+    /// Creates or updates a node; a new node's token is in the answer, and only there. An
+    /// admin registers platform nodes; a user token registers a node of that user's own.
     pub async fn register_node(
         &self,
         caller: Caller,
@@ -54,8 +55,10 @@ impl Control {
     ) -> Result<Committed<NodeRegistered>, ControlError> {
         let (token, token_hash) = new_token()?;
         self.run(move |ctx| {
-            require_admin(&caller)?;
-            let effect = ctx.state.put_node(&name, spec, token_hash, ctx.now, ctx.changes);
+            let owner = ctx.state.authorize_node_admin(&caller, &name, Some(&spec))?;
+            let effect = ctx
+                .state
+                .put_node(&name, spec, owner, token_hash, ctx.now, ctx.changes);
             let status = views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now);
             let created = effect == Effect::Created;
             Ok(NodeRegistered {
@@ -69,18 +72,28 @@ impl Control {
 
     pub async fn node(&self, caller: Caller, name: Label) -> Result<Committed<NodeStatus>, ControlError> {
         self.run(move |ctx| {
-            require_admin(&caller)?;
+            ctx.state.authorize_node_admin(&caller, &name, None)?;
             Ok(views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now))
         })
         .await
     }
 
+    /// Every node for the admin; a user's own nodes for a user token.
     pub async fn nodes(&self, caller: Caller) -> Result<Committed<Vec<NodeStatus>>, ControlError> {
         self.run(move |ctx| {
-            require_admin(&caller)?;
+            let owner = match &caller {
+                Caller::Admin => None,
+                Caller::User { user, .. } if ctx.state.may_act_for(&caller, user) => Some(user.clone()),
+                Caller::User { .. } => return Err(ControlError::Unauthorized),
+                Caller::Node { .. } => {
+                    require_admin(&caller)?;
+                    None
+                }
+            };
             Ok(ctx
                 .state
                 .nodes()
+                .filter(|n| owner.is_none() || n.node.owner == owner)
                 .map(|n| views::node_status(ctx.state, n, ctx.now))
                 .collect())
         })
@@ -90,7 +103,7 @@ impl Control {
     /// Removes a node; its containers leave DNS and stay as tombstones.
     pub async fn delete_node(&self, caller: Caller, name: Label) -> Result<Committed<Node>, ControlError> {
         self.run(move |ctx| {
-            require_admin(&caller)?;
+            ctx.state.authorize_node_admin(&caller, &name, None)?;
             ctx.state.delete_node(&name, ctx.changes)
         })
         .await
@@ -104,7 +117,7 @@ impl Control {
     ) -> Result<Committed<NodeRegistered>, ControlError> {
         let (token, token_hash) = new_token()?;
         self.run(move |ctx| {
-            require_admin(&caller)?;
+            ctx.state.authorize_node_admin(&caller, &name, None)?;
             ctx.state.set_node_token(&name, token_hash, ctx.changes)?;
             Ok(NodeRegistered {
                 status: views::node_status(ctx.state, ctx.state.node(&name)?, ctx.now),

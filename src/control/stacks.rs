@@ -136,6 +136,7 @@ impl Stacks {
         for (key, old) in &self.assignments {
             if !new.contains_key(key) {
                 changes.ops.push(Op::DeleteAssignment(key.clone()));
+                changes.containers.insert(key.clone());
                 touched_nodes.push(old.node.clone());
             }
         }
@@ -144,6 +145,7 @@ impl Stacks {
                 Some(old) if old == *a => {}
                 old => {
                     changes.ops.push(Op::PutAssignment((*a).clone()));
+                    changes.containers.insert((*key).clone());
                     touched_nodes.push(a.node.clone());
                     touched_nodes.extend(old.map(|o| o.node.clone()));
                 }

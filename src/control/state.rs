@@ -42,6 +42,8 @@ pub struct NodeSpec {
     pub labels: BTreeMap<String, String>,
     pub tags: Vec<Label>,
     pub capacity: Option<Capacity>,
+    /// A platform node's users (`None`: all); only an admin may set it.
+    pub tenants: Option<Vec<Label>>,
 }
 
 /// The lease of one node, kept across a reload of the state.
@@ -199,13 +201,41 @@ impl State {
         }
     }
 
-    /// Where a container answers in DNS: only while it runs, ready, on a live node.
+    /// Where a container answers in DNS: only while it runs, ready, on a live node; in a
+    /// declared stack, only where placement put it (or while it drains there).
     pub fn live_address(&self, c: &Container) -> Option<IpAddr> {
         let node = self
             .nodes
             .get(&c.node)
             .filter(|n| n.live && c.running && c.ready)?;
+        if !c.placed && self.stacks.get(&c.key.user, &c.key.stack).is_some() {
+            let assigned = self
+                .stacks
+                .assignment(&c.key)
+                .is_some_and(|a| a.node == c.node && a.generation == c.generation);
+            if !assigned {
+                return None;
+            }
+        }
         Some(c.address.unwrap_or(node.node.address))
+    }
+
+    /// Every stored container of stack `user`/`stack`, in name order.
+    pub fn containers_of_stack<'a>(
+        &'a self,
+        user: &'a Label,
+        stack: &'a Label,
+    ) -> impl Iterator<Item = &'a ContainerKey> + 'a {
+        // "0" sorts before every other label, so the range starts at the stack's first name.
+        let first = Label::parse("container", "0").ok().map(|name| ContainerKey {
+            user: user.clone(),
+            stack: stack.clone(),
+            name,
+        });
+        first
+            .into_iter()
+            .flat_map(move |first| self.containers.range(first..).map(|(k, _)| k))
+            .take_while(move |k| &k.user == user && &k.stack == stack)
     }
 
     /// Whether `node` exists and its lease is current.
@@ -264,6 +294,43 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// Checks that `caller` may register, change or remove node `name`: the admin any node;
+    /// a user only a node of their own (a new one becomes theirs). Answers the owner the node
+    /// has (or gets).
+    pub fn authorize_node_admin(
+        &self,
+        caller: &Caller,
+        name: &Label,
+        spec: Option<&NodeSpec>,
+    ) -> Result<Option<Label>, ControlError> {
+        let existing = self.nodes.get(name).map(|n| &n.node);
+        match caller {
+            Caller::Admin => Ok(existing.and_then(|n| n.owner.clone())),
+            Caller::User { user, .. } if self.may_act_for(caller, user) => {
+                if spec.is_some_and(|s| s.tenants.is_some()) {
+                    return Err(ControlError::Forbidden(
+                        "tenants: only an admin opens a platform node to users; a user's node serves that user alone"
+                            .to_owned(),
+                    ));
+                }
+                match existing {
+                    Some(n) if n.owner.as_ref() != Some(user) => Err(ControlError::Forbidden(format!(
+                        "node {name} is not yours: a user token acts on the nodes it registered"
+                    ))),
+                    None if spec.is_none() => Err(ControlError::NotFound {
+                        what: "node",
+                        name: name.to_string(),
+                    }),
+                    _ => Ok(Some(user.clone())),
+                }
+            }
+            Caller::User { .. } => Err(ControlError::Unauthorized),
+            Caller::Node { .. } => Err(ControlError::Forbidden(
+                "this endpoint needs the admin token, or the token of the user who owns the node".to_owned(),
+            )),
+        }
     }
 
     /// Node token hashes and their nodes, for the API to recognise callers without a job.
@@ -341,6 +408,7 @@ impl State {
         &mut self,
         name: &Label,
         spec: NodeSpec,
+        owner: Option<Label>,
         token_sha256: String,
         now: Instant,
         changes: &mut Changes,
@@ -353,6 +421,8 @@ impl State {
             tags: spec.tags,
             capacity: spec.capacity,
             token_sha256: existing.map_or(token_sha256, |n| n.node.token_sha256.clone()),
+            owner,
+            tenants: spec.tenants,
         };
         let effect = match existing {
             None => Effect::Created,

@@ -24,6 +24,8 @@ const LISTED_NODES: usize = 8;
 pub enum Refusal {
     /// The node's lease is not current (lost, or never heartbeated).
     NotLive,
+    /// The node belongs to another user, or an admin did not open it to this one.
+    OtherTenants,
     /// The node lacks these of the service's deploy tags.
     MissingTags { tags: Vec<Label> },
     /// A container already publishes this host port on the node.
@@ -51,6 +53,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::NotLive => "no_live_node",
+            Refusal::OtherTenants => "no_node_for_user",
             Refusal::MissingTags { .. } => "no_matching_node",
             Refusal::HostPortInUse { .. } => "port_conflict",
             Refusal::InsufficientMemory { .. } => "insufficient_memory",
@@ -63,6 +66,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::NotLive => f.write_str("not live"),
+            Refusal::OtherTenants => f.write_str("serves other users"),
             Refusal::MissingTags { tags } => write!(f, "lacks {}", and_list(tags)),
             Refusal::HostPortInUse {
                 host_port, protocol, ..
@@ -89,6 +93,12 @@ pub enum PlacementError {
     /// No node is live (or none is registered): start an agent or add a node.
     #[error("{}", no_live_node(.container, .nodes))]
     NoLiveNode {
+        container: ContainerKey,
+        nodes: Vec<Label>,
+    },
+    /// Every node belongs to other users (or is closed to this one).
+    #[error("{}", no_node_for_user(.container, .nodes))]
+    NoNodeForUser {
         container: ContainerKey,
         nodes: Vec<Label>,
     },
@@ -157,6 +167,7 @@ impl PlacementError {
     pub fn code(&self) -> &'static str {
         match self {
             PlacementError::NoLiveNode { .. } => "no_live_node",
+            PlacementError::NoNodeForUser { .. } => "no_node_for_user",
             PlacementError::NoMatchingNode { .. } => "no_matching_node",
             PlacementError::PortConflict { .. } => "port_conflict",
             PlacementError::InsufficientMemory { .. } => "insufficient_memory",
@@ -176,6 +187,14 @@ impl PlacementError {
         spec: &ServiceSpec,
         refusals: Vec<(Label, Refusal)>,
     ) -> Self {
+        // Nodes this user may not use do not count as candidates at all.
+        let (others, refusals): (Vec<_>, Vec<_>) = refusals
+            .into_iter()
+            .partition(|(_, r)| *r == Refusal::OtherTenants);
+        if refusals.is_empty() && !others.is_empty() {
+            let nodes = others.into_iter().map(|(n, _)| n).collect();
+            return PlacementError::NoNodeForUser { container, nodes };
+        }
         if refusals.iter().all(|(_, r)| *r == Refusal::NotLive) {
             let nodes = refusals.into_iter().map(|(n, _)| n).collect();
             return PlacementError::NoLiveNode { container, nodes };
@@ -212,6 +231,17 @@ impl PlacementError {
             PlacementError::NoNodeFits { container, refusals }
         }
     }
+}
+
+fn no_node_for_user(container: &ContainerKey, nodes: &[Label]) -> String {
+    format!(
+        "cannot place {}: no node runs containers of user {} ({} serve other users); register a \
+         node of your own with your token, or ask an admin to open a platform node to {}",
+        container.name,
+        container.user,
+        node_list(nodes.iter()),
+        container.user
+    )
 }
 
 fn no_live_node(container: &ContainerKey, nodes: &[Label]) -> String {

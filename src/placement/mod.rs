@@ -69,6 +69,16 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Memory the node offers; `None` means unlimited (no capacity registered).
     pub memory_mb: Option<u64>,
+    /// The users whose containers it may run; `None`: everyone's (a platform node open to all).
+    /// A user's own node serves that user alone.
+    pub tenants: Option<BTreeSet<Label>>,
+}
+
+impl NodeInfo {
+    /// Whether the node may run containers of `user`.
+    pub fn serves(&self, user: &Label) -> bool {
+        self.tenants.as_ref().is_none_or(|t| t.contains(user))
+    }
 }
 
 /// Everything placement decides from. The slices may come in any order.

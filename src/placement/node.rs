@@ -110,6 +110,9 @@ impl<'a> NodeState<'a> {
         if !self.info.live {
             return Err(Refusal::NotLive);
         }
+        if !self.info.serves(&spec.key.user) {
+            return Err(Refusal::OtherTenants);
+        }
         if !spec.tags.is_subset(&self.info.tags) {
             let tags = spec.tags.difference(&self.info.tags).cloned().collect();
             return Err(Refusal::MissingTags { tags });

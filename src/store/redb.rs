@@ -306,6 +306,8 @@ mod tests {
             tags: vec![],
             capacity: None,
             token_sha256: "00".into(),
+            owner: None,
+            tenants: None,
         };
         let container = Container {
             key: ContainerKey {
@@ -325,6 +327,7 @@ mod tests {
             running: true,
             ready: true,
             detail: None,
+            placed: false,
         };
         {
             let store = RedbStore::open(&path).expect("open");

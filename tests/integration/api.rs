@@ -476,8 +476,14 @@ async fn user_tokens_are_issued_scoped_and_revoked() {
         .await;
     assert_eq!((status, code(&body)), (400, "invalid_name"));
 
-    // A user token is known (not 401) but may not act on nodes or admin endpoints.
-    assert_eq!(s.call("GET", "/v1/nodes", Some(&token), None).await.0, 403);
+    // A user token is known (not 401): it sees only its own nodes (none yet), may not report
+    // as a node, nor use admin endpoints.
+    let (status, body) = s.call("GET", "/v1/nodes", Some(&token), None).await;
+    assert_eq!(
+        (status, body["nodes"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{body}"
+    );
     let (status, body) = s.report("node-do", &token, "web-1", web(1)).await;
     assert_eq!((status, code(&body)), (403, "forbidden"));
     assert_eq!(

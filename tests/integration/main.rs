@@ -14,3 +14,4 @@ mod secondary;
 mod seed;
 mod stacks;
 mod support;
+mod tenancy;

@@ -19,6 +19,7 @@ impl State {
                 tags: n.node.tags.iter().cloned().collect(),
                 labels: n.node.labels.clone(),
                 memory_mb: n.node.capacity.map(|c| c.memory_mb),
+                tenants: n.node.tenant_set(),
             })
             .collect()
     }
@@ -70,8 +71,16 @@ impl State {
         }
     }
 
-    /// Stores a stack record (after its plan was applied).
+    /// Stores a stack record (after its plan was applied). A newly declared stack's names are
+    /// recomputed: containers reported under it before it existed no longer answer.
     pub fn put_stack(&mut self, record: crate::store::StackRecord, changes: &mut Changes) {
+        if self.stacks.get(&record.user, &record.stack).is_none() {
+            let keys: Vec<_> = self
+                .containers_of_stack(&record.user, &record.stack)
+                .cloned()
+                .collect();
+            changes.containers.extend(keys);
+        }
         self.stacks.put(record, changes);
     }
 
@@ -82,6 +91,9 @@ impl State {
         stack: &crate::model::Label,
         changes: &mut Changes,
     ) -> Result<(), ControlError> {
-        self.stacks.remove(user, stack, changes)
+        self.stacks.remove(user, stack, changes)?;
+        let keys: Vec<_> = self.containers_of_stack(user, stack).cloned().collect();
+        changes.containers.extend(keys);
+        Ok(())
     }
 }

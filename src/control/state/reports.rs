@@ -56,6 +56,7 @@ impl State {
                 });
             }
         }
+        self.check_ownership(node, key)?;
         let Some(stored) = self.containers.get(key) else {
             return Ok(());
         };
@@ -70,6 +71,55 @@ impl State {
                 } else {
                     "it was stopped".to_owned()
                 },
+            });
+        }
+        Ok(())
+    }
+
+    /// What a node may publish: a name of a declared stack only where placement put it (or,
+    /// once its assignment is gone, the node still running it while it drains); a
+    /// discovery-only container only of a user the node serves.
+    fn check_ownership(&self, node: &Label, key: &ContainerKey) -> Result<(), ControlError> {
+        if self.stacks.assignment(key).is_some() {
+            return Ok(()); // Checked against the assignment already.
+        }
+        if self.stacks.get(&key.user, &key.stack).is_some() {
+            let draining = self
+                .containers
+                .get(key)
+                .is_some_and(|c| c.running && c.placed && &c.node == node);
+            if draining {
+                return Ok(());
+            }
+            return Err(ControlError::ReportRefused {
+                code: "not_assigned",
+                message: format!(
+                    "container {key} is not placed on node {node}: stack {}/{} is declared, and only \
+                     the node placement assigns a container to may report it",
+                    key.user, key.stack
+                ),
+            });
+        }
+        let serves = self.nodes.get(node).is_none_or(|n| n.node.serves(&key.user));
+        if !serves {
+            let whom = self
+                .nodes
+                .get(node)
+                .and_then(|n| n.node.tenant_set())
+                .map(|users| {
+                    users
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            return Err(ControlError::ReportRefused {
+                code: "not_a_tenant",
+                message: format!(
+                    "node {node} may report containers of {whom} only, not of user {}",
+                    key.user
+                ),
             });
         }
         Ok(())
@@ -97,6 +147,16 @@ impl State {
         report: Report,
         changes: &mut Changes,
     ) -> (Container, Effect) {
+        // Where placement put it, at its generation; or still the container placement put
+        // here, being drained after its assignment went.
+        let assigned = self
+            .stacks
+            .assignment(&key)
+            .is_some_and(|a| &a.node == node && a.generation == report.generation);
+        let was_placed = self
+            .containers
+            .get(&key)
+            .is_some_and(|c| c.placed && &c.node == node && c.generation == report.generation);
         let container = Container {
             key,
             node: node.clone(),
@@ -107,6 +167,7 @@ impl State {
             running: true,
             ready: report.ready,
             detail: report.detail,
+            placed: assigned || was_placed,
         };
         let effect = match self.containers.get(&container.key) {
             Some(old) if *old == container => return (container, Effect::Unchanged),

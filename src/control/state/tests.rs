@@ -37,8 +37,9 @@ fn state(now: Instant) -> State {
             labels: Default::default(),
             tags: vec![],
             capacity: None,
+            tenants: None,
         };
-        s.put_node(&label(name), spec, format!("t{name}"), now, &mut changes);
+        s.put_node(&label(name), spec, None, format!("t{name}"), now, &mut changes);
     }
     s
 }

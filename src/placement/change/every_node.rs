@@ -27,7 +27,11 @@ impl Planner<'_> {
                 continue;
             };
             let info = self.cluster.nodes[i].info;
-            if !info.live || !spec.tags.is_subset(&info.tags) || !taken.insert(i) {
+            if !info.live
+                || !spec.tags.is_subset(&info.tags)
+                || !info.serves(&spec.key.user)
+                || !taken.insert(i)
+            {
                 continue;
             }
             let generation = old.generation.saturating_add(1);
@@ -60,6 +64,7 @@ impl Planner<'_> {
         self.cluster.track_spread(&spec.key);
         let wanting: Vec<usize> = (self.cluster.live().iter().copied())
             .filter(|&i| spec.tags.is_subset(&self.cluster.nodes[i].info.tags))
+            .filter(|&i| self.cluster.nodes[i].info.serves(&spec.key.user))
             .filter(|&i| self.cluster.of_service(&spec.key, i) == 0)
             .collect();
         let numbers = free_numbers(&self.cluster.members(&spec.key), wanting.len());
@@ -87,8 +92,10 @@ impl Planner<'_> {
         let mut taken = BTreeSet::new();
         for (_, key) in self.cluster.members(&spec.key) {
             let node = self.cluster.node_of(&key);
-            let keep = node
-                .is_some_and(|i| spec.tags.is_subset(&self.cluster.nodes[i].info.tags) && taken.insert(i));
+            let keep = node.is_some_and(|i| {
+                let info = self.cluster.nodes[i].info;
+                spec.tags.is_subset(&info.tags) && info.serves(&spec.key.user) && taken.insert(i)
+            });
             if !keep {
                 self.cluster.remove(&key);
             }

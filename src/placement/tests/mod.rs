@@ -28,6 +28,7 @@ pub fn node(name: &str) -> NodeInfo {
         tags: BTreeSet::new(),
         labels: BTreeMap::new(),
         memory_mb: None,
+        tenants: None,
     }
 }
 
@@ -37,9 +38,16 @@ pub trait NodeExt {
     fn memory(self, mb: u64) -> Self;
     fn lost(self) -> Self;
     fn label(self, key: &str, value: &str) -> Self;
+    /// Serves only these users.
+    fn tenants(self, users: &[&str]) -> Self;
 }
 
 impl NodeExt for NodeInfo {
+    fn tenants(mut self, users: &[&str]) -> Self {
+        self.tenants = Some(users.iter().map(|u| label(u)).collect());
+        self
+    }
+
     fn tags(mut self, tags: &[&str]) -> Self {
         self.tags = tags.iter().map(|t| label(t)).collect();
         self

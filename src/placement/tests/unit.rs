@@ -323,3 +323,37 @@ fn input_order_does_not_matter() {
     shuffled.assignments.rotate_left(3);
     assert_eq!(plan(&shuffled.input(), &change).expect("plan"), want);
 }
+
+#[test]
+fn nodes_serve_only_their_tenants() {
+    // a: honeniq's own node; b: another user's; c: a platform node open to all.
+    let mut world = World::with_nodes(vec![
+        node("a").tenants(&["honeniq"]),
+        node("b").tenants(&["zoe"]),
+        node("c"),
+    ]);
+    let plan = world
+        .apply("s", vec![svc("web", 4).strategy(Strategy::HighAvailability)])
+        .expect("placed");
+    let nodes: BTreeSet<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from(["a", "c"]), "never on zoe's node");
+
+    // every_node follows only the nodes that serve the user.
+    let mut world = World::with_nodes(vec![node("a").tenants(&["honeniq"]), node("b").tenants(&["zoe"])]);
+    let plan = world
+        .apply("s", vec![svc("agent", 0).strategy(Strategy::EveryNode)])
+        .expect("placed");
+    let nodes: Vec<&str> = plan.assignments.iter().map(|a| a.node.as_str()).collect();
+    assert_eq!(nodes, ["a"]);
+
+    // Only other users' nodes: the error says whose they are and what to do.
+    let mut world = World::with_nodes(vec![node("b").tenants(&["zoe"])]);
+    let e = world.apply("s", vec![svc("web", 1)]).expect_err("nowhere to go");
+    assert_eq!(e.code(), "no_node_for_user");
+    let text = e.to_string();
+    assert!(
+        text.contains("no node runs containers of user honeniq")
+            && text.contains("register a node of your own"),
+        "{text}"
+    );
+}

@@ -1,0 +1,214 @@
+//! Tenants cannot hurt each other through nodes (issue "tenants cannot hurt each other",
+//! finding 1): a node publishes only what placement put on it or what its tenants run, and a
+//! user's own node serves that user alone. Each test is a finding's regression test.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn put(s: &Server, token: &str, path: &str, body: Value) -> (u16, Value) {
+    s.call("PUT", path, Some(token), Some(body)).await
+}
+
+async fn stack(s: &Server, token: &str, user_stack: &str, yaml: &str) -> (u16, Value) {
+    let path = format!("/v1/stacks/{user_stack}");
+    s.call_raw("PUT", &path, Some(token), yaml.as_bytes().to_vec())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cannot_publish_names_in_a_declared_stack_it_was_not_given() {
+    let s = Server::start(&[]);
+    let t1 = s.add_node("n1", "10.0.0.1").await;
+    let t2 = s.add_node("n2", "10.0.0.2").await;
+    let yaml = "web:\n  image: x\n  ports: ['80:80']\n  tags: [one]\n";
+    put(
+        &s,
+        ADMIN,
+        "/v1/nodes/n1",
+        json!({"address": "10.0.0.1", "tags": ["one"]}),
+    )
+    .await;
+    let (status, body) = stack(&s, ADMIN, "honeniq/quickstart-ruby", yaml).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = s.report("n1", &t1, "web-1", web(1)).await;
+    assert_eq!(status, 201, "the placed node reports its container");
+
+    // n2 tries to add a name of honeniq's stack: refused, naming the rule; DNS unchanged.
+    let squat = json!({"service": "web", "address": "203.0.113.66", "ports": [{"container_port": 80, "host_port": 80}], "generation": 0});
+    let (status, body) = s.report("n2", &t2, "web-99", squat).await;
+    assert_eq!((status, code(&body)), (403, "not_assigned"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("only the node placement assigns"),
+        "{body}"
+    );
+    let dns = s.dns();
+    assert_eq!(
+        dns.a("web.quickstart-ruby.honeniq.svc.cluster.test."),
+        ["10.0.0.1"]
+    );
+    // n2 cannot report the placed name either (placement gave it to n1).
+    let (status, _) = s.report("n2", &t2, "web-1", web(1)).await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_reported_before_its_stack_existed_stops_answering_once_placed_elsewhere() {
+    let s = Server::start(&[]);
+    let t1 = s.add_node("n1", "10.0.0.1").await;
+    let t3 = s.add_node("n3", "10.0.0.3").await;
+    put(
+        &s,
+        ADMIN,
+        "/v1/nodes/n3",
+        json!({"address": "10.0.0.3", "tags": ["pay"]}),
+    )
+    .await;
+    // Discovery-only (no stack declares it yet): n1 publishes honeniq/pay/api-1.
+    let early = json!({"service": "api", "address": "203.0.113.77", "generation": 0});
+    let (status, body) = put(&s, &t1, "/v1/nodes/n1/containers/honeniq/pay/api-1", early).await;
+    assert_eq!(status, 201, "{body}");
+    let dns = s.dns();
+    assert_eq!(dns.a("api-1.pay.honeniq.cont.cluster.test."), ["203.0.113.77"]);
+
+    // honeniq declares the stack; placement puts api-1 on n3: the early record stops answering.
+    let (status, body) = stack(&s, ADMIN, "honeniq/pay", "api:\n  image: x\n  tags: [pay]\n").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["stack"]["containers"][0]["node"], "n3", "{body}");
+    assert!(
+        dns.a("api-1.pay.honeniq.cont.cluster.test.").is_empty(),
+        "the squatted record is gone"
+    );
+    assert!(dns.a("api.pay.honeniq.svc.cluster.test.").is_empty());
+    // n1 can no longer touch it; n3 fills it.
+    let again = json!({"service": "api", "address": "203.0.113.77", "generation": 1});
+    let (status, _) = put(&s, &t1, "/v1/nodes/n1/containers/honeniq/pay/api-1", again).await;
+    assert_eq!(status, 409);
+    let real = json!({"service": "api", "generation": 1});
+    let (status, body) = put(&s, &t3, "/v1/nodes/n3/containers/honeniq/pay/api-1", real).await;
+    assert!(matches!(status, 200 | 201), "{body}");
+    assert_eq!(dns.a("api-1.pay.honeniq.cont.cluster.test."), ["10.0.0.3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_own_node_serves_that_user_alone() {
+    let s = Server::start(&[]);
+    s.add_node("shared", "10.0.1.1").await;
+    let user_token = |user: &str| {
+        let path = format!("/v1/users/{user}/tokens");
+        let s = &s;
+        async move {
+            let (status, body) = s.call("POST", &path, Some(ADMIN), None).await;
+            assert_eq!(status, 201);
+            body["token"].as_str().expect("token").to_owned()
+        }
+    };
+    let (honeniq, zoe) = (user_token("honeniq").await, user_token("zoe").await);
+
+    // honeniq registers a node with their own token: it is theirs.
+    let (status, body) = put(&s, &honeniq, "/v1/nodes/mine", json!({"address": "10.0.2.1"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["node"]["owner"], "honeniq");
+    let mine = body["token"].as_str().expect("node token").to_owned();
+    // Nobody else may change it, or open it to others; zoe does not even see it.
+    let (status, body) = put(&s, &zoe, "/v1/nodes/mine", json!({"address": "10.0.2.9"})).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+    let (status, body) = put(
+        &s,
+        &honeniq,
+        "/v1/nodes/other",
+        json!({"address": "10.0.2.2", "tenants": ["zoe"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, list) = s.call("GET", "/v1/nodes", Some(&zoe), None).await;
+    assert_eq!(list["nodes"].as_array().map(Vec::len), Some(0), "{list}");
+    let (_, list) = s.call("GET", "/v1/nodes", Some(&honeniq), None).await;
+    assert_eq!(list["nodes"][0]["name"], "mine", "{list}");
+
+    // The node's heartbeat makes it live; placement uses it for honeniq, never for zoe.
+    assert_eq!(
+        s.call("POST", "/v1/nodes/mine/heartbeat", Some(&mine), None)
+            .await
+            .0,
+        200
+    );
+    let spread = "web:\n  image: x\n  target_num_containers: 4\n  deployment_strategy: high_availability\n";
+    let (status, body) = stack(&s, &honeniq, "honeniq/app", spread).await;
+    assert_eq!(status, 201, "{body}");
+    let nodes = |body: &Value| -> std::collections::BTreeSet<String> {
+        body["stack"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["node"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        nodes(&body),
+        ["mine".to_owned(), "shared".to_owned()].into(),
+        "{body}"
+    );
+    let (status, body) = stack(&s, &zoe, "zoe/app", spread).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        nodes(&body),
+        ["shared".to_owned()].into(),
+        "zoe's stack stays off honeniq's node: {body}"
+    );
+
+    // Its token reports honeniq's discovery containers, never zoe's.
+    let found = json!({"service": "cache", "generation": 1});
+    let (status, _) = put(
+        &s,
+        &mine,
+        "/v1/nodes/mine/containers/honeniq/side/cache-1",
+        found.clone(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = put(&s, &mine, "/v1/nodes/mine/containers/zoe/side/cache-1", found).await;
+    assert_eq!((status, code(&body)), (403, "not_a_tenant"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may report containers of honeniq only"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_limits_a_platform_node_to_some_users() {
+    let s = Server::start(&[]);
+    let (status, body) = put(
+        &s,
+        ADMIN,
+        "/v1/nodes/edge",
+        json!({"address": "10.0.3.1", "tenants": ["honeniq"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    assert_eq!(body["node"]["tenants"], json!(["honeniq"]));
+    let found = json!({"service": "cache", "generation": 1});
+    let (status, _) = put(
+        &s,
+        &token,
+        "/v1/nodes/edge/containers/honeniq/side/cache-1",
+        found.clone(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = put(&s, &token, "/v1/nodes/edge/containers/zoe/side/cache-1", found).await;
+    assert_eq!((status, code(&body)), (403, "not_a_tenant"), "{body}");
+    let (status, body) = stack(&s, ADMIN, "zoe/app", "web:\n  image: x\n").await;
+    assert_eq!((status, code(&body)), (422, "no_node_for_user"), "{body}");
+}
