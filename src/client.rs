@@ -212,11 +212,21 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<HeartbeatResponse, ClientError> {
+        self.heartbeat_within(node, REQUEST_TIMEOUT).await
+    }
+
+    /// A heartbeat that gives up (and tries the next address) after `timeout`: one that takes
+    /// longer than the lease is no heartbeat at all.
+    pub async fn heartbeat_within(
+        &self,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<HeartbeatResponse, ClientError> {
         self.call(
             Method::POST,
             &format!("/v1/nodes/{node}/heartbeat"),
             None,
-            REQUEST_TIMEOUT,
+            timeout,
         )
         .await
     }

@@ -75,6 +75,9 @@ pub struct Thresholds {
     /// Whether the container counts as healthy now; it starts unhealthy ("starting").
     pub passing: bool,
     streak: u32,
+    /// The next result alone decides (a container adopted after an agent restart, whose last
+    /// verdict is not known here).
+    undecided: bool,
 }
 
 impl Thresholds {
@@ -85,11 +88,24 @@ impl Thresholds {
             unhealthy: check.unhealthy_threshold.max(1),
             passing,
             streak: 0,
+            undecided: false,
+        }
+    }
+
+    /// For an adopted container: in DNS until the first probe says otherwise.
+    pub fn adopted(check: &HealthCheck) -> Self {
+        Self {
+            undecided: true,
+            ..Self::new(check, true)
         }
     }
 
     /// Counts one result; answers `Some(new verdict)` when it changes.
     pub fn record(&mut self, passed: bool) -> Option<bool> {
+        if std::mem::take(&mut self.undecided) && passed != self.passing {
+            self.passing = passed;
+            return Some(passed);
+        }
         if passed == self.passing {
             self.streak = 0;
             return None;
@@ -131,6 +147,10 @@ mod tests {
             assert_eq!(t.record(false), None);
         }
         assert_eq!(t.record(false), Some(false));
+
+        let mut adopted = Thresholds::adopted(&check());
+        assert!(adopted.passing, "in DNS until probed");
+        assert_eq!(adopted.record(false), Some(false), "the first probe decides");
     }
 
     #[tokio::test]

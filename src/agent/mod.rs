@@ -177,7 +177,6 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         report_address: (Some(host) != registered).then_some(host),
         dns_ttl: AtomicU32::new(5),
         stop_grace: Duration::from_secs(args.stop_grace),
-        drain_timeout: Duration::from_secs(30),
         lease,
     });
     tracing::info!(%node, %host, lease_s = lease.as_secs(), data = %data.display(), runtime = ?args.runtime, "agent starting");
@@ -472,7 +471,10 @@ async fn watch_assignments(
         match client.assignments(node.as_str(), index, wait).await {
             Ok(list) => {
                 if backoff.failing() {
-                    tracing::info!("assignments reachable again");
+                    // The API was away: whatever it believes now may be stale (a restart, a
+                    // failover), so it gets the whole list again.
+                    tracing::info!("assignments reachable again; resynchronising");
+                    reporter.resync();
                 }
                 backoff.reset();
                 first = false;
@@ -504,7 +506,7 @@ async fn heartbeats(client: Arc<Client>, node: Label, lease: Duration, token_fil
     let mut failing = false;
     loop {
         tick.tick().await;
-        match client.heartbeat(node.as_str()).await {
+        match client.heartbeat_within(node.as_str(), every).await {
             Ok(_) if failing => {
                 tracing::info!("heartbeats accepted again");
                 failing = false;

@@ -364,6 +364,17 @@ impl Reporter {
                 Ok(())
             }
             Err(ClientError::Api {
+                status: 400 | 413 | 422,
+                code,
+                message,
+            }) => {
+                // Not a disagreement about what runs here but a list the API cannot take: send
+                // the containers one at a time instead of blocking every report on it.
+                tracing::error!(%code, %message, containers = count, "the API refused the node's container list; reporting containers one by one");
+                self.inner().resync = false;
+                Ok(())
+            }
+            Err(ClientError::Api {
                 status: 409 | 404,
                 code,
                 message,

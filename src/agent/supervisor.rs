@@ -46,8 +46,6 @@ pub struct Settings {
     pub dns_ttl: AtomicU32,
     /// SIGTERM to SIGKILL.
     pub stop_grace: Duration,
-    /// Longest wait for the API to acknowledge a drain before stopping anyway.
-    pub drain_timeout: Duration,
     /// The node's lease: heartbeats go out every third of it.
     pub lease: Duration,
 }
@@ -85,20 +83,21 @@ impl<R: Runtime> Supervisor<R> {
         let mut phase = if self.adopted {
             // It was in DNS under the agent before this one: it stays in while it passes. Its
             // state is already with the reporter, listed once the assignments say it is ours.
-            let health = self.spec.health_check.as_ref().map(|c| Thresholds::new(c, true));
+            let health = self.spec.health_check.as_ref().map(Thresholds::adopted);
             Phase::Running {
                 since: Instant::now(),
                 health,
             }
         } else {
-            self.start(None).await
+            self.start(&mut restarts, false).await
         };
-        let mut probe_tick = tokio::time::interval(Duration::from_millis(
-            self.spec
-                .health_check
-                .as_ref()
-                .map_or(3_600_000, |c| c.interval_ms),
-        ));
+        // Clamped: the check comes from the wire or a label, and a zero interval would panic.
+        let every = self
+            .spec
+            .health_check
+            .as_ref()
+            .map_or(3_600_000, |c| c.interval_ms);
+        let mut probe_tick = tokio::time::interval(Duration::from_millis(every.clamp(100, 3_600_000)));
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let restart_at = match &phase {
@@ -125,7 +124,7 @@ impl<R: Runtime> Supervisor<R> {
                 }
                 () = sleep_until(restart_at) => {
                     tracing::info!(container = %key, restarts, "restarting");
-                    phase = self.start(Some(restarts)).await;
+                    phase = self.start(&mut restarts, true).await;
                 }
                 _ = probe_tick.tick(), if self.spec.health_check.is_some() => {
                     if let Phase::Running { health: Some(thresholds), .. } = &mut phase {
@@ -154,6 +153,7 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     fn report_running(&self, ready: bool, detail: Option<String>, listed: bool) -> u64 {
+        let detail = detail.map(|d| fit_detail(&d));
         let known = Known::Running {
             service: self.spec.service.clone(),
             generation: self.spec.generation,
@@ -167,6 +167,7 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     fn report_stopped(&self, detail: String) {
+        let detail = fit_detail(&detail);
         let known = Known::Stopped {
             service: self.spec.service.clone(),
             generation: self.spec.generation,
@@ -188,7 +189,10 @@ impl<R: Runtime> Supervisor<R> {
         Phase::Running { since, health }
     }
 
-    async fn start(&self, restarted: Option<u32>) -> Phase {
+    /// Starts it; `restarts` counts the restarts so far (a failed start counts as one when
+    /// its restart policy tries again).
+    async fn start(&self, restarts: &mut u32, restarting: bool) -> Phase {
+        let restarted = restarting.then_some(*restarts);
         let key = &self.spec.key;
         match self
             .runtime
@@ -201,8 +205,23 @@ impl<R: Runtime> Supervisor<R> {
             }
             Err(e) => {
                 tracing::error!(container = %key, error = %e, "cannot start the container");
-                self.report_stopped(format!("cannot start: {e}"));
-                Phase::Exited { restart_at: None }
+                let n = *restarts;
+                let again = match self.spec.restart {
+                    Restart::No => false,
+                    Restart::Always => true,
+                    Restart::OnFailure { max_retries } => max_retries.is_none_or(|max| n < max),
+                };
+                if !again {
+                    self.report_stopped(format!("cannot start: {e}"));
+                    return Phase::Exited { restart_at: None };
+                }
+                *restarts += 1;
+                let delay = Duration::from_secs(1 << n.min(5)).min(RESTART_BACKOFF_MAX);
+                let detail = format!("cannot start, retrying in {}s: {e}", delay.as_secs());
+                self.report_running(false, Some(detail), true);
+                Phase::Exited {
+                    restart_at: Some(tokio::time::Instant::now() + delay),
+                }
             }
         }
     }
@@ -213,6 +232,10 @@ impl<R: Runtime> Supervisor<R> {
         let mut why = exited.exit.to_string();
         if let Some(words) = &exited.last_words {
             why.push_str(&format!(": {words}"));
+        }
+        // A container that ran a good while before this exit starts its count afresh.
+        if ran >= RESTART_RESET_AFTER {
+            *restarts = 0;
         }
         let again = match self.spec.restart {
             Restart::No => false,
@@ -225,9 +248,6 @@ impl<R: Runtime> Supervisor<R> {
             tracing::warn!(container = %key, why, "container stopped; its restart policy does not restart it");
             self.report_stopped(why);
             return Phase::Exited { restart_at: None };
-        }
-        if ran >= RESTART_RESET_AFTER {
-            *restarts = 0;
         }
         *restarts += 1;
         let delay = Duration::from_secs(1 << (*restarts - 1).min(5)).min(RESTART_BACKOFF_MAX);
@@ -248,10 +268,12 @@ impl<R: Runtime> Supervisor<R> {
         let key = self.spec.key.clone();
         if let Phase::Running { .. } = phase {
             let seq = self.report_running(false, Some("draining".to_owned()), false);
-            let ack = self.reporter.acked(&key, seq, self.settings.drain_timeout).await;
+            // Until the API took it out of DNS; at most until the node's lease would have lapsed
+            // and one TTL passed, when the API's DNS no longer lists it anyway.
+            let ttl = Duration::from_secs(u64::from(self.settings.dns_ttl.load(Ordering::Relaxed)));
+            let ack = self.reporter.acked(&key, seq, self.settings.lease + ttl).await;
             match ack {
                 Some(Ack::Accepted) => {
-                    let ttl = Duration::from_secs(u64::from(self.settings.dns_ttl.load(Ordering::Relaxed)));
                     tracing::info!(container = %key, wait_s = ttl.as_secs(), "out of DNS; waiting the record TTL before stopping");
                     // Stop waiting if it exits meanwhile.
                     let _ = tokio::time::timeout(ttl, async {
@@ -287,6 +309,21 @@ impl<R: Runtime> Supervisor<R> {
         tracing::info!(container = %key, generation = self.spec.generation, "stopped");
         self.report_stopped(detail);
     }
+}
+
+/// The API takes at most 200 characters of detail, none of them control characters.
+fn fit_detail(detail: &str) -> String {
+    const MAX: usize = 200;
+    let clean: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.chars().count() <= MAX {
+        return clean;
+    }
+    let mut cut: String = clean.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

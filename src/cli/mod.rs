@@ -199,7 +199,7 @@ pub async fn run(connection: Connection, request: Request) -> Result<(), CliErro
             out.stack_change(&answer)
         }
         Request::User(UserCommand::Token { user }) => {
-            let answer = client.issue_user_token(&user).await?;
+            let answer = client.issue_user_token(label("user", &user)?).await?;
             out.token(
                 &answer,
                 &answer.token,
@@ -207,7 +207,7 @@ pub async fn run(connection: Connection, request: Request) -> Result<(), CliErro
             )
         }
         Request::User(UserCommand::Revoke { user }) => {
-            let answer = client.revoke_user_tokens(&user).await?;
+            let answer = client.revoke_user_tokens(label("user", &user)?).await?;
             let note = format!("{} token(s) of user {user} revoked", answer.revoked);
             out.note(&answer, &note)
         }
@@ -237,13 +237,25 @@ fn token(connection: &Connection) -> Result<String, CliError> {
     }
 }
 
-/// Splits `USER/STACK[/SERVICE]` into its `N` parts.
+/// Splits `USER/STACK[/SERVICE]` into its `N` parts, each a DNS label.
 fn split<'a, const N: usize>(text: &'a str, form: &str) -> Result<[&'a str; N], CliError> {
     let parts: Vec<&str> = text.split('/').collect();
-    <[&str; N]>::try_from(parts.as_slice())
+    let parts = <[&str; N]>::try_from(parts.as_slice())
         .ok()
         .filter(|p| p.iter().all(|s| !s.is_empty()))
-        .ok_or_else(|| CliError::Usage(format!("{text:?} is not {form}")))
+        .ok_or_else(|| CliError::Usage(format!("{text:?} is not {form}")))?;
+    for part in parts {
+        label("name", part)?;
+    }
+    Ok(parts)
+}
+
+/// A name the API takes as a path segment: checked here, so a name like `a/../b` or `n#x`
+/// can never become another URL.
+fn label<'a>(what: &'static str, text: &'a str) -> Result<&'a str, CliError> {
+    crate::model::Label::parse(what, text)
+        .map(|_| text)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Result<(), CliError> {
@@ -275,7 +287,7 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
                 capacity,
                 tenants: (!tenants.is_empty()).then_some(tenants),
             };
-            let answer = client.put_node(&name, &request).await?;
+            let answer = client.put_node(label("node", &name)?, &request).await?;
             match &answer.token {
                 Some(token) => out.token(
                     &answer,
@@ -290,11 +302,11 @@ async fn node(client: &Client, out: &output::Output, command: NodeCommand) -> Re
         }
         NodeCommand::Ls => out.nodes(&client.nodes().await?),
         NodeCommand::Rm { name } => {
-            let answer = client.delete_node(&name).await?;
+            let answer = client.delete_node(label("node", &name)?).await?;
             out.note(&answer, &format!("node {name} removed"))
         }
         NodeCommand::Token { name } => {
-            let answer = client.rotate_node_token(&name).await?;
+            let answer = client.rotate_node_token(label("node", &name)?).await?;
             let token = answer.token.clone().unwrap_or_default();
             out.token(
                 &answer,
@@ -336,7 +348,7 @@ async fn stack(client: &Client, out: &output::Output, command: StackCommand) -> 
             out.stack_change(&answer)
         }
         StackCommand::Ls { user: Some(user) } => {
-            let answer = client.stacks_of(&user).await?;
+            let answer = client.stacks_of(label("user", &user)?).await?;
             let names: Vec<(String, String)> =
                 answer.stacks.iter().map(|s| (user.clone(), s.clone())).collect();
             out.stack_names(&answer, &names)
@@ -428,6 +440,8 @@ mod tests {
         assert_eq!(split::<2>("honeniq/qs", "U/S").ok(), Some(["honeniq", "qs"]));
         assert!(split::<2>("honeniq", "U/S").is_err());
         assert!(split::<2>("a//", "U/S").is_err());
+        assert!(split::<2>("a/..", "U/S").is_err(), "no path tricks");
+        assert!(split::<2>("a/b#c", "U/S").is_err());
         assert_eq!(split::<3>("a/b/c", "U/S/V").ok(), Some(["a", "b", "c"]));
     }
 }

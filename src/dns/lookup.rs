@@ -66,10 +66,18 @@ pub fn lookup(server: SocketAddr, name: &str, rtype: &str, timeout: Duration) ->
         _ => LookupError::Io { server, source: e },
     };
 
+    // A server named by its wildcard address (`0.0.0.0:1053`) answers on loopback.
+    let server = match server.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], server.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.port()))
+        }
+        _ => server,
+    };
     let local: SocketAddr = if server.is_ipv4() {
-        SocketAddr::from(([127, 0, 0, 1], 0))
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     };
     let socket = UdpSocket::bind(local).map_err(io)?;
     socket.set_read_timeout(Some(timeout)).map_err(io)?;
@@ -94,7 +102,14 @@ pub fn lookup(server: SocketAddr, name: &str, rtype: &str, timeout: Duration) ->
     stream.read_exact(&mut len).map_err(timed_out)?;
     let mut message = vec![0u8; u16::from_be_bytes(len) as usize];
     stream.read_exact(&mut message).map_err(timed_out)?;
-    Ok(present(parse(server, &message)?, true))
+    let reply = parse(server, &message)?;
+    if reply.metadata.id != id {
+        return Err(LookupError::Malformed {
+            server,
+            detail: "the answer over TCP is for another question".to_owned(),
+        });
+    }
+    Ok(present(reply, true))
 }
 
 fn parse(server: SocketAddr, bytes: &[u8]) -> Result<Message, LookupError> {

@@ -234,8 +234,9 @@ impl PlacementError {
 }
 
 fn no_node_for_user(container: &ContainerKey, nodes: &[Label]) -> String {
+    let verb = if nodes.len() == 1 { "serves" } else { "serve" };
     format!(
-        "cannot place {}: no node runs containers of user {} ({} serve other users); register a \
+        "cannot place {}: no node runs containers of user {} ({} {verb} other users); register a \
          node of your own with your token, or ask an admin to open a platform node to {}",
         container.name,
         container.user,

@@ -212,3 +212,75 @@ async fn an_admin_limits_a_platform_node_to_some_users() {
     let (status, body) = stack(&s, ADMIN, "zoe/app", "web:\n  image: x\n").await;
     assert_eq!((status, code(&body)), (422, "no_node_for_user"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_placed_elsewhere_can_still_be_withdrawn_by_its_old_node() {
+    let s = Server::start(&[]);
+    let t1 = s.add_node("n1", "10.0.0.1").await;
+    s.add_node("n2", "10.0.0.2").await;
+    put(
+        &s,
+        ADMIN,
+        "/v1/nodes/n1",
+        json!({"address": "10.0.0.1", "tags": ["one"]}),
+    )
+    .await;
+    put(
+        &s,
+        ADMIN,
+        "/v1/nodes/n2",
+        json!({"address": "10.0.0.2", "tags": ["two"]}),
+    )
+    .await;
+    let (status, _) = stack(
+        &s,
+        ADMIN,
+        "honeniq/quickstart-ruby",
+        "web:\n  image: x\n  tags: [one]\n",
+    )
+    .await;
+    assert_eq!(status, 201);
+    let path = "/v1/nodes/n1/containers/honeniq/quickstart-ruby/web-1";
+    let (status, _) = put(&s, &t1, path, json!({"service": "web", "generation": 1})).await;
+    assert_eq!(status, 201);
+    // The service moves to n2 (generation 2). n1 still runs generation 1 and is in DNS.
+    let (status, body) = stack(
+        &s,
+        ADMIN,
+        "honeniq/quickstart-ruby",
+        "web:\n  image: x\n  tags: [two]\n",
+    )
+    .await;
+    assert_eq!(
+        (status, body["stack"]["containers"][0]["node"].as_str()),
+        (200, Some("n2")),
+        "{body}"
+    );
+    let dns = s.dns();
+    assert_eq!(
+        dns.a("web.quickstart-ruby.honeniq.svc.cluster.test."),
+        ["10.0.0.1"]
+    );
+    // n1 may take it out of DNS (drain) and stop it, but not bring it back.
+    let (status, body) = put(
+        &s,
+        &t1,
+        path,
+        json!({"service": "web", "generation": 1, "ready": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(dns.a("web.quickstart-ruby.honeniq.svc.cluster.test.").is_empty());
+    let (status, _) = put(
+        &s,
+        &t1,
+        path,
+        json!({"service": "web", "generation": 1, "ready": true}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, body) = s
+        .call("DELETE", &format!("{path}?generation=1"), Some(&t1), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

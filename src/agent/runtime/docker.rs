@@ -126,12 +126,27 @@ impl DockerRuntime {
             let options = WaitContainerOptions {
                 condition: "not-running".to_owned(),
             };
-            let mut wait = docker.wait_container(&name, Some(options));
-            let exit = match wait.next().await {
-                Some(Ok(answer)) => exit_of(answer.status_code),
-                // A non-zero status comes back as an error carrying the code.
-                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => exit_of(code),
-                _ => Exit::Vanished,
+            let exit = loop {
+                let mut wait = docker.wait_container(&name, Some(options.clone()));
+                match wait.next().await {
+                    Some(Ok(answer)) => break exit_of(answer.status_code),
+                    // A non-zero status comes back as an error carrying the code.
+                    Some(Err(DockerError::DockerContainerWaitError { code, .. })) => break exit_of(code),
+                    _ => {}
+                }
+                // The stream broke (the engine restarted, a socket hiccup): still running?
+                let state = docker
+                    .inspect_container(&name, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|i| i.state);
+                match state {
+                    Some(s) if s.running == Some(true) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Some(s) => break s.exit_code.map_or(Exit::Vanished, exit_of),
+                    None => break Exit::Vanished,
+                }
             };
             let last_words = last_stderr_line(&docker, &name).await;
             let _ = exits
@@ -291,12 +306,12 @@ impl Runtime for DockerRuntime {
 
     async fn stop(&self, key: &ContainerKey, grace: Duration) -> Result<Stopped, RuntimeError> {
         let name = self.name(key);
-        let running = match self
+        let (running, id) = match self
             .docker
             .inspect_container(&name, None::<InspectContainerOptions>)
             .await
         {
-            Ok(inspect) => inspect.state.and_then(|s| s.running).unwrap_or(false),
+            Ok(inspect) => (inspect.state.and_then(|s| s.running).unwrap_or(false), inspect.id),
             Err(e) if not_found(&e) => return Ok(Stopped::AlreadyGone),
             Err(e) => return Err(RuntimeError::Docker(format!("cannot inspect {name}: {e}"))),
         };
@@ -320,15 +335,17 @@ impl Runtime for DockerRuntime {
             .ok()
             .and_then(|i| i.state)
             .and_then(|s| s.exit_code);
-        // Removed a moment later, so the exit watcher still reads its status and last words.
+        // Removed a moment later, so the exit watcher still reads its status and last words;
+        // by its id, since a next generation may already run under the same name.
         let docker = self.docker.clone();
+        let target = id.unwrap_or(name);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let options = RemoveContainerOptions {
                 force: true,
                 ..Default::default()
             };
-            let _ = docker.remove_container(&name, Some(options)).await;
+            let _ = docker.remove_container(&target, Some(options)).await;
         });
         Ok(if code == Some(KILLED) {
             Stopped::Killed

@@ -107,6 +107,17 @@ fn stat(pid: i32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Whether any process is left in the group `pgid` (zombies included). A process group id is
+/// not reused while the group has members, so this never mistakes another group for ours.
+fn group_alive(pgid: i32) -> bool {
+    killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// Kills whatever is left of a container's process group.
+fn kill_group(pgid: i32) {
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+}
+
 /// Whether the process that started at `start_ticks` still runs as `pid`.
 fn alive(proc: Proc) -> bool {
     stat(proc.pid).is_some_and(|(state, start)| state != 'Z' && state != 'X' && start == proc.start_ticks)
@@ -152,6 +163,7 @@ impl Runtime for ProcessRuntime {
                 while alive(proc) {
                     tokio::time::sleep(ADOPTED_POLL).await;
                 }
+                kill_group(proc.pid);
                 ended(&procs, &dir, &key, proc.pid);
                 let last_words = last_line(&dir.join("stderr.log"));
                 let _ = exits
@@ -233,12 +245,12 @@ impl Runtime for ProcessRuntime {
             start_ticks,
         };
         let state_path = dir.join("state.json");
-        let text = serde_json::to_vec(&state).map_err(|e| RuntimeError::Files {
-            what: "cannot encode",
-            path: state_path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        std::fs::write(&state_path, text).map_err(files("cannot write", &state_path))?;
+        if let Err(e) = write_state(&state_path, &state) {
+            // Untracked, it could never be stopped or adopted: it does not run at all.
+            kill_group(pid);
+            let _ = child.start_kill();
+            return Err(e);
+        }
         self.procs().insert(key.clone(), proc);
 
         let (procs, generation) = (self.procs.clone(), spec.generation);
@@ -254,6 +266,9 @@ impl Runtime for ProcessRuntime {
                 },
                 Err(_) => Exit::Vanished,
             };
+            // The container ends with its main process: nothing it started may linger (holding
+            // its port, say).
+            kill_group(pid);
             ended(&procs, &dir, &key, pid);
             let last_words = last_line(&dir.join("stderr.log"));
             let _ = exits
@@ -293,16 +308,36 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// Waits up to `limit` for the process to end; whether it did.
+/// Waits up to `limit` for the process and everything in its group to end; whether they did.
 async fn wait_gone(proc: Proc, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
-    while alive(proc) {
+    while alive(proc) || group_alive(proc.pid) {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(STOP_POLL).await;
     }
     true
+}
+
+/// Writes `state.json` whole or not at all (a temp file renamed over it), readable by the
+/// agent's user only: it holds the Stackfile's environment.
+fn write_state(path: &Path, state: &StateFile) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    let text = serde_json::to_vec(state).map_err(|e| RuntimeError::Files {
+        what: "cannot encode",
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let temp = path.with_extension("json.new");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp).map_err(files("cannot write", &temp))?;
+    file.write_all(&text)
+        .and_then(|()| file.sync_all())
+        .map_err(files("cannot write", &temp))?;
+    std::fs::rename(&temp, path).map_err(files("cannot write", path))
 }
 
 /// Forgets a process that ended: out of the map (unless a new one took the name) and its

@@ -37,7 +37,13 @@ pub struct ReplaceSummary {
 
 impl State {
     /// Checks a report against the fence without changing anything.
-    fn check_report(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
+    fn check_report(
+        &self,
+        node: &Label,
+        key: &ContainerKey,
+        generation: u64,
+        ready: bool,
+    ) -> Result<(), ControlError> {
         if generation > MAX_GENERATION {
             return Err(ControlError::Invalid {
                 field: "generation",
@@ -47,7 +53,8 @@ impl State {
         // A placed container may only be reported by the node it is assigned to, at most at
         // the generation placement gave it: no node can take over another's containers.
         if let Some(a) = self.stacks.assignment(key) {
-            if &a.node != node || generation > a.generation {
+            let withdrawal = !ready && self.withdraws(node, key, generation);
+            if (&a.node != node || generation > a.generation) && !withdrawal {
                 return Err(ControlError::StaleGeneration {
                     container: key.to_string(),
                     stored: a.generation,
@@ -74,6 +81,15 @@ impl State {
             });
         }
         Ok(())
+    }
+
+    /// Whether `node` still holds the running record of `key` at `generation`: it may take it
+    /// out of DNS (not ready, or stopped) even after placement moved the name elsewhere, so the
+    /// old container drains while the new node has not reported yet.
+    fn withdraws(&self, node: &Label, key: &ContainerKey, generation: u64) -> bool {
+        self.containers
+            .get(key)
+            .is_some_and(|c| c.running && &c.node == node && c.generation == generation)
     }
 
     /// What a node may publish: a name of a declared stack only where placement put it (or,
@@ -135,7 +151,7 @@ impl State {
         changes: &mut Changes,
     ) -> Result<(Container, Effect), ControlError> {
         self.node(node)?;
-        self.check_report(node, &key, report.generation)?;
+        self.check_report(node, &key, report.generation, report.ready)?;
         self.heartbeat(node, now, changes)?;
         Ok(self.apply_report(node, key, report, changes))
     }
@@ -211,7 +227,7 @@ impl State {
             return Err(stale(format!("it is running on node {}", stored.node)));
         }
         if let Some(a) = self.stacks.assignment(key) {
-            if &a.node != node || generation > a.generation {
+            if (&a.node != node || generation > a.generation) && !self.withdraws(node, key, generation) {
                 return Err(stale(format!(
                     "it is assigned to node {} at generation {}",
                     a.node, a.generation
@@ -260,7 +276,7 @@ impl State {
                     message: format!("container {key} is listed twice"),
                 });
             }
-            self.check_report(node, key, report.generation)?;
+            self.check_report(node, key, report.generation, report.ready)?;
         }
         self.heartbeat(node, now, changes)?;
         let gone: Vec<Container> = self
