@@ -134,6 +134,24 @@ pub struct ServeArgs {
     /// UDP worker threads (sockets sharing the port); default: one per CPU.
     #[arg(long, env = "STACKDNS_UDP_WORKERS")]
     pub udp_workers: Option<usize>,
+    /// Where Prometheus scrapes `/metrics` without a token (`off`: nowhere). On the API's own
+    /// address `/metrics` needs the admin token, since it tells how many nodes and containers
+    /// there are.
+    #[arg(long, env = "STACKDNS_METRICS_ADDR", default_value = "127.0.0.1:9153", value_parser = metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("{text:?} is neither ADDRESS:PORT nor off"))
 }
 
 impl ServeArgs {

@@ -38,6 +38,11 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind the metrics listener on {addr}: {source}; pass --metrics-addr ADDRESS:PORT or off")]
+    BindMetrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("admin token: cannot {action} {path}: {source}")]
@@ -67,6 +72,8 @@ pub struct Server {
     cancel: CancellationToken,
     dns: DnsServer,
     api: tokio::task::JoinHandle<()>,
+    /// The `--metrics-addr` listener, if any.
+    metrics: Option<tokio::task::JoinHandle<()>>,
     leases: tokio::task::JoinHandle<()>,
     notifiers: Vec<tokio::task::JoinHandle<()>>,
     writer: std::thread::JoinHandle<()>,
@@ -129,14 +136,34 @@ impl Server {
             addr: args.api,
             source,
         })?;
-        let app = api::router(AppState {
+        let app_state = AppState {
             control: control.clone(),
             admin_token_sha256,
             apex: apex.clone(),
             node_ttl: args.node_ttl(),
             dns_ttl: args.ttl,
             dns_addr: dns.addr,
-        });
+        };
+        let metrics = match args.metrics_addr.0 {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindMetrics { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::BindMetrics { addr, source })?;
+                tracing::info!("metrics listening on {bound}");
+                let (app, cancel) = (api::metrics_router(app_state.clone()), cancel.clone());
+                Some(tokio::spawn(async move {
+                    let shutdown = async move { cancel.cancelled().await };
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "metrics server failed");
+                    }
+                }))
+            }
+            None => None,
+        };
+        let app = api::router(app_state);
         let api_cancel = cancel.clone();
         let api = tokio::spawn(async move {
             let shutdown = async move { api_cancel.cancelled().await };
@@ -163,6 +190,7 @@ impl Server {
             cancel,
             dns,
             api,
+            metrics,
             leases,
             notifiers,
             writer,
@@ -183,6 +211,9 @@ impl Server {
             let _ = api.await;
         }
         let _ = self.leases.await;
+        if let Some(metrics) = self.metrics {
+            let _ = metrics.await;
+        }
         for notifier in self.notifiers {
             let _ = notifier.await;
         }

@@ -62,7 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stacks::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_for_admin))
         .route("/v1/info", get(info))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -125,6 +125,31 @@ async fn info(
         role: role.to_owned(),
         serial,
     }))
+}
+
+/// `/metrics` alone, without a token, for the listener of `--metrics-addr`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// `/metrics` on the API's address: the admin token only (it tells tenant counts).
+async fn metrics_for_admin(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: crate::control::Caller,
+) -> Result<String, ApiError> {
+    if caller != crate::control::Caller::Admin {
+        return Err(ApiError::forbidden(
+            "on the API's address /metrics needs the admin token; Prometheus scrapes --metrics-addr",
+        ));
+    }
+    metrics(axum::extract::State(state)).await
 }
 
 /// Prometheus text format: zone and fleet gauges.

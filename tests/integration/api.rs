@@ -449,15 +449,47 @@ async fn health_readiness_and_metrics() {
         let resp = http.get(format!("{}{path}", s.api)).send().await.expect("get");
         assert_eq!(resp.status(), 200, "{path}");
     }
-    let metrics = http
+    // On the API's address /metrics needs the admin token (it tells tenant counts) ...
+    let anonymous = http.get(format!("{}/metrics", s.api)).send().await.expect("get");
+    assert_eq!(anonymous.status(), 401);
+    let (status, _) = s
+        .call(
+            "GET",
+            "/metrics",
+            Some(&s.add_node("node-x", "10.0.0.9").await),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "a node token is not enough");
+    let admin = http
         .get(format!("{}/metrics", s.api))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("get");
+    assert!(
+        admin
+            .text()
+            .await
+            .expect("text")
+            .contains("stackdns_nodes{state=\"live\"} 2")
+    );
+    // ... and is open on --metrics-addr, where Prometheus scrapes it.
+    let log = s.log();
+    let addr = log
+        .split("metrics listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a metrics listener");
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
         .send()
         .await
         .expect("get")
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("stackdns_nodes{state=\"live\"} 1"), "{metrics}");
+    assert!(metrics.contains("stackdns_nodes{state=\"live\"} 2"), "{metrics}");
     let (status, body) = s.call("GET", "/v1/nope", Some(ADMIN), None).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
 }

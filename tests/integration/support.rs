@@ -41,7 +41,7 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackdns"));
         cmd.args(["serve", "--udp-workers", "2"]);
         // Port 0 unless the test names the addresses itself (a restart on the same ports).
-        for flag in ["--dns", "--api"] {
+        for flag in ["--dns", "--api", "--metrics-addr"] {
             if !extra.contains(&flag) {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
