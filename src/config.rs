@@ -139,6 +139,18 @@ pub struct ServeArgs {
     /// there are.
     #[arg(long, env = "STACKDNS_METRICS_ADDR", default_value = "127.0.0.1:9153", value_parser = metrics_addr)]
     pub metrics_addr: MetricsAddr,
+    /// Users whose Stackfiles may ask for privileged options (`privileged`, `devices`,
+    /// `cap_add`, `security_opt`, `pid: host`, host mounts in `volumes`); repeatable or
+    /// comma-separated. Everyone else is refused them.
+    #[arg(long = "privileged-users", env = "STACKDNS_PRIVILEGED_USERS", value_delimiter = ',', value_parser = user_label)]
+    pub privileged_users: Vec<crate::model::Label>,
+    /// The largest `mem_limit` a Stackfile may ask for, MiB.
+    #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
+    pub max_container_memory_mb: u64,
+}
+
+fn user_label(text: &str) -> Result<crate::model::Label, String> {
+    crate::model::Label::parse("user", text).map_err(|e| e.to_string())
 }
 
 /// `--metrics-addr`: an address, or `off`.

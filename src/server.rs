@@ -143,6 +143,8 @@ impl Server {
             node_ttl: args.node_ttl(),
             dns_ttl: args.ttl,
             dns_addr: dns.addr,
+            privileged_users: std::sync::Arc::new(args.privileged_users.clone()),
+            max_container_memory_mb: args.max_container_memory_mb,
         };
         let metrics = match args.metrics_addr.0 {
             Some(addr) => {

@@ -52,6 +52,20 @@ pub struct AppState {
     pub dns_ttl: u32,
     /// Where DNS listens (UDP and TCP), for clients that look names up (`stackdns lookup`).
     pub dns_addr: std::net::SocketAddr,
+    /// Users allowed privileged Stackfile options.
+    pub privileged_users: std::sync::Arc<Vec<crate::model::Label>>,
+    /// The largest `mem_limit`, MiB.
+    pub max_container_memory_mb: u64,
+}
+
+impl AppState {
+    /// What `user`'s Stackfiles may ask for.
+    pub fn stackfile_policy(&self, user: &crate::model::Label) -> crate::stackfile::Policy {
+        crate::stackfile::Policy {
+            privileged: self.privileged_users.contains(user),
+            max_memory_mb: self.max_container_memory_mb,
+        }
+    }
 }
 
 /// The whole API, ready to serve.

@@ -47,7 +47,8 @@ async fn apply(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let file = crate::stackfile::parse(&body, content_type.as_deref()).map_err(|e| {
+    let policy = app.stackfile_policy(&user);
+    let file = crate::stackfile::parse_with(&body, content_type.as_deref(), &policy).map_err(|e| {
         let status = if e.code() == "too_large" {
             StatusCode::PAYLOAD_TOO_LARGE
         } else {

@@ -16,6 +16,10 @@ pub(super) enum Handling {
     /// [`ServiceDef::runtime_options`](super::ServiceDef::runtime_options), so `spec_hash`
     /// sees it and an agent could apply it.
     Runtime(Shape),
+    /// A runtime option that reaches outside the container (the node's devices, processes,
+    /// capabilities or files): kept like [`Handling::Runtime`] when the user's policy allows it
+    /// (`--privileged-users`), refused otherwise.
+    Privileged(Shape),
     /// Refused; the text says why and what to do instead.
     Unsupported(&'static str),
 }
@@ -34,10 +38,16 @@ pub(super) enum Shape {
     Size,
     /// One of these strings; the text explains the restriction.
     OneOf(&'static [&'static str], &'static str),
+    /// A DNS name: labels of letters, digits and hyphens, at most 253 characters.
+    Hostname,
+    /// Ports (`"8080"`, `"53/udp"`), a list or one: 1-65535, tcp or udp.
+    PortList,
+    /// `"host:address"` entries, a list or a mapping of host to address.
+    HostEntries,
 }
 
-use Handling::{Honoured, Platform, Runtime, Unsupported};
-use Shape::{Bool, ListOrMap, OneOf, Scalar, Size, Strings};
+use Handling::{Honoured, Platform, Privileged, Runtime, Unsupported};
+use Shape::{Bool, HostEntries, Hostname, ListOrMap, OneOf, PortList, Scalar, Size, Strings};
 
 /// Every key a service may have: Tutum's and Docker Cloud's stack file keys, plus the three
 /// Compose keys Docker Cloud itself refused.
@@ -63,17 +73,17 @@ pub(super) const KEYS: &[(&str, Handling)] = &[
     ("autoredeploy", Platform(Bool)),
     ("roles", Platform(Strings)),
     ("sequential_deployment", Platform(Bool)),
-    ("cap_add", Runtime(Strings)),
+    ("cap_add", Privileged(Strings)),
     ("cap_drop", Runtime(Strings)),
     ("cgroup_parent", Runtime(Scalar)),
     ("cpuset", Runtime(Scalar)),
-    ("devices", Runtime(Strings)),
+    ("devices", Privileged(Strings)),
     ("dns", Runtime(Strings)),
     ("dns_search", Runtime(Strings)),
-    ("domainname", Runtime(Scalar)),
-    ("expose", Runtime(Strings)),
-    ("extra_hosts", Runtime(ListOrMap)),
-    ("hostname", Runtime(Scalar)),
+    ("domainname", Runtime(Hostname)),
+    ("expose", Runtime(PortList)),
+    ("extra_hosts", Runtime(HostEntries)),
+    ("hostname", Runtime(Hostname)),
     ("labels", Runtime(ListOrMap)),
     ("mac_address", Runtime(Scalar)),
     ("memswap_limit", Runtime(Size)),
@@ -85,10 +95,10 @@ pub(super) const KEYS: &[(&str, Handling)] = &[
              describe",
         )),
     ),
-    ("pid", Runtime(OneOf(&["host"], ""))),
-    ("privileged", Runtime(Bool)),
+    ("pid", Privileged(OneOf(&["host"], ""))),
+    ("privileged", Privileged(Bool)),
     ("read_only", Runtime(Bool)),
-    ("security_opt", Runtime(Strings)),
+    ("security_opt", Privileged(Strings)),
     ("stdin_open", Runtime(Bool)),
     ("tty", Runtime(Bool)),
     ("user", Runtime(Scalar)),
@@ -122,6 +132,16 @@ pub(super) fn names() -> impl Iterator<Item = &'static str> {
     KEYS.iter().map(|(k, _)| *k)
 }
 
+/// Whether a privileged option asks for anything (`privileged: false`, `cap_add: []` do not).
+pub(super) fn asks_privilege(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::Seq(items) => !items.is_empty(),
+        Value::Null => false,
+        _ => true,
+    }
+}
+
 /// Whether `value` has the form `shape` asks for; the reason follows `service "web", key: `.
 pub(super) fn check_shape(value: &Value, shape: Shape) -> Result<(), String> {
     let is_scalar = |v: &Value| matches!(v, Value::Str(_) | Value::Int(_) | Value::Float(_));
@@ -141,6 +161,39 @@ pub(super) fn check_shape(value: &Value, shape: Shape) -> Result<(), String> {
             }
             return Err(format!("{text:?} is not supported; use {}{why}", quoted(allowed)));
         }
+        (Value::Str(text), Hostname) => return values::hostname(text),
+        (Value::Seq(items), PortList) => {
+            for item in items {
+                let text = item.value.scalar_text().unwrap_or_default();
+                values::exposed_port(&text)?;
+            }
+            return Ok(());
+        }
+        (v @ (Value::Str(_) | Value::Int(_)), PortList) => {
+            return values::exposed_port(&v.scalar_text().unwrap_or_default());
+        }
+        (Value::Seq(items), HostEntries) => {
+            for item in items {
+                let Value::Str(text) = &item.value else {
+                    return Err(format!(
+                        "expected \"host:address\", found {}",
+                        item.value.describe()
+                    ));
+                };
+                let (host, address) = text
+                    .split_once(':')
+                    .ok_or_else(|| format!("{text:?} is not \"host:address\""))?;
+                values::host_entry(host, address)?;
+            }
+            return Ok(());
+        }
+        (Value::Map(entries), HostEntries) => {
+            for (key, value) in entries {
+                let host = key_text(key).unwrap_or_default();
+                values::host_entry(&host, &value.value.scalar_text().unwrap_or_default())?;
+            }
+            return Ok(());
+        }
         _ => false,
     };
     if ok {
@@ -153,6 +206,9 @@ pub(super) fn check_shape(value: &Value, shape: Shape) -> Result<(), String> {
         ListOrMap => "a list of \"KEY=value\" or a mapping".to_owned(),
         Size => format!("a memory size; {SIZE_FORMS}"),
         OneOf(allowed, _) => quoted(allowed),
+        Hostname => "a host name".to_owned(),
+        PortList => "a port such as \"8080\" or \"53/udp\", or a list of them".to_owned(),
+        HostEntries => "a list of \"host:address\" or a mapping".to_owned(),
     };
     Err(format!("expected {expected}, found {}", value.describe()))
 }
@@ -208,13 +264,16 @@ mod tests {
             ("restart", _) => "always",
             ("autorestart", _) => "ALWAYS",
             ("health_check", _) => "{tcp: true}, ports: ['80']",
-            (_, Platform(shape) | Runtime(shape)) => match shape {
+            (_, Platform(shape) | Runtime(shape) | Privileged(shape)) => match shape {
                 Bool => "true",
                 Scalar => "value",
                 Strings => "[a, b]",
                 ListOrMap => "{a: b}",
                 Size => "1g",
                 OneOf(allowed, _) => allowed[0],
+                Hostname => "web.example",
+                PortList => "['8080', '53/udp']",
+                HostEntries => "['db:10.0.0.5']",
             },
             (_, Honoured | Unsupported(_)) => "x",
         }
@@ -244,12 +303,25 @@ mod tests {
                 sample(key, handling)
             );
             let result = super::super::parse(text.as_bytes(), None);
+            let privileged = super::super::Policy {
+                privileged: true,
+                ..Default::default()
+            };
             match handling {
                 Unsupported(_) => assert_eq!(
                     result.map_err(|e| e.code()).err(),
                     Some("unsupported_key"),
                     "{key}"
                 ),
+                Privileged(_) => {
+                    assert_eq!(
+                        result.map_err(|e| e.code()).err(),
+                        Some("unsupported_key"),
+                        "{key}"
+                    );
+                    let allowed = super::super::parse_with(text.as_bytes(), None, &privileged);
+                    assert!(allowed.is_ok(), "{key} with the policy: {allowed:?}");
+                }
                 _ => assert!(result.is_ok(), "{key}: {result:?}"),
             }
         }

@@ -63,9 +63,40 @@ pub const MAX_TARGET_NUM_CONTAINERS: u32 = 10_000;
 /// `text/yaml`…); for any other type, or none, a body starting with `{` is JSON and anything
 /// else YAML.
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Stackfile, StackfileError> {
-    let document = read::Document::load(body, content_type)?;
-    service::stackfile(&document.root).map_err(|problem| document.error(problem))
+    parse_with(body, content_type, &Policy::default())
 }
+
+/// Reads a Stackfile under `policy` (what the submitting user may ask for).
+pub fn parse_with(
+    body: &[u8],
+    content_type: Option<&str>,
+    policy: &Policy,
+) -> Result<Stackfile, StackfileError> {
+    let document = read::Document::load(body, content_type)?;
+    service::stackfile(&document.root, policy).map_err(|problem| document.error(problem))
+}
+
+/// What a Stackfile may ask for, decided per user by the server's admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `privileged`, `devices`, `cap_add`, `security_opt`, `pid: host` and host mounts in
+    /// `volumes`: refused unless allowed.
+    pub privileged: bool,
+    /// The largest `mem_limit`, MiB: what the biggest machine here has.
+    pub max_memory_mb: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            privileged: false,
+            max_memory_mb: DEFAULT_MAX_MEMORY_MB,
+        }
+    }
+}
+
+/// 1 TiB: no machine here has more.
+pub const DEFAULT_MAX_MEMORY_MB: u64 = 1 << 20;
 
 /// A stack as declared: its services by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

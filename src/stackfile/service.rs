@@ -9,10 +9,10 @@ use super::document::{At, Node, Problem, Value, key_text};
 use super::error::ErrorKind;
 use super::keys::{
     self,
-    Handling::{Honoured, Platform, Runtime, Unsupported},
+    Handling::{Honoured, Platform, Privileged, Runtime, Unsupported},
 };
 use super::values::{self, PORT_FORMS, SIZE_FORMS};
-use super::{MAX_SERVICES, MAX_TARGET_NUM_CONTAINERS, Restart, ServiceDef, Stackfile};
+use super::{MAX_SERVICES, MAX_TARGET_NUM_CONTAINERS, Policy, Restart, ServiceDef, Stackfile};
 
 mod health;
 
@@ -21,7 +21,7 @@ const MAX_IMAGE_LEN: usize = 1024;
 const CPU_SHARES: std::ops::RangeInclusive<i128> = 2..=262_144;
 
 /// Turns the document's root into a Stackfile, checking every rule.
-pub(super) fn stackfile(root: &Node) -> Result<Stackfile, Problem> {
+pub(super) fn stackfile(root: &Node, policy: &Policy) -> Result<Stackfile, Problem> {
     let entries = match &root.value {
         Value::Map(entries) if !entries.is_empty() => entries,
         Value::Map(_) | Value::Null => {
@@ -54,7 +54,7 @@ pub(super) fn stackfile(root: &Node) -> Result<Stackfile, Problem> {
             );
             return Err(Problem::new(ErrorKind::DuplicateKey, key.at, detail));
         }
-        let service = ServiceReader { name: &name };
+        let service = ServiceReader { name: &name, policy };
         let (mut def, service_links) = service.read(key.at, node)?;
         def.links = service_links.iter().map(|(target, _)| target.clone()).collect();
         links.extend(
@@ -133,6 +133,8 @@ fn unknown_link(from: &Label, to: &Label, at: At, services: &BTreeMap<Label, Ser
 /// Reads one service; knows its name so every message can say which service is wrong.
 struct ServiceReader<'a> {
     name: &'a Label,
+    /// What the submitting user may ask for.
+    policy: &'a Policy,
 }
 
 /// A link target and where it was written, checked once every service is known.
@@ -216,6 +218,16 @@ impl ServiceReader<'_> {
                 }
                 Runtime(shape) => {
                     keys::check_shape(&value.value, shape).map_err(|r| self.invalid(value, &key, r))?;
+                    if key == "volumes" {
+                        self.host_mounts(value)?;
+                    }
+                    def.runtime_options.insert(key, keys::to_json(value));
+                }
+                Privileged(shape) => {
+                    keys::check_shape(&value.value, shape).map_err(|r| self.invalid(value, &key, r))?;
+                    if keys::asks_privilege(&value.value) && !self.policy.privileged {
+                        return Err(self.refused(value, &key));
+                    }
                     def.runtime_options.insert(key, keys::to_json(value));
                 }
                 Unsupported(why) => {
@@ -231,6 +243,40 @@ impl ServiceReader<'_> {
         def.restart = self.one_restart_policy(restart, autorestart)?;
         def.health_check = self.health_port(health, &def.ports)?;
         Ok((def, links))
+    }
+
+    /// A privileged option without the policy that allows it.
+    fn refused(&self, node: &Node, key: &str) -> Problem {
+        let value = keys::to_json(node).to_string();
+        let value: String = value.chars().take(60).collect();
+        self.problem(
+            ErrorKind::UnsupportedKey,
+            node.at,
+            key,
+            format!(
+                "{value} reaches outside the container (the node's devices, processes, \
+                 capabilities or files) and is refused on a shared platform; an admin allows it \
+                 for a user with --privileged-users"
+            ),
+        )
+    }
+
+    /// `volumes` entries that mount a path of the node (`/srv:/data`) are privileged; named
+    /// volumes (`data:/data`) and container paths (`/data`) are not.
+    fn host_mounts(&self, node: &Node) -> Result<(), Problem> {
+        if self.policy.privileged {
+            return Ok(());
+        }
+        for item in self.items(node) {
+            let text = item.value.scalar_text().unwrap_or_default();
+            let source = text.split(':').next().unwrap_or_default();
+            if text.contains(':')
+                && (source.starts_with('/') || source.starts_with('.') || source.starts_with('~'))
+            {
+                return Err(self.refused(item, "volumes"));
+            }
+        }
+        Ok(())
     }
 
     fn unknown_key(&self, key_node: &Node, key: &str) -> Problem {
@@ -252,6 +298,7 @@ impl ServiceReader<'_> {
         if image.len() > MAX_IMAGE_LEN || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(self.invalid(node, "image", format!("{image:?} is not an image name")));
         }
+        values::image_reference(image).map_err(|r| self.invalid(node, "image", r))?;
         Ok(image.clone())
     }
 
@@ -324,7 +371,15 @@ impl ServiceReader<'_> {
                     let reason = format!("{text:?} is not a link; write \"service\" or \"service:alias\"");
                     return Err(self.invalid(item, "links", reason));
                 }
-                Some((target, _alias)) => target,
+                Some((target, alias)) => {
+                    if Label::parse("alias", alias).is_err() {
+                        let reason = format!(
+                            "{text:?} is not a link; write \"service\" or \"service:alias\", the alias a DNS label"
+                        );
+                        return Err(self.invalid(item, "links", reason));
+                    }
+                    target
+                }
                 None => text.as_str(),
             };
             if target.contains('.') {
@@ -472,7 +527,13 @@ impl ServiceReader<'_> {
             Value::Str(text) => values::memory_bytes(text).map_err(|r| self.invalid(node, "mem_limit", r))?,
             _ => return Err(self.wrong_type(node, "mem_limit", "a memory size such as \"512m\"")),
         };
-        Ok(values::megabytes(bytes))
+        let megabytes = values::megabytes(bytes);
+        let max = self.policy.max_memory_mb;
+        if megabytes.is_some_and(|mb| mb > max) {
+            let reason = format!("{bytes} bytes is more than a container may have here ({max} MiB)");
+            return Err(self.invalid(node, "mem_limit", reason));
+        }
+        Ok(megabytes)
     }
 
     fn cpu_shares(&self, node: &Node) -> Result<u32, Problem> {

@@ -227,7 +227,7 @@ fn mem_limit_forms() {
 fn every_honoured_key() {
     let def = only(
         "Svc:
-  image: registry.example:5000/team/app@sha256:0123
+  image: registry.example:5000/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
   target_num_containers: 0
   deployment_strategy: high_availability
   tags: [Production, eu-west, production]
@@ -238,7 +238,10 @@ fn every_honoured_key() {
   autorestart: ON_FAILURE
 ",
     );
-    assert_eq!(def.image, "registry.example:5000/team/app@sha256:0123");
+    assert_eq!(
+        def.image,
+        "registry.example:5000/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
     assert_eq!(def.target_num_containers, 0);
     assert_eq!(def.deployment_strategy, Strategy::HighAvailability);
     assert_eq!(def.tags, [label("production"), label("eu-west")]);
@@ -326,8 +329,8 @@ fn ignored_keys_are_checked_and_runtime_ones_kept() {
   sequential_deployment: false
   roles: [global]
   hostname: web
-  privileged: true
-  volumes: ['/data', '/etc:/etc:ro']
+  privileged: false
+  volumes: ['/data', 'etc-data:/etc:ro']
   labels: {com.example.team: finance}
   expose: [80, '90/udp']
   memswap_limit: 1g
@@ -349,7 +352,7 @@ fn ignored_keys_are_checked_and_runtime_ones_kept() {
     );
     assert_eq!(
         def.runtime_options["volumes"],
-        serde_json::json!(["/data", "/etc:/etc:ro"])
+        serde_json::json!(["/data", "etc-data:/etc:ro"])
     );
     assert_eq!(def.runtime_options["expose"], serde_json::json!([80, "90/udp"]));
 
@@ -892,4 +895,60 @@ fn health_checks_fill_defaults_and_name_what_is_wrong() {
         assert!(e.to_string().contains(says), "{stackfile}: {e}");
         assert!(e.to_string().contains("health_check"), "names the key: {e}");
     }
+}
+
+/// Values a platform should refuse (issue "tenants cannot hurt each other", finding 3): each
+/// refusal names the key, the value and the rule, with its line.
+#[test]
+fn values_runtimes_would_not_take_are_refused_with_their_line() {
+    let huge_host = "x".repeat(600_000);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "  mem_limit: '18446744073709551615'\n".to_owned(),
+            "more than a container may have",
+        ),
+        (format!("  hostname: '{huge_host}'\n"), "is not a host name"),
+        (
+            "  expose: ['99999', '0', '-5', 'abc']\n".to_owned(),
+            "is not a port",
+        ),
+        (
+            "  extra_hosts: ['bad', ':::']\n".to_owned(),
+            "is not \"host:address\"",
+        ),
+        ("  links: ['b:c:d']\n".to_owned(), "is not a link"),
+        ("  privileged: true\n".to_owned(), "--privileged-users"),
+        (
+            "  devices: [/dev/mem:/dev/mem]\n".to_owned(),
+            "reaches outside the container",
+        ),
+        ("  pid: host\n".to_owned(), "reaches outside the container"),
+        ("  cap_add: [ALL]\n".to_owned(), "reaches outside the container"),
+        (
+            "  volumes: ['/:/host']\n".to_owned(),
+            "reaches outside the container",
+        ),
+    ];
+    for (extra, says) in cases {
+        let text = format!("b:\n  image: x\nweb:\n  image: x\n{extra}");
+        let e = error(&text);
+        let message = e.to_string();
+        assert!(message.contains(says), "{extra}: {message}");
+        assert!(message.starts_with("line 5:"), "{extra}: {message}");
+        assert!(
+            message.len() < 600,
+            "the message stays readable: {}",
+            message.len()
+        );
+    }
+    for image in ["$(id)", "-rf", "UPPER/Case"] {
+        let e = error(&format!("web:\n  image: '{image}'\n"));
+        assert!(
+            e.to_string().contains("is not an image reference"),
+            "{image}: {e}"
+        );
+    }
+    // Allowed where they are harmless: a named volume, privileged: false, an empty cap_add.
+    let ok = "web:\n  image: x\n  volumes: ['data:/data', '/scratch']\n  privileged: false\n  cap_add: []\n";
+    assert!(parse(ok.as_bytes(), None).is_ok());
 }

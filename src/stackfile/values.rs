@@ -394,3 +394,199 @@ mod tests {
         assert_eq!(closest("zzz", keys), None);
     }
 }
+
+/// A host name (`hostname`, `domainname`, `extra_hosts`): labels of letters, digits and
+/// hyphens, none starting or ending with a hyphen, at most 63 characters each and 253 in all.
+pub(super) fn hostname(text: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{:?} is not a host name: {why}", truncated(text)));
+    if text.is_empty() || text.len() > 253 {
+        return bad("it must be 1-253 characters");
+    }
+    for label in text.trim_end_matches('.').split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return bad("labels are letters, digits and inner hyphens, at most 63 characters");
+        }
+    }
+    Ok(())
+}
+
+/// An `expose` entry: `"8080"` or `"53/udp"`, port 1-65535.
+pub(super) fn exposed_port(text: &str) -> Result<(), String> {
+    let (port, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let valid_port = port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)) && !port.starts_with('+');
+    if !valid_port || !matches!(proto, "tcp" | "udp") {
+        return Err(format!(
+            "{:?} is not a port; write a number 1-65535, optionally with /tcp or /udp",
+            truncated(text)
+        ));
+    }
+    Ok(())
+}
+
+/// An `extra_hosts` entry: a host name and an IPv4 or IPv6 address.
+pub(super) fn host_entry(host: &str, address: &str) -> Result<(), String> {
+    hostname(host)?;
+    if address.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "{:?} is not an IPv4 or IPv6 address (in \"{host}:{address}\")",
+            truncated(address)
+        ));
+    }
+    Ok(())
+}
+
+/// An image reference by the OCI distribution grammar (what `docker pull` takes):
+/// `[registry[:port]/]path[:tag][@algorithm:hex]`, the path lower-case components joined by
+/// `/`, each `[a-z0-9]+` separated by `.`, `_`, `__` or hyphens; a tag `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub(super) fn image_reference(text: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{:?} is not an image reference: {why}", truncated(text)));
+    let (name, digest) = match text.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (text, None),
+    };
+    if let Some(digest) = digest {
+        let ok = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && algorithm
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !ok {
+            return bad("a digest is algorithm:hex, as sha256:<64 hex digits>");
+        }
+    }
+    // A tag follows the last ':' when no '/' comes after it (a ':' before a '/' is a port).
+    let (name, tag) = match name.rfind(':') {
+        Some(at) if !name[at..].contains('/') => (&name[..at], Some(&name[at + 1..])),
+        _ => (name, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return bad("a tag is letters, digits, '_', '.' and '-', not starting with '.' or '-'");
+        }
+    }
+    if name.is_empty() || name.len() > 255 {
+        return bad("the name must be 1-255 characters");
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // The first component is a registry when it has a '.' or a ':', or is "localhost".
+    if components.len() > 1 {
+        let first = components[0];
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            let (host, port) = first.split_once(':').unwrap_or((first, "1"));
+            let host_ok = hostname(host).is_ok();
+            let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+            if !host_ok || !port_ok {
+                return bad("the registry is a host name with an optional :port");
+            }
+            components.remove(0);
+        }
+    }
+    for component in components {
+        if !path_component(component) {
+            return bad(
+                "path components are lower-case letters and digits, separated by '.', '_', '__' or '-'",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn path_component(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &text[start..i];
+        let ok =
+            separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// At most 60 characters of a value, for a message that stays readable.
+fn truncated(text: &str) -> String {
+    if text.chars().count() <= 60 {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(57).collect();
+    cut.push_str("...");
+    cut
+}
+
+#[cfg(test)]
+mod checks {
+    use super::*;
+
+    #[test]
+    fn image_references_follow_the_distribution_grammar() {
+        for good in [
+            "x",
+            "nginx",
+            "tutum/redis:latest",
+            "honeniq/quickstart-ruby:latest",
+            "registry.example:5000/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "localhost/a_b__c.d-e--f:v1.2-rc_3",
+            "stackdns-test/busybox:1",
+        ] {
+            assert_eq!(image_reference(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "$(id)",
+            "-rf",
+            "UPPER/Case",
+            "a//b",
+            "a:",
+            "a:-x",
+            "a@sha256:zz",
+            "a/b_",
+            "reg:0/a",
+        ] {
+            assert!(image_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_ports_and_entries() {
+        assert!(hostname("web-1.example").is_ok());
+        assert!(hostname(&"x".repeat(600_000)).is_err());
+        assert!(hostname("-a").is_err() && hostname("a..b").is_err() && hostname("").is_err());
+        for bad in ["99999", "0", "-5", "abc", "80/sctp", "+80"] {
+            assert!(exposed_port(bad).is_err(), "{bad}");
+        }
+        assert!(exposed_port("8080").is_ok() && exposed_port("53/udp").is_ok());
+        assert!(host_entry("db", "10.0.0.5").is_ok() && host_entry("db", "::1").is_ok());
+        assert!(host_entry("bad", "").is_err() && host_entry("", "::").is_err());
+    }
+}

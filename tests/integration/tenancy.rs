@@ -284,3 +284,21 @@ async fn a_container_placed_elsewhere_can_still_be_withdrawn_by_its_old_node() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_options_need_an_admin_policy_for_the_user() {
+    let s = Server::start(&["--privileged-users", "ops"]);
+    s.add_node("n1", "10.0.0.1").await;
+    let yaml = "tools:\n  image: x\n  privileged: true\n  volumes: ['/:/host']\n";
+    let (status, body) = stack(&s, ADMIN, "honeniq/tools", yaml).await;
+    assert_eq!((status, code(&body)), (400, "unsupported_key"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("line 3:")
+            && message.contains("privileged")
+            && message.contains("--privileged-users"),
+        "{message}"
+    );
+    let (status, body) = stack(&s, ADMIN, "ops/tools", yaml).await;
+    assert_eq!(status, 201, "the policy allows it for ops: {body}");
+}
