@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// comma-separated. Everyone else is refused them.
     #[arg(long = "privileged-users", env = "STACKDNS_PRIVILEGED_USERS", value_delimiter = ',', value_parser = user_label)]
     pub privileged_users: Vec<crate::model::Label>,
+    /// Containers a user may run unless an admin set their own limit (PUT /v1/users/U/limits).
+    #[arg(long, env = "STACKDNS_DEFAULT_MAX_CONTAINERS", default_value_t = crate::model::Limits::default().max_containers)]
+    pub default_max_containers: u32,
+    /// Stacks a user may declare unless an admin set their own limit.
+    #[arg(long, env = "STACKDNS_DEFAULT_MAX_STACKS", default_value_t = crate::model::Limits::default().max_stacks)]
+    pub default_max_stacks: u32,
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,

@@ -320,3 +320,21 @@ impl Applied {
             && self.redeployed.is_empty()
     }
 }
+
+/// How much one user may run: containers (every assignment of every stack) and stacks. An
+/// admin sets them per user; the server's defaults apply otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_containers: u32,
+    pub max_stacks: u32,
+}
+
+impl Default for Limits {
+    /// A user runs at most 1,000 containers in at most 100 stacks unless an admin says more.
+    fn default() -> Self {
+        Limits {
+            max_containers: 1_000,
+            max_stacks: 100,
+        }
+    }
+}

@@ -110,6 +110,10 @@ impl Server {
                 policy,
                 journal_limit: args.ixfr_journal,
             },
+            crate::model::Limits {
+                max_containers: args.default_max_containers,
+                max_stacks: args.default_max_stacks,
+            },
             cancel.clone(),
         )?;
         let acl = crate::dns::xfr::TransferAcl {

@@ -95,6 +95,9 @@ impl From<ControlError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "no_randomness", message)
             }
             ControlError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
+            ControlError::QuotaExceeded { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded", message)
+            }
             ControlError::Unplaceable { code, .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }

@@ -78,6 +78,7 @@ async fn apply(
             stack: render::stack(&applied.status, &app.apex),
             dry_run,
             changes: applied.changes,
+            verdicts_total: applied.verdicts.is_some().then_some(applied.verdicts_total),
             verdicts: applied.verdicts,
             serial: done.serial,
         }),
@@ -97,6 +98,7 @@ async fn show(
         dry_run: false,
         changes: None,
         verdicts: None,
+        verdicts_total: None,
         serial: done.serial,
     }))
 }
@@ -154,6 +156,7 @@ async fn scale(
         stack: render::stack(&applied.status, &app.apex),
         dry_run,
         changes: applied.changes,
+        verdicts_total: applied.verdicts.is_some().then_some(applied.verdicts_total),
         verdicts: applied.verdicts,
         serial: done.serial,
     }))

@@ -261,6 +261,9 @@ pub struct StackResponse {
     /// Dry runs: every node's verdict for every container placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdicts: Option<Vec<crate::placement::NodeVerdict>>,
+    /// Dry runs: how many verdicts there are in all; `verdicts` holds the first 5,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts_total: Option<usize>,
     pub serial: u32,
 }
 
@@ -339,4 +342,25 @@ pub struct AssignmentItem {
     /// Run by the agent: the container is reported ready only while it passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<crate::stackfile::HealthCheck>,
+}
+
+/// `PUT /v1/users/{user}/limits` (admin): fields left out keep their value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    #[serde(default)]
+    pub max_containers: Option<u32>,
+    #[serde(default)]
+    pub max_stacks: Option<u32>,
+}
+
+/// A user's limits and what it uses now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitsResponse {
+    pub user: String,
+    pub limits: crate::model::Limits,
+    /// Containers placement assigned to the user's stacks.
+    pub containers: u32,
+    pub stacks: u32,
+    pub serial: u32,
 }

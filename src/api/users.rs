@@ -2,17 +2,60 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 
-use super::AppState;
 use super::error::ApiError;
-use super::types::{UserTokenResponse, UserTokensRevoked};
+use super::types::{LimitsRequest, LimitsResponse, UserTokenResponse, UserTokensRevoked};
+use super::{AppState, JsonBody};
 use crate::control::Caller;
 use crate::model::Label;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/users/{user}/tokens", post(issue).delete(revoke))
+    Router::new()
+        .route("/v1/users/{user}/tokens", post(issue).delete(revoke))
+        .route("/v1/users/{user}/limits", put(set_limits).get(limits))
+}
+
+fn limits_response(
+    user: &Label,
+    done: crate::control::Committed<(crate::model::Limits, (u32, u32))>,
+) -> LimitsResponse {
+    let (limits, (containers, stacks)) = done.value;
+    LimitsResponse {
+        user: user.to_string(),
+        limits,
+        containers,
+        stacks,
+        serial: done.serial,
+    }
+}
+
+/// `PUT /v1/users/{user}/limits`: what the user may run (admin).
+async fn set_limits(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    JsonBody(req): JsonBody<LimitsRequest>,
+) -> Result<Json<LimitsResponse>, ApiError> {
+    let user = Label::parse("user", &user)?;
+    let done = app
+        .control
+        .set_user_limits(caller, user.clone(), req.max_containers, req.max_stacks)
+        .await?;
+    tracing::info!(%user, limits = ?done.value.0, "user limits set");
+    Ok(Json(limits_response(&user, done)))
+}
+
+/// `GET /v1/users/{user}/limits`: the limits and the usage (admin, or the user).
+async fn limits(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> Result<Json<LimitsResponse>, ApiError> {
+    let user = Label::parse("user", &user)?;
+    let done = app.control.user_limits(caller, user.clone()).await?;
+    Ok(Json(limits_response(&user, done)))
 }
 
 /// `POST /v1/users/{user}/tokens`: a new token for the user (existing ones stay valid).

@@ -41,6 +41,9 @@ pub enum ControlError {
     NoRandomness(getrandom::Error),
     #[error("the server is shutting down")]
     Stopped,
+    /// The change would take the user over a limit; nothing was changed.
+    #[error("{message}")]
+    QuotaExceeded { message: String },
     /// Placement cannot satisfy the request; nothing was changed.
     #[error("{message}")]
     Unplaceable { code: &'static str, message: String },

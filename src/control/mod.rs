@@ -124,6 +124,7 @@ impl Control {
     pub fn start(
         store: Box<dyn Store>,
         publisher: Publisher,
+        default_limits: crate::model::Limits,
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), StartError> {
         let mut loaded = store.load()?;
@@ -136,6 +137,7 @@ impl Control {
         let journal = Journal::from_diffs(diffs);
         let now = std::time::Instant::now();
         let mut state = State::from_loaded(loaded, now);
+        state.default_limits = default_limits;
         tracing::info!(
             nodes = state.node_count(),
             containers = state.containers().count(),

@@ -10,10 +10,10 @@ use super::auth::{Caller, generate_token, hash_token};
 use super::changes::Effect;
 use super::error::ControlError;
 use super::stacks::service_specs;
-use super::state::{NodeSpec, ReplaceSummary, Report, require_admin};
+use super::state::{NodeSpec, ReplaceSummary, Report, State, require_admin};
 use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
 use super::{Committed, Control};
-use crate::model::{Container, ContainerKey, Label, Node, ServiceKey};
+use crate::model::{Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::placement::Change;
 use crate::stackfile::Stackfile;
 use crate::store::StackRecord;
@@ -258,6 +258,44 @@ impl Control {
 
 /// Users and their tokens: admin only.
 impl Control {
+    /// Sets the limits of `user` (admin only); `None` fields keep their current value.
+    pub async fn set_user_limits(
+        &self,
+        caller: Caller,
+        user: Label,
+        max_containers: Option<u32>,
+        max_stacks: Option<u32>,
+    ) -> Result<Committed<(Limits, (u32, u32))>, ControlError> {
+        self.run(move |ctx| {
+            require_admin(&caller)?;
+            let current = ctx.state.limits_of(&user);
+            let limits = Limits {
+                max_containers: max_containers.unwrap_or(current.max_containers),
+                max_stacks: max_stacks.unwrap_or(current.max_stacks),
+            };
+            ctx.state.set_limits(&user, limits, ctx.changes);
+            Ok((limits, ctx.state.usage_of(&user)))
+        })
+        .await
+    }
+
+    /// The limits of `user` and what it uses (the admin, or that user).
+    pub async fn user_limits(
+        &self,
+        caller: Caller,
+        user: Label,
+    ) -> Result<Committed<(Limits, (u32, u32))>, ControlError> {
+        self.run(move |ctx| {
+            if matches!(caller, Caller::Node { .. }) || !ctx.state.may_act_for(&caller, &user) {
+                return Err(ControlError::Forbidden(
+                    "a user's limits are for the admin and that user".to_owned(),
+                ));
+            }
+            Ok((ctx.state.limits_of(&user), ctx.state.usage_of(&user)))
+        })
+        .await
+    }
+
     /// A new token for `user` (existing ones stay valid); shown once, stored hashed.
     pub async fn issue_user_token(
         &self,
@@ -307,12 +345,18 @@ impl Control {
             } = submission;
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
             let services = service_specs(&user, &stack, &file);
+            let stacks_after = ctx.state.usage_of(&user).1 as u64
+                + u64::from(ctx.state.stacks().get(&user, &stack).is_none());
+            let load = ctx.state.declared_load(&user, &stack, &services);
+            ctx.state.check_quota(&user, load, stacks_after)?;
             let change = Change::Apply {
                 user: user.clone(),
                 stack: stack.clone(),
                 services,
             };
             let plan = ctx.state.plan(&change, dry_run)?;
+            ctx.state
+                .check_quota(&user, State::planned_for(&plan, &user), stacks_after)?;
             let created = ctx.state.stacks().get(&user, &stack).is_none();
             if dry_run {
                 let status =
@@ -321,7 +365,8 @@ impl Control {
                     status,
                     created,
                     changes: None,
-                    verdicts: Some(plan.verdicts),
+                    verdicts_total: plan.verdicts.len(),
+                    verdicts: Some(views::first_verdicts(plan.verdicts)),
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
@@ -347,6 +392,7 @@ impl Control {
                 created,
                 changes: Some(applied),
                 verdicts: None,
+                verdicts_total: 0,
             })
         })
         .await
@@ -421,7 +467,19 @@ impl Control {
             let Some(record) = ctx.state.stacks().get(&user, &stack) else {
                 return Err(stack_not_found(&user, &stack));
             };
+            // Before placement: the service's current containers give way to `target`.
+            let current = ctx
+                .state
+                .stacks()
+                .assignments()
+                .filter(|a| a.service == service)
+                .count() as u64;
+            let (used, stacks) = ctx.state.usage_of(&user);
+            let wanted = u64::from(used) - current + u64::from(target);
+            ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
             let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
+            ctx.state
+                .check_quota(&user, State::planned_for(&plan, &user), u64::from(stacks))?;
             if dry_run {
                 let status = views::preview(
                     ctx.state,
@@ -435,7 +493,8 @@ impl Control {
                     status,
                     created: false,
                     changes: None,
-                    verdicts: Some(plan.verdicts),
+                    verdicts_total: plan.verdicts.len(),
+                    verdicts: Some(views::first_verdicts(plan.verdicts)),
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
@@ -446,6 +505,7 @@ impl Control {
                 created: false,
                 changes: Some(applied),
                 verdicts: None,
+                verdicts_total: 0,
             })
         })
         .await

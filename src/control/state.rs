@@ -21,7 +21,7 @@ use super::auth::{Caller, Principal};
 use super::changes::{Changes, Effect};
 use super::error::ControlError;
 use super::stacks::Stacks;
-use crate::model::{Capacity, Container, ContainerKey, Label, Node, ServiceKey};
+use crate::model::{Capacity, Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::store::{Loaded, Op};
 
 pub use reports::{MAX_GENERATION, ReplaceSummary, Report};
@@ -59,6 +59,9 @@ pub struct State {
     by_service: HashMap<ServiceKey, BTreeSet<ContainerKey>>,
     /// User token hashes and their users.
     user_tokens: HashMap<String, Label>,
+    /// Limits an admin set for a user; the others have `default_limits`.
+    user_limits: HashMap<Label, Limits>,
+    pub default_limits: Limits,
     /// Declared stacks and where placement put their containers.
     stacks: Stacks,
 }
@@ -89,6 +92,7 @@ impl State {
             state.containers.insert(c.key.clone(), c);
         }
         state.user_tokens = loaded.user_tokens.into_iter().collect();
+        state.user_limits = loaded.user_limits.into_iter().collect();
         state
     }
 
@@ -372,6 +376,30 @@ impl State {
             } => u == user && self.user_tokens.get(token_sha256) == Some(u),
             Caller::Node { .. } => false,
         }
+    }
+
+    /// What `user` may run.
+    pub fn limits_of(&self, user: &Label) -> Limits {
+        self.user_limits.get(user).copied().unwrap_or(self.default_limits)
+    }
+
+    /// Sets `user`'s limits (an admin's decision; existing containers above them stay).
+    pub fn set_limits(&mut self, user: &Label, limits: Limits, changes: &mut Changes) {
+        if self.user_limits.get(user) != Some(&limits) {
+            self.user_limits.insert(user.clone(), limits);
+            changes.ops.push(Op::PutUserLimits(user.clone(), limits));
+        }
+    }
+
+    /// How much `user` runs: (containers placement assigned, stacks declared).
+    pub fn usage_of(&self, user: &Label) -> (u32, u32) {
+        let containers = self
+            .stacks
+            .assignments()
+            .filter(|a| &a.service.user == user)
+            .count();
+        let stacks = self.stacks.all().filter(|(u, _)| u == user).count();
+        (containers as u32, stacks as u32)
     }
 
     /// Issues a user token (by its hash).

@@ -105,8 +105,11 @@ pub struct StackApplied {
     pub created: bool,
     /// What the change did to containers; `None` for a dry run.
     pub changes: Option<Applied>,
-    /// Dry runs: every node's verdict for every container placed.
+    /// Dry runs: every node's verdict for every container placed, the first
+    /// [`MAX_VERDICTS`] of them.
     pub verdicts: Option<Vec<NodeVerdict>>,
+    /// How many verdicts there were in all.
+    pub verdicts_total: usize,
 }
 
 /// What one node's agent must run.
@@ -247,4 +250,14 @@ pub fn node_assignments(state: &State, node: &Label) -> NodeAssignments {
         index,
         work,
     }
+}
+
+/// Most verdicts a dry run answers: a plan over many nodes has one per container and node, and
+/// a response must stay a size a client can read (the total is given beside them).
+pub const MAX_VERDICTS: usize = 5_000;
+
+/// The verdicts a dry run answers with.
+pub fn first_verdicts(mut verdicts: Vec<NodeVerdict>) -> Vec<NodeVerdict> {
+    verdicts.truncate(MAX_VERDICTS);
+    verdicts
 }

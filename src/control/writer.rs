@@ -174,7 +174,9 @@ impl Writer {
         match self.store.load() {
             Ok(loaded) => {
                 let leases = self.state.leases();
+                let defaults = self.state.default_limits;
                 self.state = State::from_loaded(loaded, Instant::now());
+                self.state.default_limits = defaults;
                 self.state.restore_leases(leases);
                 self.stale = false;
             }

@@ -12,7 +12,7 @@
 
 pub mod redb;
 
-use crate::model::{Assignment, Container, ContainerKey, Label, Node, ServiceSpec};
+use crate::model::{Assignment, Container, ContainerKey, Label, Limits, Node, ServiceSpec};
 use crate::stackfile::Stackfile;
 
 pub use self::redb::RedbStore;
@@ -71,6 +71,8 @@ pub enum Op {
     DeleteUserTokens(Label),
     PutStack(Box<StackRecord>),
     DeleteStack(Label, Label),
+    /// An admin's limits for one user (absent: the server's defaults).
+    PutUserLimits(Label, Limits),
     PutAssignment(Assignment),
     DeleteAssignment(ContainerKey),
     /// The assignment index after this commit (see `control::stacks`).
@@ -128,6 +130,8 @@ pub struct Loaded {
     /// User token hashes and their users.
     pub user_tokens: Vec<(String, Label)>,
     pub stacks: Vec<StackRecord>,
+    /// Users with limits of their own.
+    pub user_limits: Vec<(Label, Limits)>,
     pub assignments: Vec<Assignment>,
     pub assignment_index: u64,
     /// The journal's differences, oldest first: (serial each leads to, its bytes).

@@ -11,6 +11,7 @@
 //! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`Container`] (tombstones included) |
 //! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
 //! | `user_tokens`| SHA-256 (hex) of a user token | the user it acts for                 |
+//! | `user_limits`| user name                   | JSON of [`Limits`](crate::model::Limits): what an admin allows the user |
 //! | `stacks`     | `"<user>/<stack>"`          | JSON of [`StackRecord`]                |
 //! | `assignments`| `"<user>/<stack>/<name>"`   | JSON of [`Assignment`](crate::model::Assignment): where placement put a container |
 //! | `journal`    | serial (u64) a difference leads to | the difference's bytes (`snapshot::journal`), oldest trimmed first |
@@ -45,6 +46,7 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const LOST: TableDefinition<&str, ()> = TableDefinition::new("lost");
 const USER_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("user_tokens");
+const USER_LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_limits");
 const STACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("stacks");
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -102,6 +104,7 @@ impl RedbStore {
             txn.open_table(CONTAINERS).map_err(db)?;
             txn.open_table(LOST).map_err(db)?;
             txn.open_table(USER_TOKENS).map_err(db)?;
+            txn.open_table(USER_LIMITS).map_err(db)?;
             txn.open_table(STACKS).map_err(db)?;
             txn.open_table(ASSIGNMENTS).map_err(db)?;
             txn.open_table(JOURNAL).map_err(db)?;
@@ -137,6 +140,18 @@ impl Store for RedbStore {
             .map_or(0, |v| v.value());
         let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks")?;
         let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments")?;
+        let mut user_limits = Vec::new();
+        for row in txn.open_table(USER_LIMITS).map_err(db)?.iter().map_err(db)? {
+            let (user, value) = row.map_err(db)?;
+            let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
+                table: "user_limits",
+                key: user.value().to_owned(),
+                source,
+            };
+            let name = Label::parse("user", user.value()).map_err(|e| corrupt(e.into()))?;
+            let limits = serde_json::from_slice(value.value()).map_err(|e| corrupt(e.into()))?;
+            user_limits.push((name, limits));
+        }
         let mut user_tokens = Vec::new();
         for row in txn.open_table(USER_TOKENS).map_err(db)?.iter().map_err(db)? {
             let (hash, user) = row.map_err(db)?;
@@ -163,6 +178,7 @@ impl Store for RedbStore {
             containers,
             lost,
             user_tokens,
+            user_limits,
             stacks,
             assignments,
             assignment_index,
@@ -182,6 +198,7 @@ impl Store for RedbStore {
             let mut containers = txn.open_table(CONTAINERS).map_err(db)?;
             let mut lost = txn.open_table(LOST).map_err(db)?;
             let mut user_tokens = txn.open_table(USER_TOKENS).map_err(db)?;
+            let mut user_limits = txn.open_table(USER_LIMITS).map_err(db)?;
             let mut stacks = txn.open_table(STACKS).map_err(db)?;
             let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
             for op in ops {
@@ -224,6 +241,11 @@ impl Store for RedbStore {
                     }
                     Op::DeleteStack(user, stack) => {
                         stacks.remove(stack_key(user, stack).as_str()).map_err(db)?;
+                    }
+                    Op::PutUserLimits(user, limits) => {
+                        user_limits
+                            .insert(user.as_str(), encode("user limits", limits)?.as_slice())
+                            .map_err(db)?;
                     }
                     Op::PutAssignment(a) => {
                         assignments

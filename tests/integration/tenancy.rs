@@ -302,3 +302,152 @@ async fn privileged_options_need_an_admin_policy_for_the_user() {
     let (status, body) = stack(&s, ADMIN, "ops/tools", yaml).await;
     assert_eq!(status, 201, "the policy allows it for ops: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_bound_what_one_user_may_ask_for() {
+    let s = Server::start(&["--default-max-containers", "20", "--default-max-stacks", "2"]);
+    for n in ["n1", "n2", "n3"] {
+        s.add_node(n, "10.0.0.1").await;
+    }
+    let (status, body) = stack(
+        &s,
+        ADMIN,
+        "honeniq/big",
+        "web:\n  image: x\n  target_num_containers: 30\n",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (422, "quota_exceeded"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("at most 20 containers") && message.contains("needs 30"),
+        "{message}"
+    );
+
+    // The finding's request (30 services × 10000, as a dry run) is refused before any planning.
+    let huge: String = (0..30)
+        .map(|i| format!("s{i}:\n  image: x\n  target_num_containers: 10000\n"))
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, body) = s
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/huge?dry_run=true",
+            Some(ADMIN),
+            huge.into_bytes(),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (422, "quota_exceeded"), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An admin raises honeniq's limit; honeniq sees its limits and usage.
+    let (status, body) = put(
+        &s,
+        ADMIN,
+        "/v1/users/honeniq/limits",
+        json!({"max_containers": 50}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["limits"]),
+        (200, &json!({"max_containers": 50, "max_stacks": 2})),
+        "{body}"
+    );
+    let (status, _) = stack(
+        &s,
+        ADMIN,
+        "honeniq/big",
+        "web:\n  image: x\n  target_num_containers: 30\n",
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, token) = s
+        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
+        .await;
+    let token = token["token"].as_str().expect("token").to_owned();
+    let (status, body) = s
+        .call("GET", "/v1/users/honeniq/limits", Some(&token), None)
+        .await;
+    assert_eq!(
+        (status, body["containers"].as_u64(), body["stacks"].as_u64()),
+        (200, Some(30), Some(1)),
+        "{body}"
+    );
+    let (status, _) = put(
+        &s,
+        &token,
+        "/v1/users/honeniq/limits",
+        json!({"max_containers": 5000}),
+    )
+    .await;
+    assert_eq!(status, 403, "only an admin sets limits");
+    // Scaling counts against the limit too; so does a third stack.
+    let (status, body) = s
+        .call(
+            "PATCH",
+            "/v1/stacks/honeniq/big/services/web",
+            Some(&token),
+            Some(json!({"target_num_containers": 60})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (422, "quota_exceeded"), "{body}");
+    assert_eq!(stack(&s, &token, "honeniq/two", "a:\n  image: x\n").await.0, 201);
+    let (status, body) = stack(&s, &token, "honeniq/three", "a:\n  image: x\n").await;
+    assert_eq!((status, code(&body)), (422, "quota_exceeded"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at most 2 stacks"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_maximal_plan_does_not_stall_other_nodes() {
+    let s = std::sync::Arc::new(Server::start(&["--node-ttl", "2", "--lease-check-ms", "100"]));
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        tokens.push(s.add_node(&format!("n{i}"), &format!("10.0.1.{i}")).await);
+    }
+    let other = s.add_node("busy", "10.0.2.1").await;
+    // Another node reports and heartbeats as fast as it can while the plan runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut slowest = std::time::Duration::ZERO;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let started = std::time::Instant::now();
+                let path = format!("/v1/nodes/busy/containers/zoe/side/c-{}", n % 50);
+                let (status, _) = put(&s, &other, &path, json!({"service": "c", "generation": n})).await;
+                assert!(status < 300, "{status}");
+                slowest = slowest.max(started.elapsed());
+            }
+            (slowest, n)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The largest stack a user may declare by default: 1,000 containers over 10 services.
+    let yaml: String = (0..10)
+        .map(|i| format!("s{i}:\n  image: x\n  ports: ['80']\n  target_num_containers: 100\n  deployment_strategy: high_availability\n"))
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, body) = stack(&s, ADMIN, "honeniq/max", &yaml).await;
+    let applied = started.elapsed();
+    assert_eq!(status, 201, "{}", body["error"]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (slowest, writes) = worker.await.expect("worker");
+    eprintln!(
+        "figure: maximal plan (1,000 containers on 20 nodes) applied in {applied:?}; another node's slowest write meanwhile {slowest:?} over {writes} writes"
+    );
+    let (_, busy) = s.call("GET", "/v1/nodes/busy", Some(ADMIN), None).await;
+    assert_eq!(busy["node"]["state"], "live", "never declared lost");
+    assert!(slowest < std::time::Duration::from_millis(500), "{slowest:?}");
+}

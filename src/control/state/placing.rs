@@ -3,7 +3,7 @@
 
 use crate::control::changes::Changes;
 use crate::control::error::ControlError;
-use crate::model::{Assignment, ContainerKey, ServiceSpec};
+use crate::model::{Assignment, ContainerKey, Label, ServiceSpec};
 use crate::placement::{self, Change, NodeInfo, Plan};
 
 use super::State;
@@ -40,6 +40,61 @@ impl State {
         input.retired = &retired;
         input.explain = explain;
         placement::plan(&input, change).map_err(ControlError::from)
+    }
+
+    /// Refuses a change that would take `user` over a limit: `containers` assigned after it,
+    /// `stacks` declared after it. Checked before placement runs (on the declared targets, so
+    /// an oversized request costs nothing) and again on the plan.
+    pub fn check_quota(&self, user: &Label, containers: u64, stacks: u64) -> Result<(), ControlError> {
+        let limits = self.limits_of(user);
+        let (now_containers, now_stacks) = self.usage_of(user);
+        if stacks > u64::from(limits.max_stacks) && stacks > u64::from(now_stacks) {
+            return Err(ControlError::QuotaExceeded {
+                message: format!(
+                    "user {user} may declare at most {} stacks and has {now_stacks}; remove a stack, \
+                     or ask an admin to raise the limit (PUT /v1/users/{user}/limits)",
+                    limits.max_stacks
+                ),
+            });
+        }
+        if containers > u64::from(limits.max_containers) && containers > u64::from(now_containers) {
+            return Err(ControlError::QuotaExceeded {
+                message: format!(
+                    "user {user} may run at most {} containers and runs {now_containers}; this change \
+                     needs {containers}; lower target_num_containers, or ask an admin to raise the limit \
+                     (PUT /v1/users/{user}/limits)",
+                    limits.max_containers
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// What a set of declared services would run for `user`, at most: the targets, and one
+    /// per node serving the user for `every_node` services. Other stacks count as they are.
+    pub fn declared_load(&self, user: &Label, replaced: &Label, services: &[ServiceSpec]) -> u64 {
+        let others = self
+            .stacks
+            .assignments()
+            .filter(|a| &a.service.user == user && &a.service.stack != replaced)
+            .count() as u64;
+        let nodes = self.nodes.values().filter(|n| n.node.serves(user)).count() as u64;
+        let here: u64 = services
+            .iter()
+            .map(|s| match s.strategy {
+                crate::model::Strategy::EveryNode => nodes,
+                _ => u64::from(s.target),
+            })
+            .sum();
+        others + here
+    }
+
+    /// Containers of `user` in a plan.
+    pub fn planned_for(plan: &Plan, user: &Label) -> u64 {
+        plan.assignments
+            .iter()
+            .filter(|a| &a.service.user == user)
+            .count() as u64
     }
 
     /// Makes `plan` the current placement (see [`crate::control::stacks::Stacks::apply_plan`]).
