@@ -10,7 +10,7 @@ use super::auth::{Caller, generate_token, hash_token};
 use super::changes::Effect;
 use super::error::ControlError;
 use super::stacks::service_specs;
-use super::state::{NodeSpec, ReplaceSummary, Report, State, require_admin};
+use super::state::{NodeSpec, PlanInput, ReplaceSummary, Report, State, require_admin};
 use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
 use super::{Committed, Control};
 use crate::model::{Container, ContainerKey, Label, Limits, Node, ServiceKey};
@@ -27,6 +27,19 @@ pub struct StackSubmission {
     /// The text as sent, kept with the stack.
     pub body: String,
     pub content_type: Option<String>,
+}
+
+/// Runs placement on a blocking thread: a large plan costs the writer nothing.
+async fn plan_off_writer(
+    input: PlanInput,
+    change: Change,
+) -> Result<(PlanInput, Change, Result<crate::placement::Plan, ControlError>), ControlError> {
+    tokio::task::spawn_blocking(move || {
+        let planned = input.plan(&change);
+        (input, change, planned)
+    })
+    .await
+    .map_err(|_| ControlError::Internal)
 }
 
 /// A fresh token and its stored form.
@@ -335,26 +348,40 @@ impl Control {
         submission: StackSubmission,
         dry_run: bool,
     ) -> Result<Committed<StackApplied>, ControlError> {
+        let StackSubmission {
+            user,
+            stack,
+            file,
+            body,
+            content_type,
+        } = submission;
+        let services = service_specs(&user, &stack, &file);
+        // On the writer: who may, what it would cost (before any planning), a copy of what
+        // placement reads. Then the plan, off the writer, so other tenants' writes go on.
+        let prepared = {
+            let (caller, user, stack, services) =
+                (caller.clone(), user.clone(), stack.clone(), services.clone());
+            self.run(move |ctx| {
+                ctx.state.authorize_stacks(&caller, &user, &stack)?;
+                let stacks_after = ctx.state.usage_of(&user).1 as u64
+                    + u64::from(ctx.state.stacks().get(&user, &stack).is_none());
+                let load = ctx.state.declared_load(&user, &stack, &services);
+                ctx.state.check_quota(&user, load, stacks_after)?;
+                Ok((ctx.state.plan_input(dry_run), stacks_after))
+            })
+            .await?
+            .value
+        };
+        let (input, stacks_after) = prepared;
+        let change = Change::Apply {
+            user: user.clone(),
+            stack: stack.clone(),
+            services,
+        };
+        let (input, change, planned) = plan_off_writer(input, change).await?;
         self.run(move |ctx| {
-            let StackSubmission {
-                user,
-                stack,
-                file,
-                body,
-                content_type,
-            } = submission;
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            let services = service_specs(&user, &stack, &file);
-            let stacks_after = ctx.state.usage_of(&user).1 as u64
-                + u64::from(ctx.state.stacks().get(&user, &stack).is_none());
-            let load = ctx.state.declared_load(&user, &stack, &services);
-            ctx.state.check_quota(&user, load, stacks_after)?;
-            let change = Change::Apply {
-                user: user.clone(),
-                stack: stack.clone(),
-                services,
-            };
-            let plan = ctx.state.plan(&change, dry_run)?;
+            let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
             ctx.state
                 .check_quota(&user, State::planned_for(&plan, &user), stacks_after)?;
             let created = ctx.state.stacks().get(&user, &stack).is_none();
@@ -461,25 +488,41 @@ impl Control {
         target: u32,
         dry_run: bool,
     ) -> Result<Committed<StackApplied>, ControlError> {
+        let (user, stack) = (service.user.clone(), service.stack.clone());
+        // On the writer: who may and what it would cost; the plan itself off it.
+        let prepared = {
+            let (caller, service, user, stack) =
+                (caller.clone(), service.clone(), user.clone(), stack.clone());
+            self.run(move |ctx| {
+                ctx.state.authorize_stacks(&caller, &user, &stack)?;
+                if ctx.state.stacks().get(&user, &stack).is_none() {
+                    return Err(stack_not_found(&user, &stack));
+                }
+                // Before placement: the service's current containers give way to `target`.
+                let current = ctx
+                    .state
+                    .stacks()
+                    .assignments()
+                    .filter(|a| a.service == service)
+                    .count() as u64;
+                let (used, stacks) = ctx.state.usage_of(&user);
+                let wanted = u64::from(used) - current + u64::from(target);
+                ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
+                Ok((ctx.state.plan_input(dry_run), u64::from(stacks)))
+            })
+            .await?
+            .value
+        };
+        let (input, stacks) = prepared;
+        let (input, change, planned) = plan_off_writer(input, Change::Scale { service, target }).await?;
         self.run(move |ctx| {
-            let (user, stack) = (service.user.clone(), service.stack.clone());
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
+            let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
+            ctx.state
+                .check_quota(&user, State::planned_for(&plan, &user), stacks)?;
             let Some(record) = ctx.state.stacks().get(&user, &stack) else {
                 return Err(stack_not_found(&user, &stack));
             };
-            // Before placement: the service's current containers give way to `target`.
-            let current = ctx
-                .state
-                .stacks()
-                .assignments()
-                .filter(|a| a.service == service)
-                .count() as u64;
-            let (used, stacks) = ctx.state.usage_of(&user);
-            let wanted = u64::from(used) - current + u64::from(target);
-            ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
-            let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
-            ctx.state
-                .check_quota(&user, State::planned_for(&plan, &user), u64::from(stacks))?;
             if dry_run {
                 let status = views::preview(
                     ctx.state,

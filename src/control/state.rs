@@ -24,6 +24,7 @@ use super::stacks::Stacks;
 use crate::model::{Capacity, Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::store::{Loaded, Op};
 
+pub use placing::PlanInput;
 pub use reports::{MAX_GENERATION, ReplaceSummary, Report};
 
 /// A registered node and its lease.
@@ -62,6 +63,9 @@ pub struct State {
     /// Limits an admin set for a user; the others have `default_limits`.
     user_limits: HashMap<Label, Limits>,
     pub default_limits: Limits,
+    /// Raised whenever something placement reads changes (nodes, leases, stacks,
+    /// assignments): a plan computed off the writer is applied only if it did not move.
+    placement_version: u64,
     /// Declared stacks and where placement put their containers.
     stacks: Stacks,
 }
@@ -94,6 +98,15 @@ impl State {
         state.user_tokens = loaded.user_tokens.into_iter().collect();
         state.user_limits = loaded.user_limits.into_iter().collect();
         state
+    }
+
+    /// The placement version, carried over a reload so no plan made before it fits after it.
+    pub fn placement_version(&self) -> u64 {
+        self.placement_version
+    }
+
+    pub fn resume_placement_version(&mut self, version: u64) {
+        self.placement_version = version;
     }
 
     /// Every live node's lease restarts its countdown at `now`, so a restart of stackdns does
@@ -459,6 +472,7 @@ impl State {
         };
         changes.ops.push(Op::PutNode(node.clone()));
         changes.nodes.insert(name.clone());
+        self.placement_version += 1;
         let (last_seen, live) = existing.map_or((now, true), |n| (n.last_seen, n.live));
         self.nodes.insert(
             name.clone(),
@@ -495,6 +509,7 @@ impl State {
             self.store_container(c, changes);
         }
         changes.ops.push(Op::DeleteNode(name.clone()));
+        self.placement_version += 1;
         changes.ops.push(Op::SetLost(name.clone(), false));
         changes.nodes.insert(name.clone());
         let removed = self.nodes.remove(name).map(|n| n.node);
@@ -516,6 +531,7 @@ impl State {
             n.last_seen = now;
             if !n.live {
                 n.live = true;
+                self.placement_version += 1;
                 changes.nodes.insert(name.clone());
                 changes.ops.push(Op::SetLost(name.clone(), false));
                 tracing::info!(node = %name, "node lease renewed; node is live again");
@@ -529,6 +545,7 @@ impl State {
         for n in self.nodes.values_mut() {
             if n.live && now.saturating_duration_since(n.last_seen) > ttl {
                 n.live = false;
+                self.placement_version += 1;
                 changes.nodes.insert(n.node.name.clone());
                 changes.ops.push(Op::SetLost(n.node.name.clone(), true));
                 tracing::warn!(node = %n.node.name, ttl_s = ttl.as_secs_f64(), "node lease lapsed; node is lost and its containers leave DNS");

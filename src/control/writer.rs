@@ -175,8 +175,10 @@ impl Writer {
             Ok(loaded) => {
                 let leases = self.state.leases();
                 let defaults = self.state.default_limits;
+                let version = self.state.placement_version() + 1;
                 self.state = State::from_loaded(loaded, Instant::now());
                 self.state.default_limits = defaults;
+                self.state.resume_placement_version(version);
                 self.state.restore_leases(leases);
                 self.stale = false;
             }

@@ -27,19 +27,59 @@ impl State {
     /// Runs placement for `change` against the current state; `explain` asks for every node's
     /// verdict (dry runs).
     pub fn plan(&self, change: &Change, explain: bool) -> Result<Plan, ControlError> {
-        let nodes = self.placement_nodes();
-        let services: Vec<ServiceSpec> = self.stacks.declared_services();
-        let assignments: Vec<Assignment> = self.stacks.assignments().cloned().collect();
-        // Names that lived before start above their last generation, so stale reports stay fenced.
-        let retired: Vec<(ContainerKey, u64)> = self
-            .containers
-            .values()
-            .map(|c| (c.key.clone(), c.generation))
-            .collect();
-        let mut input = placement::Input::new(&nodes, &services, &assignments);
-        input.retired = &retired;
-        input.explain = explain;
-        placement::plan(&input, change).map_err(ControlError::from)
+        self.plan_input(explain).plan(change)
+    }
+
+    /// A copy of everything placement decides from, to plan without holding the writer (see
+    /// [`State::plan_still_fits`]).
+    pub fn plan_input(&self, explain: bool) -> PlanInput {
+        PlanInput {
+            nodes: self.placement_nodes(),
+            services: self.stacks.declared_services(),
+            assignments: self.stacks.assignments().cloned().collect(),
+            // Names that lived before start above their last generation, so stale reports
+            // stay fenced.
+            retired: self
+                .containers
+                .values()
+                .map(|c| (c.key.clone(), c.generation))
+                .collect(),
+            explain,
+            version: self.placement_version,
+        }
+    }
+
+    /// The plan to apply: the one made off the writer from `input` if it still fits, else one
+    /// made now (something changed meanwhile: rare, and then correct rather than fast).
+    pub fn current_plan(
+        &self,
+        input: &PlanInput,
+        change: &Change,
+        planned: Result<Plan, ControlError>,
+        explain: bool,
+    ) -> Result<Plan, ControlError> {
+        match planned {
+            Ok(plan) if self.plan_still_fits(input, &plan) => Ok(plan),
+            Err(e) if input.version == self.placement_version => Err(e),
+            _ => self.plan(change, explain),
+        }
+    }
+
+    /// Whether a plan made from an earlier [`PlanInput`] may still be applied: nothing placement
+    /// reads changed since (nodes, leases, stacks, assignments), and no container it creates or
+    /// moves was reported meanwhile at its new generation or above (which would undo the fence).
+    pub fn plan_still_fits(&self, input: &PlanInput, plan: &Plan) -> bool {
+        if input.version != self.placement_version {
+            return false;
+        }
+        plan.assignments.iter().all(|a| {
+            let unchanged = self.stacks.assignment(&a.container) == Some(a);
+            unchanged
+                || self
+                    .containers
+                    .get(&a.container)
+                    .is_none_or(|c| c.generation < a.generation)
+        })
     }
 
     /// Refuses a change that would take `user` over a limit: `containers` assigned after it,
@@ -99,6 +139,7 @@ impl State {
 
     /// Makes `plan` the current placement (see [`crate::control::stacks::Stacks::apply_plan`]).
     pub fn apply_plan(&mut self, plan: &Plan, changes: &mut Changes) -> crate::model::Applied {
+        self.placement_version += 1;
         self.stacks.apply_plan(plan, changes)
     }
 
@@ -117,7 +158,7 @@ impl State {
                 {
                     tracing::warn!(container = %v.container, node = %v.node, "no live node can take this container; it stays assigned to its lost node");
                 }
-                let applied = self.stacks.apply_plan(&plan, changes);
+                let applied = self.apply_plan(&plan, changes);
                 if !(applied.moved.is_empty() && applied.added.is_empty() && applied.removed.is_empty()) {
                     tracing::info!(moved = ?applied.moved, added = ?applied.added, removed = ?applied.removed, "placement reconciled");
                 }
@@ -129,6 +170,7 @@ impl State {
     /// Stores a stack record (after its plan was applied). A newly declared stack's names are
     /// recomputed: containers reported under it before it existed no longer answer.
     pub fn put_stack(&mut self, record: crate::store::StackRecord, changes: &mut Changes) {
+        self.placement_version += 1;
         if self.stacks.get(&record.user, &record.stack).is_none() {
             let keys: Vec<_> = self
                 .containers_of_stack(&record.user, &record.stack)
@@ -146,9 +188,32 @@ impl State {
         stack: &crate::model::Label,
         changes: &mut Changes,
     ) -> Result<(), ControlError> {
+        self.placement_version += 1;
         self.stacks.remove(user, stack, changes)?;
         let keys: Vec<_> = self.containers_of_stack(user, stack).cloned().collect();
         changes.containers.extend(keys);
         Ok(())
+    }
+}
+
+/// Everything placement decides from, copied out of the state ([`State::plan_input`]).
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    nodes: Vec<NodeInfo>,
+    services: Vec<ServiceSpec>,
+    assignments: Vec<Assignment>,
+    retired: Vec<(ContainerKey, u64)>,
+    explain: bool,
+    /// The state's placement version it was copied at.
+    version: u64,
+}
+
+impl PlanInput {
+    /// Runs the pure placement engine: no state, no writer, any thread.
+    pub fn plan(&self, change: &Change) -> Result<Plan, ControlError> {
+        let mut input = placement::Input::new(&self.nodes, &self.services, &self.assignments);
+        input.retired = &self.retired;
+        input.explain = self.explain;
+        placement::plan(&input, change).map_err(ControlError::from)
     }
 }
