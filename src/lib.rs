@@ -20,6 +20,7 @@
 //! | [`agent`]     | the node agent: supervisors, reporter, runtimes; the API only through `client` |
 //! | [`config`]    | flags: `stackdns serve`, the agent and the client commands            |
 //! | [`server`]    | wiring, start-up and shutdown                                         |
+//! | [`signal`]    | waiting for SIGINT/SIGTERM (server and agent)                         |
 //!
 //! Dependencies point one way: `model` ← `scheme` ← `snapshot`; `model` ← `placement`;
 //! `model`, `stackfile` ← `store`; `store`, `placement`, `snapshot`, `stackfile` ← `control`
@@ -54,6 +55,7 @@ pub mod name;
 pub mod placement;
 pub mod scheme;
 pub mod server;
+pub mod signal;
 pub mod snapshot;
 pub mod stackfile;
 pub mod store;

@@ -234,32 +234,11 @@ impl Server {
 pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
     let server = Server::start(&args).await?;
     tracing::info!("listening dns={} api={}", server.dns_addr, server.api_addr);
-    wait_for_signal().await;
+    crate::signal::terminated().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: CancellationToken) {

@@ -292,7 +292,7 @@ impl<R: Runtime> Agent<R> {
     async fn run(&mut self, mut lists: mpsc::Receiver<AssignmentList>, mut exits: mpsc::Receiver<Exited>) {
         let mut latest: Option<AssignmentList> = None;
         let mut tidy = tokio::time::interval(Duration::from_millis(200));
-        let shutdown = shutdown_signal();
+        let shutdown = crate::signal::terminated();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -536,20 +536,5 @@ fn refresh_token(client: &Client, path: &PathBuf, error: &ClientError) {
             tracing::error!(path = %path.display(), "the API refuses the node token (401); replace the token file with the node's current token (stackdns node token NAME)")
         }
         Err(e) => tracing::error!(error = %e, "cannot read the token file"),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
     }
 }
