@@ -372,7 +372,7 @@ impl Control {
             .await?
             .value
         };
-        let (input, stacks_after) = prepared;
+        let (input, _) = prepared;
         let change = Change::Apply {
             user: user.clone(),
             stack: stack.clone(),
@@ -382,18 +382,21 @@ impl Control {
         self.run(move |ctx| {
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
             let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
+            // Counted again: other requests may have declared stacks since the first check.
+            let created = ctx.state.stacks().get(&user, &stack).is_none();
+            let stacks_after = u64::from(ctx.state.usage_of(&user).1) + u64::from(created);
             ctx.state
                 .check_quota(&user, State::planned_for(&plan, &user), stacks_after)?;
-            let created = ctx.state.stacks().get(&user, &stack).is_none();
             if dry_run {
                 let status =
                     views::preview(ctx.state, &user, &stack, &file, &plan.services, &plan.assignments);
+                let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
                 return Ok(StackApplied {
                     status,
                     created,
                     changes: None,
-                    verdicts_total: plan.verdicts.len(),
-                    verdicts: Some(views::first_verdicts(plan.verdicts)),
+                    verdicts_total,
+                    verdicts: Some(verdicts),
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
@@ -513,11 +516,12 @@ impl Control {
             .await?
             .value
         };
-        let (input, stacks) = prepared;
+        let (input, _) = prepared;
         let (input, change, planned) = plan_off_writer(input, Change::Scale { service, target }).await?;
         self.run(move |ctx| {
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
             let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
+            let stacks = u64::from(ctx.state.usage_of(&user).1);
             ctx.state
                 .check_quota(&user, State::planned_for(&plan, &user), stacks)?;
             let Some(record) = ctx.state.stacks().get(&user, &stack) else {
@@ -532,12 +536,13 @@ impl Control {
                     &plan.services,
                     &plan.assignments,
                 );
+                let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
                 return Ok(StackApplied {
                     status,
                     created: false,
                     changes: None,
-                    verdicts_total: plan.verdicts.len(),
-                    verdicts: Some(views::first_verdicts(plan.verdicts)),
+                    verdicts_total,
+                    verdicts: Some(verdicts),
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);

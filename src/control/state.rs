@@ -91,7 +91,13 @@ impl State {
                 },
             );
         }
-        for c in loaded.containers {
+        for mut c in loaded.containers {
+            // Records stored before `placed` existed: where they match their assignment, they
+            // are the placed container (so they drain, rather than vanish, once it goes).
+            c.placed |= state
+                .stacks
+                .assignment(&c.key)
+                .is_some_and(|a| a.node == c.node && a.generation == c.generation);
             state.index(&c);
             state.containers.insert(c.key.clone(), c);
         }
@@ -225,7 +231,12 @@ impl State {
             .nodes
             .get(&c.node)
             .filter(|n| n.live && c.running && c.ready)?;
-        if !c.placed && self.stacks.get(&c.key.user, &c.key.stack).is_some() {
+        let declared = self.stacks.get(&c.key.user, &c.key.stack).is_some();
+        // A discovery container answers only while its node serves its user.
+        if !declared && !node.node.serves(&c.key.user) {
+            return None;
+        }
+        if !c.placed && declared {
             let assigned = self
                 .stacks
                 .assignment(&c.key)
@@ -333,8 +344,16 @@ impl State {
                     ));
                 }
                 match existing {
+                    // Reading or removing another's node looks like a missing one; registering
+                    // a taken name must say it is taken.
+                    Some(n) if n.owner.as_ref() != Some(user) && spec.is_none() => {
+                        Err(ControlError::NotFound {
+                            what: "node",
+                            name: name.to_string(),
+                        })
+                    }
                     Some(n) if n.owner.as_ref() != Some(user) => Err(ControlError::Forbidden(format!(
-                        "node {name} is not yours: a user token acts on the nodes it registered"
+                        "node name {name} is taken: a user token acts on the nodes it registered"
                     ))),
                     None if spec.is_none() => Err(ControlError::NotFound {
                         what: "node",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::state::{NodeState, State};
 use crate::model::Applied;
 use crate::model::{Assignment, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
-use crate::placement::NodeVerdict;
+use crate::placement::{NodeVerdict, Refusal, Verdict};
 use crate::stackfile::{HealthCheck, Restart, Stackfile};
 
 /// A node and its lease.
@@ -256,8 +256,14 @@ pub fn node_assignments(state: &State, node: &Label) -> NodeAssignments {
 /// a response must stay a size a client can read (the total is given beside them).
 pub const MAX_VERDICTS: usize = 5_000;
 
-/// The verdicts a dry run answers with.
-pub fn first_verdicts(mut verdicts: Vec<NodeVerdict>) -> Vec<NodeVerdict> {
-    verdicts.truncate(MAX_VERDICTS);
-    verdicts
+/// The verdicts a dry run answers with: none about nodes that serve other users (their names
+/// are theirs), at most [`MAX_VERDICTS`]; and how many there were before the cap.
+pub fn visible_verdicts(verdicts: Vec<NodeVerdict>) -> (Vec<NodeVerdict>, usize) {
+    let mut visible: Vec<NodeVerdict> = verdicts
+        .into_iter()
+        .filter(|v| !matches!(&v.verdict, Verdict::Refused { reason } if *reason == Refusal::OtherTenants))
+        .collect();
+    let total = visible.len();
+    visible.truncate(MAX_VERDICTS);
+    (visible, total)
 }

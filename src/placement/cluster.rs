@@ -188,10 +188,16 @@ impl<'a> Cluster<'a> {
             .collect()
     }
 
-    /// The assignments on nodes that are not live or no longer exist.
+    /// The assignments on nodes that are not live, no longer exist, or no longer serve the
+    /// container's user (an admin closed the node to them): Reconcile moves them.
     pub fn off_live_nodes(&self) -> impl Iterator<Item = &Assignment> {
         (self.assignments.values())
-            .filter(|p| p.node.is_none_or(|i| !self.nodes[i].info.live))
+            .filter(|p| {
+                p.node.is_none_or(|i| {
+                    let info = &self.nodes[i].info;
+                    !info.live || !info.serves(&p.assignment.service.user)
+                })
+            })
             .map(|p| p.assignment.as_ref())
     }
 

@@ -233,15 +233,16 @@ impl PlacementError {
     }
 }
 
+/// Names no node: they belong to other users.
 fn no_node_for_user(container: &ContainerKey, nodes: &[Label]) -> String {
-    let verb = if nodes.len() == 1 { "serves" } else { "serve" };
+    let count = match nodes.len() {
+        1 => "the one node serves".to_owned(),
+        n => format!("all {n} nodes serve"),
+    };
     format!(
-        "cannot place {}: no node runs containers of user {} ({} {verb} other users); register a \
+        "cannot place {}: no node runs containers of user {} ({count} other users); register a \
          node of your own with your token, or ask an admin to open a platform node to {}",
-        container.name,
-        container.user,
-        node_list(nodes.iter()),
-        container.user
+        container.name, container.user, container.user
     )
 }
 

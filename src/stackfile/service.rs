@@ -372,9 +372,15 @@ impl ServiceReader<'_> {
                     return Err(self.invalid(item, "links", reason));
                 }
                 Some((target, alias)) => {
-                    if Label::parse("alias", alias).is_err() {
+                    // Docker's alias pattern: [a-zA-Z0-9][a-zA-Z0-9_.-]*
+                    let alias_ok = alias.len() <= 255
+                        && alias.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                        && alias
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    if !alias_ok {
                         let reason = format!(
-                            "{text:?} is not a link; write \"service\" or \"service:alias\", the alias a DNS label"
+                            "{text:?} is not a link; write \"service\" or \"service:alias\", the alias letters, digits, '_', '.' and '-'"
                         );
                         return Err(self.invalid(item, "links", reason));
                     }

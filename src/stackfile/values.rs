@@ -402,36 +402,53 @@ pub(super) fn hostname(text: &str) -> Result<(), String> {
     if text.is_empty() || text.len() > 253 {
         return bad("it must be 1-253 characters");
     }
+    // Docker takes `_` in host names (service names of Compose files): so does this.
     for label in text.trim_end_matches('.').split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return bad("labels are letters, digits and inner hyphens, at most 63 characters");
+            return bad("labels are letters, digits, '_' and inner hyphens, at most 63 characters");
         }
     }
     Ok(())
 }
 
-/// An `expose` entry: `"8080"` or `"53/udp"`, port 1-65535.
+/// An `expose` entry: `"8080"`, `"53/udp"` or a range `"8080-8085/tcp"`, ports 1-65535.
 pub(super) fn exposed_port(text: &str) -> Result<(), String> {
-    let (port, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-    let valid_port = port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)) && !port.starts_with('+');
-    if !valid_port || !matches!(proto, "tcp" | "udp") {
+    let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let port = |p: &str| {
+        Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+            .filter(|n| (1..=65535).contains(n))
+    };
+    let valid = match ports.split_once('-') {
+        Some((first, last)) => matches!((port(first), port(last)), (Some(a), Some(b)) if a <= b),
+        None => port(ports).is_some(),
+    };
+    if !valid || !matches!(proto, "tcp" | "udp" | "sctp") {
         return Err(format!(
-            "{:?} is not a port; write a number 1-65535, optionally with /tcp or /udp",
+            "{:?} is not a port; write a number 1-65535 or a range like 8080-8085, optionally with /tcp, /udp or /sctp",
             truncated(text)
         ));
     }
     Ok(())
 }
 
-/// An `extra_hosts` entry: a host name and an IPv4 or IPv6 address.
+/// An `extra_hosts` entry: a host name and an IPv4 or IPv6 address (`[::1]` as Compose
+/// writes it), or Docker's `host-gateway`.
 pub(super) fn host_entry(host: &str, address: &str) -> Result<(), String> {
     hostname(host)?;
-    if address.parse::<std::net::IpAddr>().is_err() {
+    let bare = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    if address != "host-gateway" && bare.parse::<std::net::IpAddr>().is_err() {
         return Err(format!(
             "{:?} is not an IPv4 or IPv6 address (in \"{host}:{address}\")",
             truncated(address)
@@ -582,11 +599,26 @@ mod checks {
         assert!(hostname("web-1.example").is_ok());
         assert!(hostname(&"x".repeat(600_000)).is_err());
         assert!(hostname("-a").is_err() && hostname("a..b").is_err() && hostname("").is_err());
-        for bad in ["99999", "0", "-5", "abc", "80/sctp", "+80"] {
+        for bad in [
+            "99999",
+            "0",
+            "-5",
+            "abc",
+            "80/icmp",
+            "+80",
+            "9000-8000",
+            "1-70000",
+        ] {
             assert!(exposed_port(bad).is_err(), "{bad}");
         }
-        assert!(exposed_port("8080").is_ok() && exposed_port("53/udp").is_ok());
+        for good in ["8080", "53/udp", "8080/tcp", "8080-8085/tcp", "9/sctp"] {
+            assert!(exposed_port(good).is_ok(), "{good}");
+        }
         assert!(host_entry("db", "10.0.0.5").is_ok() && host_entry("db", "::1").is_ok());
+        assert!(
+            host_entry("h", "[::1]").is_ok() && host_entry("host.docker.internal", "host-gateway").is_ok()
+        );
+        assert!(hostname("my_service").is_ok(), "Docker takes underscores");
         assert!(host_entry("bad", "").is_err() && host_entry("", "::").is_err());
     }
 }

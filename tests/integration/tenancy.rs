@@ -451,3 +451,39 @@ async fn a_maximal_plan_does_not_stall_other_nodes() {
     assert_eq!(busy["node"]["state"], "live", "never declared lost");
     assert!(slowest < std::time::Duration::from_millis(500), "{slowest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_a_node_to_a_user_takes_their_containers_off_it() {
+    let s = Server::start(&[]);
+    let token = s.add_node("open", "10.0.4.1").await;
+    s.add_node("other", "10.0.4.2").await;
+    // zoe's discovery container on the open node answers ...
+    let found = json!({"service": "cache", "generation": 1});
+    let (status, _) = put(&s, &token, "/v1/nodes/open/containers/zoe/side/cache-1", found).await;
+    assert_eq!(status, 201);
+    // ... and so does a declared container placed there.
+    let (status, body) = stack(&s, ADMIN, "zoe/app", "web:\n  image: x\n").await;
+    assert_eq!(status, 201, "{body}");
+    let node = body["stack"]["containers"][0]["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let dns = s.dns();
+    assert_eq!(dns.a("cache-1.side.zoe.cont.cluster.test."), ["10.0.4.1"]);
+    // The admin closes "open" to everyone but honeniq: zoe's discovery container leaves DNS,
+    // and a declared container placed there moves to a node that still serves zoe.
+    let (status, _) = put(
+        &s,
+        ADMIN,
+        "/v1/nodes/open",
+        json!({"address": "10.0.4.1", "tenants": ["honeniq"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(dns.a("cache-1.side.zoe.cont.cluster.test.").is_empty());
+    let (_, now) = s.call("GET", "/v1/stacks/zoe/app", Some(ADMIN), None).await;
+    assert_eq!(
+        now["stack"]["containers"][0]["node"], "other",
+        "moved from {node}: {now}"
+    );
+}

@@ -118,11 +118,17 @@ impl State {
             .assignments()
             .filter(|a| &a.service.user == user && &a.service.stack != replaced)
             .count() as u64;
-        let nodes = self.nodes.values().filter(|n| n.node.serves(user)).count() as u64;
+        // An every_node service runs one per live node that serves the user and carries its tags.
+        let matching = |s: &ServiceSpec| {
+            self.nodes
+                .values()
+                .filter(|n| n.live && n.node.serves(user) && s.tags.iter().all(|t| n.node.tags.contains(t)))
+                .count() as u64
+        };
         let here: u64 = services
             .iter()
             .map(|s| match s.strategy {
-                crate::model::Strategy::EveryNode => nodes,
+                crate::model::Strategy::EveryNode => matching(s),
                 _ => u64::from(s.target),
             })
             .sum();

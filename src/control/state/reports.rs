@@ -63,7 +63,7 @@ impl State {
                 });
             }
         }
-        self.check_ownership(node, key)?;
+        self.check_ownership(node, key, ready)?;
         let Some(stored) = self.containers.get(key) else {
             return Ok(());
         };
@@ -95,15 +95,17 @@ impl State {
     /// What a node may publish: a name of a declared stack only where placement put it (or,
     /// once its assignment is gone, the node still running it while it drains); a
     /// discovery-only container only of a user the node serves.
-    fn check_ownership(&self, node: &Label, key: &ContainerKey) -> Result<(), ControlError> {
+    fn check_ownership(&self, node: &Label, key: &ContainerKey, ready: bool) -> Result<(), ControlError> {
         if self.stacks.assignment(key).is_some() {
             return Ok(()); // Checked against the assignment already.
         }
         if self.stacks.get(&key.user, &key.stack).is_some() {
-            let draining = self
-                .containers
-                .get(key)
-                .is_some_and(|c| c.running && c.placed && &c.node == node);
+            // Only out of DNS: a removed container may drain, not come back.
+            let draining = !ready
+                && self
+                    .containers
+                    .get(key)
+                    .is_some_and(|c| c.running && c.placed && &c.node == node);
             if draining {
                 return Ok(());
             }
