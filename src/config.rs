@@ -150,6 +150,9 @@ pub struct ServeArgs {
     /// Stacks a user may declare unless an admin set their own limit.
     #[arg(long, env = "STACKDNS_DEFAULT_MAX_STACKS", default_value_t = crate::model::Limits::default().max_stacks)]
     pub default_max_stacks: u32,
+    /// Nodes a user may register with its own token unless an admin set their own limit.
+    #[arg(long, env = "STACKDNS_DEFAULT_MAX_NODES", default_value_t = crate::model::Limits::default().max_nodes)]
+    pub default_max_nodes: u32,
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,

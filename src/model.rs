@@ -327,14 +327,23 @@ impl Applied {
 pub struct Limits {
     pub max_containers: u32,
     pub max_stacks: u32,
+    /// Nodes the user may register with its own token.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
+}
+
+fn default_max_nodes() -> u32 {
+    Limits::default().max_nodes
 }
 
 impl Default for Limits {
-    /// A user runs at most 1,000 containers in at most 100 stacks unless an admin says more.
+    /// A user runs at most 1,000 containers in at most 100 stacks, on at most 20 nodes of its
+    /// own, unless an admin says more.
     fn default() -> Self {
         Limits {
             max_containers: 1_000,
             max_stacks: 100,
+            max_nodes: 20,
         }
     }
 }

@@ -113,6 +113,7 @@ impl Server {
             crate::model::Limits {
                 max_containers: args.default_max_containers,
                 max_stacks: args.default_max_stacks,
+                max_nodes: args.default_max_nodes,
             },
             cancel.clone(),
         )?;

@@ -352,6 +352,8 @@ pub struct LimitsRequest {
     pub max_containers: Option<u32>,
     #[serde(default)]
     pub max_stacks: Option<u32>,
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
 }
 
 /// A user's limits and what it uses now.

@@ -41,7 +41,13 @@ async fn set_limits(
     let user = Label::parse("user", &user)?;
     let done = app
         .control
-        .set_user_limits(caller, user.clone(), req.max_containers, req.max_stacks)
+        .set_user_limits(
+            caller,
+            user.clone(),
+            req.max_containers,
+            req.max_stacks,
+            req.max_nodes,
+        )
         .await?;
     tracing::info!(%user, limits = ?done.value.0, "user limits set");
     Ok(Json(limits_response(&user, done)))

@@ -278,6 +278,7 @@ impl Control {
         user: Label,
         max_containers: Option<u32>,
         max_stacks: Option<u32>,
+        max_nodes: Option<u32>,
     ) -> Result<Committed<(Limits, (u32, u32))>, ControlError> {
         self.run(move |ctx| {
             require_admin(&caller)?;
@@ -285,6 +286,7 @@ impl Control {
             let limits = Limits {
                 max_containers: max_containers.unwrap_or(current.max_containers),
                 max_stacks: max_stacks.unwrap_or(current.max_stacks),
+                max_nodes: max_nodes.unwrap_or(current.max_nodes),
             };
             ctx.state.set_limits(&user, limits, ctx.changes);
             Ok((limits, ctx.state.usage_of(&user)))

@@ -359,6 +359,23 @@ impl State {
                         what: "node",
                         name: name.to_string(),
                     }),
+                    None => {
+                        let owned = self
+                            .nodes
+                            .values()
+                            .filter(|n| n.node.owner.as_ref() == Some(user))
+                            .count();
+                        let max = self.limits_of(user).max_nodes;
+                        if owned as u64 >= u64::from(max) {
+                            return Err(ControlError::QuotaExceeded {
+                                message: format!(
+                                    "user {user} may register at most {max} nodes and has {owned}; remove one, \
+                                     or ask an admin to raise the limit (PUT /v1/users/{user}/limits)"
+                                ),
+                            });
+                        }
+                        Ok(Some(user.clone()))
+                    }
                     _ => Ok(Some(user.clone())),
                 }
             }

@@ -353,7 +353,10 @@ async fn quotas_bound_what_one_user_may_ask_for() {
     .await;
     assert_eq!(
         (status, &body["limits"]),
-        (200, &json!({"max_containers": 50, "max_stacks": 2})),
+        (
+            200,
+            &json!({"max_containers": 50, "max_stacks": 2, "max_nodes": 20})
+        ),
         "{body}"
     );
     let (status, _) = stack(
@@ -486,4 +489,35 @@ async fn closing_a_node_to_a_user_takes_their_containers_off_it() {
         now["stack"]["containers"][0]["node"], "other",
         "moved from {node}: {now}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_registers_only_as_many_nodes_as_allowed() {
+    let s = Server::start(&["--default-max-nodes", "2"]);
+    let (_, body) = s
+        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
+        .await;
+    let token = body["token"].as_str().expect("token").to_owned();
+    for n in ["a", "b"] {
+        let (status, body) = put(
+            &s,
+            &token,
+            &format!("/v1/nodes/{n}"),
+            json!({"address": "10.0.5.1"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = put(&s, &token, "/v1/nodes/c", json!({"address": "10.0.5.1"})).await;
+    assert_eq!((status, code(&body)), (422, "quota_exceeded"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at most 2 nodes"),
+        "{body}"
+    );
+    // Updating an own node is not a new one.
+    let (status, _) = put(&s, &token, "/v1/nodes/a", json!({"address": "10.0.5.2"})).await;
+    assert_eq!(status, 200);
 }
