@@ -49,6 +49,33 @@ pub enum Known {
     },
 }
 
+impl Known {
+    /// A running state as the API's report body, and whether it belongs in the whole list.
+    fn report(&self) -> Option<(ContainerRequest, bool)> {
+        let Known::Running {
+            service,
+            generation,
+            address,
+            ports,
+            ready,
+            detail,
+            listed,
+        } = self
+        else {
+            return None;
+        };
+        let request = ContainerRequest {
+            service: service.to_string(),
+            address: address.map(|a| a.to_string()),
+            ports: ports.clone(),
+            generation: *generation,
+            ready: *ready,
+            detail: detail.clone(),
+        };
+        Some((request, *listed))
+    }
+}
+
 /// How the API took a state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
@@ -255,22 +282,9 @@ impl Reporter {
     async fn send_one(&self, key: &ContainerKey, known: &Known) -> Result<(), ClientError> {
         let names = (key.user.as_str(), key.stack.as_str(), key.name.as_str());
         match known {
-            Known::Running {
-                service,
-                generation,
-                address,
-                ports,
-                ready,
-                detail,
-                ..
-            } => {
-                let request = ContainerRequest {
-                    service: service.to_string(),
-                    address: address.map(|a| a.to_string()),
-                    ports: ports.clone(),
-                    generation: *generation,
-                    ready: *ready,
-                    detail: detail.clone(),
+            Known::Running { .. } => {
+                let Some((request, _)) = known.report() else {
+                    return Ok(());
                 };
                 self.client
                     .put_container(self.node.as_str(), names, &request)
@@ -319,25 +333,17 @@ impl Reporter {
             let items = inner
                 .entries
                 .iter()
-                .filter_map(|(key, e)| match &e.known {
-                    Known::Running {
-                        service,
-                        generation,
-                        address,
-                        ports,
-                        ready,
-                        detail,
-                        listed: true,
-                    } => Some(ContainerListItem {
+                .filter_map(|(key, e)| match e.known.report() {
+                    Some((r, true)) => Some(ContainerListItem {
                         user: key.user.to_string(),
                         stack: key.stack.to_string(),
                         name: key.name.to_string(),
-                        service: service.to_string(),
-                        address: address.map(|a| a.to_string()),
-                        ports: ports.clone(),
-                        generation: *generation,
-                        ready: *ready,
-                        detail: detail.clone(),
+                        service: r.service,
+                        address: r.address,
+                        ports: r.ports,
+                        generation: r.generation,
+                        ready: r.ready,
+                        detail: r.detail,
                     }),
                     _ => None,
                 })

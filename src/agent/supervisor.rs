@@ -205,18 +205,10 @@ impl<R: Runtime> Supervisor<R> {
             }
             Err(e) => {
                 tracing::error!(container = %key, error = %e, "cannot start the container");
-                let n = *restarts;
-                let again = match self.spec.restart {
-                    Restart::No => false,
-                    Restart::Always => true,
-                    Restart::OnFailure { max_retries } => max_retries.is_none_or(|max| n < max),
-                };
-                if !again {
+                let Some(delay) = self.restart_after(false, restarts) else {
                     self.report_stopped(format!("cannot start: {e}"));
                     return Phase::Exited { restart_at: None };
-                }
-                *restarts += 1;
-                let delay = Duration::from_secs(1 << n.min(5)).min(RESTART_BACKOFF_MAX);
+                };
                 let detail = format!("cannot start, retrying in {}s: {e}", delay.as_secs());
                 self.report_running(false, Some(detail), true);
                 Phase::Exited {
@@ -224,6 +216,22 @@ impl<R: Runtime> Supervisor<R> {
                 }
             }
         }
+    }
+
+    /// Whether the restart policy starts it again after an end (`succeeded`: a clean exit) with
+    /// `restarts` so far, and after what pause (1 s doubling to 30 s); counts the restart.
+    fn restart_after(&self, succeeded: bool, restarts: &mut u32) -> Option<Duration> {
+        let n = *restarts;
+        let again = match self.spec.restart {
+            Restart::No => false,
+            Restart::Always => true,
+            Restart::OnFailure { max_retries } => !succeeded && max_retries.is_none_or(|max| n < max),
+        };
+        if !again {
+            return None;
+        }
+        *restarts += 1;
+        Some(Duration::from_secs(1 << n.min(5)).min(RESTART_BACKOFF_MAX))
     }
 
     /// It ended on its own: restart it if its policy says so, else report it stopped.
@@ -237,20 +245,11 @@ impl<R: Runtime> Supervisor<R> {
         if ran >= RESTART_RESET_AFTER {
             *restarts = 0;
         }
-        let again = match self.spec.restart {
-            Restart::No => false,
-            Restart::Always => true,
-            Restart::OnFailure { max_retries } => {
-                !exited.exit.success() && max_retries.is_none_or(|max| *restarts < max)
-            }
-        };
-        if !again {
+        let Some(delay) = self.restart_after(exited.exit.success(), restarts) else {
             tracing::warn!(container = %key, why, "container stopped; its restart policy does not restart it");
             self.report_stopped(why);
             return Phase::Exited { restart_at: None };
-        }
-        *restarts += 1;
-        let delay = Duration::from_secs(1 << (*restarts - 1).min(5)).min(RESTART_BACKOFF_MAX);
+        };
         tracing::warn!(container = %key, why, restart_in_s = delay.as_secs(), "container exited; restarting after a pause");
         self.report_running(
             false,

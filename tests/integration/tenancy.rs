@@ -165,17 +165,7 @@ async fn a_users_own_node_serves_that_user_alone() {
     );
 
     // Its token reports honeniq's discovery containers, never zoe's.
-    let found = json!({"service": "cache", "generation": 1});
-    let (status, _) = put(
-        &s,
-        &mine,
-        "/v1/nodes/mine/containers/honeniq/side/cache-1",
-        found.clone(),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, body) = put(&s, &mine, "/v1/nodes/mine/containers/zoe/side/cache-1", found).await;
-    assert_eq!((status, code(&body)), (403, "not_a_tenant"), "{body}");
+    let body = reports_honeniq_not_zoe(&s, "mine", &mine).await;
     assert!(
         body["error"]["message"]
             .as_str()
@@ -183,6 +173,18 @@ async fn a_users_own_node_serves_that_user_alone() {
             .contains("may report containers of honeniq only"),
         "{body}"
     );
+}
+
+/// `node` (with `token`) reports honeniq's discovery container, and is refused zoe's: the
+/// refusal's body.
+async fn reports_honeniq_not_zoe(s: &Server, node: &str, token: &str) -> Value {
+    let found = json!({"service": "cache", "generation": 1});
+    let path = |user: &str| format!("/v1/nodes/{node}/containers/{user}/side/cache-1");
+    let (status, _) = put(s, token, &path("honeniq"), found.clone()).await;
+    assert_eq!(status, 201);
+    let (status, body) = put(s, token, &path("zoe"), found).await;
+    assert_eq!((status, code(&body)), (403, "not_a_tenant"), "{body}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,17 +200,7 @@ async fn an_admin_limits_a_platform_node_to_some_users() {
     assert_eq!(status, 201, "{body}");
     let token = body["token"].as_str().expect("token").to_owned();
     assert_eq!(body["node"]["tenants"], json!(["honeniq"]));
-    let found = json!({"service": "cache", "generation": 1});
-    let (status, _) = put(
-        &s,
-        &token,
-        "/v1/nodes/edge/containers/honeniq/side/cache-1",
-        found.clone(),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, body) = put(&s, &token, "/v1/nodes/edge/containers/zoe/side/cache-1", found).await;
-    assert_eq!((status, code(&body)), (403, "not_a_tenant"), "{body}");
+    reports_honeniq_not_zoe(&s, "edge", &token).await;
     let (status, body) = stack(&s, ADMIN, "zoe/app", "web:\n  image: x\n").await;
     assert_eq!((status, code(&body)), (422, "no_node_for_user"), "{body}");
 }

@@ -24,7 +24,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{Exit, Exited, Runtime, RuntimeError, Spec, Stopped, platform_env};
+use super::{Exit, Exited, Runtime, RuntimeError, Spec, Stopped, last_words, platform_env};
 use crate::model::{ContainerKey, Label};
 
 /// How containers reach the network.
@@ -180,9 +180,7 @@ async fn last_stderr_line(docker: &Docker, name: &str) -> Option<String> {
     while let Some(Ok(chunk)) = logs.next().await {
         lines.push(chunk.to_string());
     }
-    let text = lines.concat();
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-    Some(line.chars().filter(|c| !c.is_control()).take(160).collect())
+    last_words(&lines.concat())
 }
 
 impl Runtime for DockerRuntime {

@@ -145,6 +145,13 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Stopped, RuntimeError>> + Send;
 }
 
+/// The last non-empty line of what a container wrote (its stderr tail), without control
+/// characters and at most 160 characters: often the reason it ended.
+pub fn last_words(text: &str) -> Option<String> {
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(line.chars().filter(|c| !c.is_control()).take(160).collect())
+}
+
 /// The environment a container gets besides its Stackfile's: `HOST`, `PORT` (the first
 /// published port's host port), `PORT_<container port>` for each, and its identity.
 pub fn platform_env(spec: &Spec, host: IpAddr, node: &Label) -> BTreeMap<String, String> {

@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{Exit, Exited, Runtime, RuntimeError, Spec, Stopped, platform_env};
+use super::{Exit, Exited, Runtime, RuntimeError, Spec, Stopped, last_words, platform_env};
 use crate::model::{ContainerKey, Label};
 
 /// Variables of the agent's own environment a container inherits; everything else it gets
@@ -130,9 +130,7 @@ pub fn last_line(path: &Path) -> Option<String> {
     file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
-    let text = String::from_utf8_lossy(&tail);
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-    Some(line.chars().filter(|c| !c.is_control()).take(160).collect())
+    last_words(&String::from_utf8_lossy(&tail))
 }
 
 impl Runtime for ProcessRuntime {

@@ -165,7 +165,7 @@ impl State {
                     tracing::warn!(container = %v.container, node = %v.node, "no live node can take this container; it stays assigned to its lost node");
                 }
                 let applied = self.apply_plan(&plan, changes);
-                if !(applied.moved.is_empty() && applied.added.is_empty() && applied.removed.is_empty()) {
+                if !applied.is_empty() {
                     tracing::info!(moved = ?applied.moved, added = ?applied.added, removed = ?applied.removed, "placement reconciled");
                 }
             }
