@@ -123,6 +123,15 @@ pub struct ServeArgs {
     /// get the whole zone. 0 turns the journal off.
     #[arg(long = "ixfr-journal", env = "STACKDNS_IXFR_JOURNAL", default_value_t = 1000)]
     pub ixfr_journal: usize,
+    /// Most memory the IXFR journal's differences may hold, in MiB (they are also kept in
+    /// redb); the oldest go first, and a secondary behind them gets the whole zone.
+    #[arg(long = "ixfr-journal-mb", env = "STACKDNS_IXFR_JOURNAL_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ixfr_journal_mb: u64,
+    /// Memory redb may use to cache database pages, in MiB. The writer only reads the
+    /// database at start-up and after a failed commit (the state lives in memory), so a small
+    /// cache costs little; redb's own default is 1 GiB.
+    #[arg(long = "db-cache-mb", env = "STACKDNS_DB_CACHE_MB", default_value_t = crate::store::redb::DEFAULT_CACHE_MB)]
+    pub db_cache_mb: usize,
     /// Secondary to send NOTIFY to after each published serial (ADDR:PORT); repeatable.
     #[arg(
         long = "notify",

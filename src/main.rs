@@ -4,7 +4,15 @@ use clap::Parser;
 use stackdns::cli::Request;
 use stackdns::config::{Cli, Command};
 
+/// With `--features dhat-heap` (bench/README.md), every allocation is tracked and a heap
+/// profile is written to `dhat-heap.json` when the process exits.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKDNS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));

@@ -13,6 +13,7 @@ use crate::config::ServeArgs;
 use crate::control::{Control, Publisher};
 use crate::dns::{DnsServer, zonefile};
 use crate::snapshot::Policy;
+use crate::snapshot::journal::JournalLimits;
 use crate::store::RedbStore;
 
 /// The zone served when no zone file is given and `zones/cluster.test.zone` is absent.
@@ -101,14 +102,17 @@ impl Server {
             rotation: args.rotation,
             max_answers: args.max_answers,
         };
-        let store = RedbStore::open(&args.data.join("stackdns.redb"))?;
+        let store = RedbStore::open(&args.data.join("stackdns.redb"), args.db_cache_mb << 20)?;
         let cancel = CancellationToken::new();
         let (control, writer) = Control::start(
             Box::new(store),
             Publisher {
                 zone,
                 policy,
-                journal_limit: args.ixfr_journal,
+                journal: JournalLimits {
+                    diffs: args.ixfr_journal,
+                    bytes: usize::try_from(args.ixfr_journal_mb << 20).unwrap_or(usize::MAX),
+                },
             },
             crate::model::Limits {
                 max_containers: args.default_max_containers,

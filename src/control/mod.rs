@@ -45,7 +45,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::journal::{Diff, Journal};
+use crate::snapshot::journal::{Diff, Journal, JournalLimits};
 use crate::snapshot::{Policy, Projection, SnapshotHandle};
 use crate::store::{Batch, JournalWrite, Store, StoreError};
 use crate::zone::Zone;
@@ -106,13 +106,13 @@ pub struct Control {
 pub struct Publisher {
     pub zone: Zone,
     pub policy: Policy,
-    /// Differences kept for IXFR (0: none).
-    pub journal_limit: usize,
+    /// How much of the zone's history is kept for IXFR.
+    pub journal: JournalLimits,
 }
 
 impl Publisher {
     fn projection(&self) -> Projection {
-        Projection::new(self.zone.clone(), self.policy, self.journal_limit)
+        Projection::new(self.zone.clone(), self.policy, self.journal)
     }
 }
 
@@ -162,11 +162,10 @@ impl Control {
         let serial = stored_serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
         // Without the same zone file and policy, this is the first publication of a new chain.
         let (first, diff) = projection.publish(serial);
-        let encoded = diff.as_ref().map(|d| d.encode());
-        let journal = match (&diff, &encoded) {
-            (Some(diff), Some(bytes)) => JournalWrite::Append {
+        let journal = match &diff {
+            Some(diff) => JournalWrite::Append {
                 to: diff.to,
-                diff: bytes,
+                diff: diff.bytes(),
                 keep_from: projection.journal().oldest_serial().unwrap_or(diff.to),
             },
             _ => JournalWrite::Reset { fingerprint },

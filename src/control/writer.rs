@@ -128,12 +128,11 @@ impl Writer {
             project(&mut self.projection, &self.state, &changes);
         }
         let (snapshot, diff) = self.projection.publish(serial);
-        let encoded = diff.as_ref().map(|d| d.encode());
-        let journal = match (reset, &diff, &encoded) {
-            (Some(fingerprint), ..) => JournalWrite::Reset { fingerprint },
-            (None, Some(diff), Some(bytes)) => JournalWrite::Append {
+        let journal = match (reset, &diff) {
+            (Some(fingerprint), _) => JournalWrite::Reset { fingerprint },
+            (None, Some(diff)) => JournalWrite::Append {
                 to: diff.to,
-                diff: bytes,
+                diff: diff.bytes(),
                 keep_from: self.projection.journal().oldest_serial().unwrap_or(diff.to),
             },
             _ => JournalWrite::Keep,

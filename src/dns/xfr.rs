@@ -156,15 +156,15 @@ pub fn transfer<E>(
         let mut count = 2;
         w.record(apex_at, &[], rtype::SOA, soa_ttl, soa);
         for diff in diffs {
-            for (serial, records) in [(diff.from, &diff.removed), (diff.to, &diff.added)] {
+            for (serial, records) in [(diff.from, diff.removed()), (diff.to, diff.added())] {
                 let rdata = soa_at(serial);
                 w.flush_if_full(&mut send, 12 + rdata.len())?;
                 w.record(apex_at, &[], rtype::SOA, soa_ttl, &rdata);
+                count += 1 + records.len();
                 for r in records {
                     w.flush_if_full(&mut send, r.owner.len() + 12 + r.rdata.len())?;
-                    w.record(apex_at, &r.owner, r.rtype, r.ttl, &r.rdata);
+                    w.record(apex_at, r.owner, r.rtype, r.ttl, r.rdata);
                 }
-                count += 1 + records.len();
             }
         }
         w.flush_if_full(&mut send, 12 + soa.len())?;

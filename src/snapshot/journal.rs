@@ -22,13 +22,29 @@ pub struct Record {
     pub rdata: Box<[u8]>,
 }
 
+/// One record of a [`Diff`], borrowed from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'d> {
+    pub owner: &'d [u8],
+    pub rtype: u16,
+    pub ttl: u32,
+    pub rdata: &'d [u8],
+}
+
 /// The difference between the zone at serial `from` and at serial `to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Held in its stored form, one flat buffer (see [`Diff::bytes`]): a journal of a million
+/// records is a few tens of MiB in a handful of allocations, not two boxes per record, and
+/// storing it costs no encoding.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Diff {
     pub from: u32,
     pub to: u32,
-    pub removed: Vec<Record>,
-    pub added: Vec<Record>,
+    bytes: Box<[u8]>,
+    /// Where the added section's count starts.
+    added_at: usize,
+    removed: u32,
+    added: u32,
 }
 
 fn records(owner: &[u8], entry: &Entry) -> BTreeSet<Record> {
@@ -48,80 +64,148 @@ fn records(owner: &[u8], entry: &Entry) -> BTreeSet<Record> {
         .collect()
 }
 
+fn put_record(out: &mut Vec<u8>, r: &Record) {
+    out.push(r.owner.len() as u8);
+    out.extend_from_slice(&r.owner);
+    out.extend_from_slice(&r.rtype.to_be_bytes());
+    out.extend_from_slice(&r.ttl.to_be_bytes());
+    out.extend_from_slice(&(r.rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(&r.rdata);
+}
+
 impl Diff {
     /// The difference made by `changes` (names with their entries before and after).
     pub fn from_changes(from: u32, to: u32, changes: &[Change]) -> Self {
-        let mut diff = Diff {
-            from,
-            to,
-            removed: Vec::new(),
-            added: Vec::new(),
-        };
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
         for (owner, old, new) in changes {
             let (old, new) = (records(owner, old), records(owner, new));
-            diff.removed.extend(old.difference(&new).cloned());
-            diff.added.extend(new.difference(&old).cloned());
+            removed.extend(old.difference(&new).cloned());
+            added.extend(new.difference(&old).cloned());
         }
-        diff
+        Self::new(from, to, &removed, &added)
+    }
+
+    /// The difference that removes and adds these records.
+    pub fn new(from: u32, to: u32, removed: &[Record], added: &[Record]) -> Self {
+        let mut out = Vec::new();
+        out.extend_from_slice(&from.to_be_bytes());
+        out.extend_from_slice(&to.to_be_bytes());
+        let mut added_at = 0;
+        for section in [removed, added] {
+            added_at = out.len();
+            out.extend_from_slice(&(section.len() as u32).to_be_bytes());
+            for r in section {
+                put_record(&mut out, r);
+            }
+        }
+        Diff {
+            from,
+            to,
+            bytes: out.into_boxed_slice(),
+            added_at,
+            removed: removed.len() as u32,
+            added: added.len() as u32,
+        }
     }
 
     /// Records removed plus records added.
     pub fn records(&self) -> usize {
-        self.removed.len() + self.added.len()
+        self.removed as usize + self.added as usize
     }
 
-    /// Compact binary form for the store: from, to, then each section as a count and records
-    /// (owner length, owner, type, TTL, RDATA length, RDATA), all big-endian.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&self.from.to_be_bytes());
-        out.extend_from_slice(&self.to.to_be_bytes());
-        for section in [&self.removed, &self.added] {
-            out.extend_from_slice(&(section.len() as u32).to_be_bytes());
-            for r in section {
-                out.push(r.owner.len() as u8);
-                out.extend_from_slice(&r.owner);
-                out.extend_from_slice(&r.rtype.to_be_bytes());
-                out.extend_from_slice(&r.ttl.to_be_bytes());
-                out.extend_from_slice(&(r.rdata.len() as u16).to_be_bytes());
-                out.extend_from_slice(&r.rdata);
-            }
+    /// The bytes it holds (what it costs in memory and in the store).
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The records the step removes, in the order they were computed.
+    pub fn removed(&self) -> Records<'_> {
+        Records {
+            r: Reader {
+                bytes: &self.bytes[..self.added_at],
+                pos: 12,
+            },
+            left: self.removed,
         }
-        out
     }
 
-    /// Reads [`Diff::encode`]'s form; `None` if the bytes are not a diff.
+    /// The records the step adds.
+    pub fn added(&self) -> Records<'_> {
+        Records {
+            r: Reader {
+                bytes: &self.bytes,
+                pos: self.added_at + 4,
+            },
+            left: self.added,
+        }
+    }
+
+    /// The stored form: from, to, then each section (removed, added) as a count and records
+    /// (owner length, owner, type, TTL, RDATA length, RDATA), all big-endian.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Reads [`Diff::bytes`]'s form, checking every record; `None` if the bytes are not a diff.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader { bytes, pos: 0 };
         let from = r.u32()?;
         let to = r.u32()?;
-        let mut sections = [Vec::new(), Vec::new()];
-        for section in &mut sections {
-            let count = r.u32()? as usize;
-            for _ in 0..count {
-                let owner_len = r.take(1)?[0] as usize;
-                let owner = r.take(owner_len)?.into();
-                let rtype = r.u16()?;
-                let ttl = r.u32()?;
-                let rdlen = r.u16()? as usize;
-                let rdata = r.take(rdlen)?.into();
-                section.push(Record {
-                    owner,
-                    rtype,
-                    ttl,
-                    rdata,
-                });
+        let mut counts = [0u32; 2];
+        let mut added_at = 0;
+        for count in &mut counts {
+            added_at = r.pos;
+            *count = r.u32()?;
+            for _ in 0..*count {
+                r.record()?;
             }
         }
-        let [removed, added] = sections;
-        (r.pos == bytes.len()).then_some(Diff {
+        (r.pos == bytes.len()).then(|| Diff {
             from,
             to,
-            removed,
-            added,
+            bytes: bytes.into(),
+            added_at,
+            removed: counts[0],
+            added: counts[1],
         })
     }
 }
+
+impl std::fmt::Debug for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Diff")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("removed", &self.removed().collect::<Vec<_>>())
+            .field("added", &self.added().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The records of one section of a [`Diff`].
+pub struct Records<'d> {
+    r: Reader<'d>,
+    left: u32,
+}
+
+impl<'d> Iterator for Records<'d> {
+    type Item = RecordRef<'d>;
+
+    fn next(&mut self) -> Option<RecordRef<'d>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked when the diff was built or decoded, so this always reads a whole record.
+        self.r.record()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Records<'_> {}
 
 struct Reader<'b> {
     bytes: &'b [u8],
@@ -142,6 +226,37 @@ impl<'b> Reader<'b> {
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
+
+    fn record(&mut self) -> Option<RecordRef<'b>> {
+        let owner_len = self.take(1)?[0] as usize;
+        let owner = self.take(owner_len)?;
+        let rtype = self.u16()?;
+        let ttl = self.u32()?;
+        let rdlen = self.u16()? as usize;
+        let rdata = self.take(rdlen)?;
+        Some(RecordRef {
+            owner,
+            rtype,
+            ttl,
+            rdata,
+        })
+    }
+}
+
+/// How much history a journal keeps: at most `diffs` differences (0: no journal) in at most
+/// `bytes`, always the newest difference whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalLimits {
+    pub diffs: usize,
+    pub bytes: usize,
+}
+
+impl JournalLimits {
+    /// What the tests use: a short history, no byte bound to speak of.
+    pub const SMALL: JournalLimits = JournalLimits {
+        diffs: 16,
+        bytes: 1 << 30,
+    };
 }
 
 /// A bounded chain of consecutive diffs, oldest first; cheap to clone.
@@ -164,22 +279,30 @@ impl Journal {
     }
 
     /// This journal with `diff` appended, keeping at most `limit` diffs and, beyond the newest
-    /// one, at most `max_records` records: once the differences outweigh the zone, a whole
-    /// transfer is the cheaper answer, and memory stays in proportion to the zone.
-    pub fn push(&self, diff: Arc<Diff>, limit: usize, max_records: usize) -> Self {
+    /// one, at most `max_records` records in at most `max_bytes`: once the differences
+    /// outweigh the zone, a whole transfer is the cheaper answer, and memory stays bounded.
+    pub fn push(&self, diff: Arc<Diff>, limit: usize, max_records: usize, max_bytes: usize) -> Self {
         if limit == 0 {
             return Self::default();
         }
         let contiguous = self.diffs.last().is_none_or(|last| last.to == diff.from);
         let keep = if contiguous { &self.diffs[..] } else { &[] };
         let mut skip = (keep.len() + 1).saturating_sub(limit);
-        let mut records: usize = diff.records() + keep[skip..].iter().map(|d| d.records()).sum::<usize>();
-        while skip < keep.len() && records > max_records {
+        let kept = &keep[skip..];
+        let mut records: usize = diff.records() + kept.iter().map(|d| d.records()).sum::<usize>();
+        let mut bytes: usize = diff.len_bytes() + kept.iter().map(|d| d.len_bytes()).sum::<usize>();
+        while skip < keep.len() && (records > max_records || bytes > max_bytes) {
             records -= keep[skip].records();
+            bytes -= keep[skip].len_bytes();
             skip += 1;
         }
         let diffs: Vec<Arc<Diff>> = keep[skip..].iter().cloned().chain([diff]).collect();
         Self { diffs: diffs.into() }
+    }
+
+    /// The bytes its differences hold.
+    pub fn len_bytes(&self) -> usize {
+        self.diffs.iter().map(|d| d.len_bytes()).sum()
     }
 
     /// The serial the oldest kept difference leads to.
@@ -222,40 +345,67 @@ mod tests {
     }
 
     fn diff(from: u32, to: u32) -> Diff {
-        Diff {
-            from,
-            to,
-            removed: vec![rec("a", 1)],
-            added: vec![rec("a", 2), rec("b", 3)],
+        Diff::new(from, to, &[rec("a", 1)], &[rec("a", 2), rec("b", 3)])
+    }
+
+    fn owned(r: RecordRef<'_>) -> Record {
+        Record {
+            owner: r.owner.into(),
+            rtype: r.rtype,
+            ttl: r.ttl,
+            rdata: r.rdata.into(),
         }
     }
 
     #[test]
     fn diffs_round_trip_through_bytes() {
         let d = diff(7, 8);
-        assert_eq!(Diff::decode(&d.encode()), Some(d.clone()));
-        let bytes = d.encode();
+        assert_eq!(d.removed().map(owned).collect::<Vec<_>>(), [rec("a", 1)]);
+        assert_eq!(
+            d.added().map(owned).collect::<Vec<_>>(),
+            [rec("a", 2), rec("b", 3)]
+        );
+        assert_eq!((d.removed().len(), d.added().len(), d.records()), (1, 2, 3));
+        let back = Diff::decode(d.bytes()).expect("decodes");
+        assert_eq!(back, d);
+        assert_eq!(
+            back.added().map(owned).collect::<Vec<_>>(),
+            [rec("a", 2), rec("b", 3)]
+        );
+        let bytes = d.bytes();
         assert_eq!(Diff::decode(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(Diff::decode(&longer), None, "trailing bytes");
+        let empty = Diff::new(1, 2, &[], &[]);
+        assert_eq!(Diff::decode(empty.bytes()).map(|d| d.records()), Some(0));
     }
 
     #[test]
     fn journal_is_bounded_and_contiguous() {
         let mut j = Journal::default();
         for s in 1..=5 {
-            j = j.push(Arc::new(diff(s, s + 1)), 3, 100);
+            j = j.push(Arc::new(diff(s, s + 1)), 3, 100, usize::MAX);
         }
         assert_eq!(j.len(), 3);
         assert_eq!(j.since(3).map(<[_]>::len), Some(3));
         assert_eq!(j.since(5).map(<[_]>::len), Some(1));
         assert!(j.since(2).is_none(), "trimmed");
-        let heavy = j.push(Arc::new(diff(6, 7)), 3, 6);
+        let heavy = j.push(Arc::new(diff(6, 7)), 3, 6, usize::MAX);
         assert_eq!(
             heavy.since(6).map(<[_]>::len),
             Some(1),
             "only what fits 6 records: 3 each"
         );
         assert!(heavy.since(5).is_some() && heavy.since(4).is_none());
-        let j = j.push(Arc::new(diff(10, 11)), 3, 100);
+        let size = diff(1, 2).len_bytes();
+        let small = j.push(Arc::new(diff(6, 7)), 3, 100, 2 * size);
+        assert_eq!(
+            (small.len(), small.len_bytes()),
+            (2, 2 * size),
+            "only what fits the byte bound"
+        );
+        let j = j.push(Arc::new(diff(10, 11)), 3, 100, usize::MAX);
         assert_eq!(
             (j.len(), j.last_serial()),
             (1, Some(11)),

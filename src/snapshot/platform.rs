@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::journal::{Diff, Journal};
+use super::journal::{Diff, Journal, JournalLimits};
 use super::names::Names;
 use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
 use crate::model::{ContainerKey, Label, Port, PortSpec, ServiceKey};
@@ -51,17 +51,17 @@ pub struct Projection {
     apex_sets: Vec<StaticSet>,
     /// SRV owner names each service set last time, to unset the ones that disappear.
     srv_owners: HashMap<ServiceKey, Vec<Box<[u8]>>>,
-    /// Differences of the last publications, at most `journal_limit`.
+    /// Differences of the last publications, within `journal_limits`.
     journal: Journal,
-    journal_limit: usize,
+    journal_limits: JournalLimits,
     /// The serial last published, which the next difference starts from.
     published: Option<u32>,
 }
 
 impl Projection {
     /// A projection holding the zone file's records and nothing dynamic yet, keeping the
-    /// differences of up to `journal_limit` publications (0: no IXFR journal).
-    pub fn new(zone: Zone, policy: Policy, journal_limit: usize) -> Self {
+    /// differences of recent publications within `journal_limits`.
+    pub fn new(zone: Zone, policy: Policy, journal_limits: JournalLimits) -> Self {
         let mut by_name: ByName<'_> = BTreeMap::new();
         for r in &zone.records {
             let set = by_name
@@ -106,7 +106,7 @@ impl Projection {
             apex_sets: Vec::new(),
             srv_owners: HashMap::new(),
             journal: Journal::default(),
-            journal_limit,
+            journal_limits,
             published: None,
         };
         for (owner, sets) in statics {
@@ -280,10 +280,11 @@ impl Projection {
         ));
         self.names.set(b"", Entry::new(apex));
         let diff = match self.published {
-            Some(from) if self.journal_limit > 0 => {
+            Some(from) if self.journal_limits.diffs > 0 => {
                 let diff = Arc::new(Diff::from_changes(from, serial, &self.names.take_changes()));
                 let max_records = self.names.len().max(MIN_JOURNAL_RECORDS);
-                self.journal = self.journal.push(diff.clone(), self.journal_limit, max_records);
+                let JournalLimits { diffs, bytes } = self.journal_limits;
+                self.journal = self.journal.push(diff.clone(), diffs, max_records, bytes);
                 Some(diff)
             }
             _ => {

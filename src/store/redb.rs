@@ -72,18 +72,25 @@ fn container_key(key: &ContainerKey) -> String {
     format!("{}/{}/{}", key.user, key.stack, key.name)
 }
 
+/// Page cache the server gives redb by default, in MiB (`--db-cache-mb`).
+pub const DEFAULT_CACHE_MB: usize = 32;
+
 /// The database file, opened.
 pub struct RedbStore {
     db: Database,
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database file and checks its schema version.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: Box::new(e),
-        })?;
+    /// Opens (or creates) the database file, with `cache_bytes` of page cache, and checks its
+    /// schema version.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let database = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            })?;
         let txn = database.begin_write().map_err(db)?;
         {
             let mut meta = txn.open_table(META).map_err(db)?;
@@ -352,7 +359,7 @@ mod tests {
             placed: false,
         };
         {
-            let store = RedbStore::open(&path).expect("open");
+            let store = RedbStore::open(&path, 1 << 20).expect("open");
             store
                 .commit(Batch {
                     ops: &[Op::PutNode(node.clone()), Op::PutContainer(container.clone())],
@@ -361,7 +368,7 @@ mod tests {
                 })
                 .expect("commit");
         }
-        let store = RedbStore::open(&path).expect("reopen");
+        let store = RedbStore::open(&path, 1 << 20).expect("reopen");
         let loaded = store.load().expect("load");
         assert_eq!(loaded.serial, 42);
         assert_eq!(loaded.nodes, vec![node]);

@@ -8,6 +8,7 @@ use hickory_proto::rr::RecordType;
 
 use super::*;
 use crate::model::Label;
+use crate::snapshot::journal::JournalLimits;
 use crate::snapshot::{Policy, Projection, Rotation};
 
 const ALLOWED: &str = "127.0.0.1";
@@ -35,7 +36,7 @@ fn snapshots() -> (Arc<Snapshot>, Arc<Snapshot>) {
         rotation: Rotation::Cyclic,
         max_answers: 0,
     };
-    let mut p = Projection::new(zone, policy, 16);
+    let mut p = Projection::new(zone, policy, JournalLimits::SMALL);
     let first = Arc::new(p.publish(2).0);
     let node = Label::parse("node", "n1").expect("label");
     p.node(&node, Some("10.1.1.1".parse().expect("ip")));
