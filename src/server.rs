@@ -301,10 +301,10 @@ fn admin_token(args: &ServeArgs) -> Result<String, ServerError> {
     if let Some(path) = &args.admin_token_file {
         return read(path);
     }
-    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV) {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_owned());
-        }
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV)
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
     }
     let path = args.data.join("admin.token");
     if path.exists() {

@@ -315,11 +315,10 @@ impl<R: Runtime> Agent<R> {
                     // Supervisors that finished stopping make room for a new generation.
                     let before = self.supervisors.len();
                     self.supervisors.retain(|_, h| !h.task.is_finished());
-                    if self.supervisors.len() != before {
-                        if let Some(list) = &latest {
+                    if self.supervisors.len() != before
+                        && let Some(list) = &latest {
                             self.reconcile(list);
                         }
-                    }
                 }
                 () = &mut shutdown => {
                     tracing::info!(containers = self.supervisors.len(), "agent stopping; containers keep running and the next agent adopts them");

@@ -179,10 +179,10 @@ impl Reporter {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let answered = self.answered.notified();
-            if let Some((done, ack)) = self.inner().entries.get(key).and_then(|e| e.acked.clone()) {
-                if done >= seq {
-                    return Some(ack);
-                }
+            if let Some((done, ack)) = self.inner().entries.get(key).and_then(|e| e.acked.clone())
+                && done >= seq
+            {
+                return Some(ack);
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return None;

@@ -73,16 +73,16 @@ fn node_spec(req: NodeRequest) -> Result<NodeSpec, ApiError> {
             ));
         }
     }
-    if let Some(c) = req.capacity {
-        if c.memory_mb == 0 || !(c.cpus.is_finite() && c.cpus > 0.0) {
-            return Err(ApiError::bad_request(
-                "invalid_value",
-                format!(
-                    "capacity: memory_mb ({}) and cpus ({}) must be positive",
-                    c.memory_mb, c.cpus
-                ),
-            ));
-        }
+    if let Some(c) = req.capacity
+        && (c.memory_mb == 0 || !(c.cpus.is_finite() && c.cpus > 0.0))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            format!(
+                "capacity: memory_mb ({}) and cpus ({}) must be positive",
+                c.memory_mb, c.cpus
+            ),
+        ));
     }
     let tenants = req
         .tenants

@@ -150,7 +150,7 @@ impl Control {
         // from it; the start-up serial's difference is then empty.
         let started = std::time::Instant::now();
         let mut projection = publisher.projection();
-        writer::project(&mut projection, &state, &state.everything());
+        writer::project_all(&mut projection, &state);
         let fingerprint = projection.fingerprint();
         if stored_fingerprint == Some(fingerprint) {
             projection.publish(stored_serial);

@@ -47,17 +47,52 @@ pub struct NodeSpec {
     pub tenants: Option<Vec<Label>>,
 }
 
+/// A stored container, ordered and found by its key, so the key is not held twice.
+#[derive(Debug)]
+struct Held(Container);
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+impl std::borrow::Borrow<ContainerKey> for Held {
+    fn borrow(&self) -> &ContainerKey {
+        &self.0.key
+    }
+}
+
+/// Container names of one service.
+type NameSet = std::collections::HashSet<Label, foldhash::fast::RandomState>;
+
 /// The lease of one node, kept across a reload of the state.
 pub type Lease = (Label, Instant, bool);
 
 #[derive(Debug, Default)]
 pub struct State {
     nodes: BTreeMap<Label, NodeState>,
-    containers: BTreeMap<ContainerKey, Container>,
+    containers: BTreeSet<Held>,
     /// Running and stopped containers last reported by each node.
     by_node: HashMap<Label, BTreeSet<ContainerKey>>,
-    /// Running and stopped containers of each service.
-    by_service: HashMap<ServiceKey, BTreeSet<ContainerKey>>,
+    /// Running and stopped containers of each service, by name (their user and stack are the
+    /// service's): a few bytes per container, where a set of whole keys took a B-tree node
+    /// per service.
+    by_service: HashMap<ServiceKey, NameSet>,
     /// User token hashes and their users.
     user_tokens: HashMap<String, Label>,
     /// Limits an admin set for a user; the others have `default_limits`.
@@ -99,7 +134,7 @@ impl State {
                 .assignment(&c.key)
                 .is_some_and(|a| a.node == c.node && a.generation == c.generation);
             state.index(&c);
-            state.containers.insert(c.key.clone(), c);
+            state.containers.insert(Held(c));
         }
         state.user_tokens = loaded.user_tokens.into_iter().collect();
         state.user_limits = loaded.user_limits.into_iter().collect();
@@ -158,11 +193,11 @@ impl State {
     }
 
     pub fn containers(&self) -> impl Iterator<Item = &Container> {
-        self.containers.values()
+        self.containers.iter().map(|h| &h.0)
     }
 
     pub fn container(&self, key: &ContainerKey) -> Option<&Container> {
-        self.containers.get(key)
+        self.containers.get(key).map(|h| &h.0)
     }
 
     pub fn stacks(&self) -> &Stacks {
@@ -177,7 +212,7 @@ impl State {
         self.by_service
             .entry(c.service_key())
             .or_default()
-            .insert(c.key.clone());
+            .insert(c.key.name.clone());
     }
 
     fn unindex(&mut self, c: &Container) {
@@ -189,7 +224,7 @@ impl State {
         }
         let service = c.service_key();
         if let Some(keys) = self.by_service.get_mut(&service) {
-            keys.remove(&c.key);
+            keys.remove(&c.key.name);
             if keys.is_empty() {
                 self.by_service.remove(&service);
             }
@@ -197,7 +232,7 @@ impl State {
     }
 
     fn store_container(&mut self, c: Container, changes: &mut Changes) {
-        if let Some(old) = self.containers.get(&c.key).cloned() {
+        if let Some(old) = self.container(&c.key).cloned() {
             self.unindex(&old);
             changes.services.insert(old.service_key());
         }
@@ -205,23 +240,19 @@ impl State {
         changes.containers.insert(c.key.clone());
         changes.services.insert(c.service_key());
         changes.ops.push(Op::PutContainer(c.clone()));
-        self.containers.insert(c.key.clone(), c);
+        self.containers.replace(Held(c));
     }
 
-    /// Every node, container and service marked changed: for building DNS from scratch.
-    pub fn everything(&self) -> Changes {
-        Changes {
-            ops: Vec::new(),
-            nodes: self.nodes.keys().cloned().collect(),
-            containers: self.containers.keys().cloned().collect(),
-            services: self
-                .by_service
-                .keys()
-                .cloned()
-                .chain(self.stacks.declared_services().into_iter().map(|s| s.key))
-                .collect(),
-            tokens_changed: false,
-        }
+    /// Every service with a name in DNS: those with known containers, then the declared ones
+    /// without any.
+    pub fn services(&self) -> impl Iterator<Item = ServiceKey> + '_ {
+        let declared = self
+            .stacks
+            .declared_services()
+            .into_iter()
+            .map(|s| s.key)
+            .filter(|k| !self.by_service.contains_key(k));
+        self.by_service.keys().cloned().chain(declared)
     }
 
     /// Where a container answers in DNS: only while it runs, ready, on a live node; in a
@@ -262,7 +293,11 @@ impl State {
         });
         first
             .into_iter()
-            .flat_map(move |first| self.containers.range(first..).map(|(k, _)| k))
+            .flat_map(move |first| {
+                self.containers
+                    .range::<ContainerKey, _>(first..)
+                    .map(|h| &h.0.key)
+            })
             .take_while(move |k| &k.user == user && &k.stack == stack)
     }
 
@@ -282,7 +317,13 @@ impl State {
             .get(service)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.containers.get(k))
+            .filter_map(|name| {
+                self.container(&ContainerKey {
+                    user: service.user.clone(),
+                    stack: service.stack.clone(),
+                    name: name.clone(),
+                })
+            })
     }
 
     /// Running containers last reported by `node`.
@@ -291,7 +332,7 @@ impl State {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.containers.get(k))
+            .filter_map(|k| self.container(k))
             .filter(|c| c.running)
     }
 

@@ -13,6 +13,7 @@ use super::changes::Changes;
 use super::error::ControlError;
 use super::state::State;
 use super::{Publisher, TokenIndex};
+use crate::model::ServiceKey;
 use crate::snapshot::platform::Member;
 use crate::snapshot::{Projection, SnapshotHandle};
 use crate::store::{Batch, JournalWrite, Store};
@@ -122,7 +123,7 @@ impl Writer {
             // next start rebuilds exactly the zone published now.
             changes.ops.extend(self.state.lease_ops());
             self.projection = self.publisher.projection();
-            project(&mut self.projection, &self.state, &self.state.everything());
+            project_all(&mut self.projection, &self.state);
             reset = Some(self.projection.fingerprint());
         } else {
             project(&mut self.projection, &self.state, &changes);
@@ -205,15 +206,31 @@ pub fn project(projection: &mut Projection, state: &State, changes: &Changes) {
         }
         projection.container(key, c.is_some(), c.and_then(|c| state.live_address(c)));
     }
+    project_services(projection, state, services.iter().cloned());
+}
+
+/// Builds every name from the state: at start-up and after a failed commit. Walks the state
+/// once, rather than marking everything changed.
+pub fn project_all(projection: &mut Projection, state: &State) {
+    for n in state.nodes() {
+        projection.node(&n.node.name, Some(n.node.address));
+    }
+    for c in state.containers() {
+        projection.container(&c.key, true, state.live_address(c));
+    }
+    project_services(projection, state, state.services());
+}
+
+fn project_services(projection: &mut Projection, state: &State, services: impl Iterator<Item = ServiceKey>) {
     let mut members = Vec::new();
-    for service in &services {
+    for service in services {
         members.clear();
-        members.extend(state.containers_of_service(service).map(|c| Member {
+        members.extend(state.containers_of_service(&service).map(|c| Member {
             key: &c.key,
             address: state.live_address(c),
             ports: &c.ports,
         }));
-        let declared = state.stacks().declared_ports(service);
-        projection.service(service, &members, declared.as_deref());
+        let declared = state.stacks().declared_ports(&service);
+        projection.service(&service, &members, declared.as_deref());
     }
 }

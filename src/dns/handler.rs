@@ -150,12 +150,12 @@ fn ixfr_over_udp(snapshot: &Snapshot, packet: &[u8], query: &Query<'_>, reserve:
             messages.push(m.to_vec());
             Ok(())
         });
-        if let [only] = &messages[..] {
-            if only.len() + reserve <= limit {
-                out.clear();
-                out.extend_from_slice(only);
-                return;
-            }
+        if let [only] = &messages[..]
+            && only.len() + reserve <= limit
+        {
+            out.clear();
+            out.extend_from_slice(only);
+            return;
         }
     }
     out.clear();

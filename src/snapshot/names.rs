@@ -1,9 +1,13 @@
-//! The name table: a hash map split into shards, each behind an `Arc`, copied on write.
+//! The name table: a hash map split into small shards, copied on write.
 //!
-//! The writer keeps one `Names` and changes it in place; [`Names::freeze`] hands the DNS path
-//! an immutable view by cloning the shard pointers. A later change to a shard still shared
-//! with a published view copies that shard only (`Arc::make_mut`), so publishing a change costs
-//! O(shards touched), not O(zone). Keys and entries are `Arc`s, so copying a shard is cheap.
+//! The shards sit in a two-level tree: [`GROUPS`] groups of [`GROUP_SHARDS`] shards, each node
+//! behind an `Arc`. The writer keeps one `Names` and changes it in place; [`Names::freeze`]
+//! hands the DNS path an immutable view by cloning the group pointers. A later change to a
+//! shard still shared with a published view copies that shard and its group only
+//! (`Arc::make_mut`), so publishing a change costs a few dozen names and a group of pointers
+//! per name touched, whatever the zone's size. A lookup is one hash, two indexed loads and a
+//! probe of a map of a few dozen names. Keys and entries are `Arc`s, so copying a shard is
+//! cheap.
 //!
 //! Empty non-terminals are kept by reference counting: every name counts the names with data
 //! below it, and exists while it has data of its own or anything below it.
@@ -14,9 +18,14 @@ use std::sync::Arc;
 use super::Entry;
 use crate::name;
 
-/// Shard count: a power of two, enough that one shard stays small (about 750 names at a
-/// million containers) while a publication copies only 4096 pointers.
-const SHARDS: usize = 4096;
+/// Groups of shards: a publication copies this many pointers.
+const GROUPS: usize = 128;
+/// Shards per group: copying a group for a change copies this many pointers.
+const GROUP_SHARDS: usize = 128;
+/// 16,384 shards in all: about 40 names each at 300k containers (700k names), 140 at a
+/// million, so a change copies a small map, while a small zone does not pay for many nearly
+/// empty maps. Shards without names share one empty map.
+const SHARDS: usize = GROUPS * GROUP_SHARDS;
 
 type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -35,11 +44,16 @@ struct Shard {
     map: Map<Arc<[u8]>, Slot>,
 }
 
+#[derive(Clone)]
+struct Group {
+    shards: Box<[Arc<Shard>]>,
+}
+
 /// The writer's mutable name table.
 pub struct Names {
     /// Picks the shard; the inner maps have seeds of their own.
     hasher: foldhash::fast::RandomState,
-    shards: Vec<Arc<Shard>>,
+    groups: Vec<Arc<Group>>,
     empty: Arc<Entry>,
     len: usize,
     /// While recording: each changed name's entry as it was before its first change.
@@ -53,15 +67,21 @@ pub type Change = (Box<[u8]>, Arc<Entry>, Arc<Entry>);
 #[derive(Clone)]
 pub struct Frozen {
     hasher: foldhash::fast::RandomState,
-    shards: Arc<[Arc<Shard>]>,
+    groups: Arc<[Arc<Group>]>,
     len: usize,
 }
 
 impl Default for Names {
     fn default() -> Self {
+        // Every shard starts as the same empty map and every group as the same group: an
+        // empty table is a few KiB, and the first change to a shard gives it a map of its own.
+        let empty_shard = Arc::new(Shard::default());
+        let empty_group = Arc::new(Group {
+            shards: (0..GROUP_SHARDS).map(|_| empty_shard.clone()).collect(),
+        });
         Self {
             hasher: foldhash::fast::RandomState::default(),
-            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            groups: (0..GROUPS).map(|_| empty_group.clone()).collect(),
             empty: Arc::new(Entry::default()),
             len: 0,
             before: None,
@@ -70,13 +90,20 @@ impl Default for Names {
 }
 
 impl Names {
-    fn shard_of(hasher: &foldhash::fast::RandomState, rel: &[u8]) -> usize {
-        hasher.hash_one(rel) as usize & (SHARDS - 1)
+    /// (group, shard within it) of a name.
+    fn shard_of(hasher: &foldhash::fast::RandomState, rel: &[u8]) -> (usize, usize) {
+        let i = hasher.hash_one(rel) as usize & (SHARDS - 1);
+        (i / GROUP_SHARDS, i % GROUP_SHARDS)
+    }
+
+    fn shard(&self, rel: &[u8]) -> &Shard {
+        let (g, s) = Self::shard_of(&self.hasher, rel);
+        &self.groups[g].shards[s]
     }
 
     fn shard_mut(&mut self, rel: &[u8]) -> &mut Shard {
-        let i = Self::shard_of(&self.hasher, rel);
-        Arc::make_mut(&mut self.shards[i])
+        let (g, s) = Self::shard_of(&self.hasher, rel);
+        Arc::make_mut(&mut Arc::make_mut(&mut self.groups[g]).shards[s])
     }
 
     pub fn get(&self, rel: &[u8]) -> Option<&Entry> {
@@ -93,8 +120,7 @@ impl Names {
     }
 
     fn get_arc(&self, rel: &[u8]) -> Option<&Arc<Entry>> {
-        let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
-        shard.map.get(rel).map(|s| &s.entry)
+        self.shard(rel).map.get(rel).map(|s| &s.entry)
     }
 
     /// From now on, remember what each changed name held before (for zone differences).
@@ -134,10 +160,11 @@ impl Names {
     /// Gives `rel` this entry. Setting an equal entry again changes nothing, so the published
     /// shard is not copied and the RRsets keep their rotation cursors.
     pub fn set(&mut self, rel: &[u8], entry: Entry) {
-        if let Some(slot) = self.shards[Self::shard_of(&self.hasher, rel)].map.get(rel) {
-            if slot.own && slot.entry.same_data(&entry) {
-                return;
-            }
+        if let Some(slot) = self.shard(rel).map.get(rel)
+            && slot.own
+            && slot.entry.same_data(&entry)
+        {
+            return;
         }
         self.remember(rel);
         let entry = Arc::new(entry);
@@ -169,8 +196,7 @@ impl Names {
 
     /// Takes away what was set at `rel`; it stays as an empty non-terminal if names remain below.
     pub fn unset(&mut self, rel: &[u8]) {
-        let shard = &self.shards[Self::shard_of(&self.hasher, rel)];
-        if !shard.map.get(rel).is_some_and(|slot| slot.own) {
+        if !self.shard(rel).map.get(rel).is_some_and(|slot| slot.own) {
             return; // Nothing to take away: leave the published shard shared.
         }
         self.remember(rel);
@@ -227,7 +253,7 @@ impl Names {
     pub fn freeze(&self) -> Frozen {
         Frozen {
             hasher: self.hasher.clone(),
-            shards: self.shards.iter().cloned().collect(),
+            groups: self.groups.iter().cloned().collect(),
             len: self.len,
         }
     }
@@ -235,8 +261,8 @@ impl Names {
 
 impl Frozen {
     pub fn get(&self, rel: &[u8]) -> Option<&Entry> {
-        let shard = &self.shards[Names::shard_of(&self.hasher, rel)];
-        shard.map.get(rel).map(|s| &*s.entry)
+        let (g, s) = Names::shard_of(&self.hasher, rel);
+        self.groups[g].shards[s].map.get(rel).map(|s| &*s.entry)
     }
 
     pub fn len(&self) -> usize {
@@ -247,9 +273,12 @@ impl Frozen {
         self.len == 0
     }
 
+    /// Every name; a shard shared by several slots (the empty one) is empty, so nothing is
+    /// seen twice.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.shards
+        self.groups
             .iter()
+            .flat_map(|g| g.shards.iter())
             .flat_map(|s| s.map.iter().map(|(k, v)| (&k[..], &*v.entry)))
     }
 }

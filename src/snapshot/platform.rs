@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::journal::{Diff, Journal, JournalLimits};
 use super::names::Names;
 use super::{Entry, Extras, Policy, RRset, Rotation, Snapshot};
-use crate::model::{ContainerKey, Label, Port, PortSpec, ServiceKey};
+use crate::model::{ContainerKey, Label, Port, PortSpec, Protocol, ServiceKey};
 use crate::zone::{Zone, rtype};
 use crate::{name, scheme};
 
@@ -34,6 +34,9 @@ pub struct Member<'a> {
     pub address: Option<IpAddr>,
     pub ports: &'a [Port],
 }
+
+/// `_<port>._<proto>` of an SRV name.
+type SrvName = (u16, Protocol);
 
 /// Records with the additional records of each.
 type Items = Vec<(Box<[u8]>, Extras)>;
@@ -49,8 +52,9 @@ pub struct Projection {
     names: Names,
     /// The apex's zone-file RRsets; the apex entry is rebuilt with each serial's SOA.
     apex_sets: Vec<StaticSet>,
-    /// SRV owner names each service set last time, to unset the ones that disappear.
-    srv_owners: HashMap<ServiceKey, Vec<Box<[u8]>>>,
+    /// The SRV names each service set last time, as (port, protocol), to unset the ones that
+    /// disappear; the names themselves are spelled again when needed.
+    srv_owners: HashMap<ServiceKey, Box<[SrvName]>>,
     /// Differences of the last publications, within `journal_limits`.
     journal: Journal,
     journal_limits: JournalLimits,
@@ -165,8 +169,8 @@ impl Projection {
         let old_owners = self.srv_owners.remove(key).unwrap_or_default();
         if members.is_empty() && declared.is_none() {
             self.names.unset(&svc);
-            for owner in old_owners {
-                self.names.unset(&owner);
+            for &(port, protocol) in &old_owners {
+                self.names.unset(&scheme::srv_rel(port, protocol, &svc));
             }
             return;
         }
@@ -178,15 +182,13 @@ impl Projection {
         let entry = Entry::new(self.address_sets(members.iter().filter_map(|m| m.address), max_answers));
         self.names.set(&svc, entry);
 
-        let mut srv: BTreeMap<Box<[u8]>, Items> = BTreeMap::new();
+        let mut srv: BTreeMap<SrvName, Items> = BTreeMap::new();
         for p in declared.unwrap_or_default() {
-            let owner = scheme::srv_rel(p.container_port, p.protocol, &svc);
-            srv.entry(owner.into_boxed_slice()).or_default();
+            srv.entry((p.container_port, p.protocol)).or_default();
         }
         for m in members {
             for port in m.ports {
-                let owner = scheme::srv_rel(port.container_port, port.protocol, &svc);
-                let records = srv.entry(owner.into_boxed_slice()).or_default();
+                let records = srv.entry((port.container_port, port.protocol)).or_default();
                 let Some(addr) = m.address else {
                     continue; // Known, not answering: the name exists without data.
                 };
@@ -203,19 +205,19 @@ impl Projection {
                 records.push((rdata.into_boxed_slice(), vec![extra]));
             }
         }
-        let owners: Vec<Box<[u8]>> = srv.keys().cloned().collect();
-        for (owner, items) in srv {
+        let owners: Box<[SrvName]> = srv.keys().copied().collect();
+        for (&(port, protocol), items) in &mut srv {
             let entry = Entry::new(vec![RRset::with_extras(
                 rtype::SRV,
                 ttl,
                 rotation,
                 max_answers,
-                items,
+                std::mem::take(items),
             )]);
-            self.names.set(&owner, entry);
+            self.names.set(&scheme::srv_rel(port, protocol, &svc), entry);
         }
-        for gone in old_owners.iter().filter(|o| !owners.contains(o)) {
-            self.names.unset(gone);
+        for &(port, protocol) in old_owners.iter().filter(|o| !srv.contains_key(o)) {
+            self.names.unset(&scheme::srv_rel(port, protocol, &svc));
         }
         self.srv_owners.insert(key.clone(), owners);
     }

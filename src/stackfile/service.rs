@@ -342,16 +342,15 @@ impl ServiceReader<'_> {
                 );
                 return Err(invalid(item.at, reason));
             }
-            if let Some(host) = port.host_port {
-                if ports
+            if let Some(host) = port.host_port
+                && ports
                     .iter()
                     .any(|p| (p.host_port, p.protocol) == (Some(host), port.protocol))
-                {
-                    return Err(invalid(
-                        item.at,
-                        format!("host port {host}/{proto} is used twice"),
-                    ));
-                }
+            {
+                return Err(invalid(
+                    item.at,
+                    format!("host port {host}/{proto} is used twice"),
+                ));
             }
             ports.push(port);
         }

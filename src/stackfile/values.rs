@@ -208,10 +208,10 @@ pub(super) fn restart(text: &str) -> Result<Restart, String> {
         "always" | "unless-stopped" => return Ok(Restart::Always),
         _ => {}
     }
-    if let Some(count) = lower.strip_prefix("on-failure:") {
-        if let Ok(n) = count.parse::<u32>() {
-            return Ok(Restart::OnFailure { max_retries: Some(n) });
-        }
+    if let Some(count) = lower.strip_prefix("on-failure:")
+        && let Ok(n) = count.parse::<u32>()
+    {
+        return Ok(Restart::OnFailure { max_retries: Some(n) });
     }
     Err(format!(
         "{text:?} is not a restart policy; use \"no\", \"on-failure\", \"on-failure:N\" or \"always\""

@@ -73,7 +73,7 @@ fn container_key(key: &ContainerKey) -> String {
 }
 
 /// Page cache the server gives redb by default, in MiB (`--db-cache-mb`).
-pub const DEFAULT_CACHE_MB: usize = 32;
+pub const DEFAULT_CACHE_MB: usize = 8;
 
 /// The database file, opened.
 pub struct RedbStore {

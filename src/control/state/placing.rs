@@ -39,11 +39,7 @@ impl State {
             assignments: self.stacks.assignments().cloned().collect(),
             // Names that lived before start above their last generation, so stale reports
             // stay fenced.
-            retired: self
-                .containers
-                .values()
-                .map(|c| (c.key.clone(), c.generation))
-                .collect(),
+            retired: self.containers().map(|c| (c.key.clone(), c.generation)).collect(),
             explain,
             version: self.placement_version,
         }
@@ -76,8 +72,7 @@ impl State {
             let unchanged = self.stacks.assignment(&a.container) == Some(a);
             unchanged
                 || self
-                    .containers
-                    .get(&a.container)
+                    .container(&a.container)
                     .is_none_or(|c| c.generation < a.generation)
         })
     }

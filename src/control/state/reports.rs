@@ -64,7 +64,7 @@ impl State {
             }
         }
         self.check_ownership(node, key, ready)?;
-        let Some(stored) = self.containers.get(key) else {
+        let Some(stored) = self.container(key) else {
             return Ok(());
         };
         let same_place = stored.running && &stored.node == node;
@@ -87,8 +87,7 @@ impl State {
     /// out of DNS (not ready, or stopped) even after placement moved the name elsewhere, so the
     /// old container drains while the new node has not reported yet.
     fn withdraws(&self, node: &Label, key: &ContainerKey, generation: u64) -> bool {
-        self.containers
-            .get(key)
+        self.container(key)
             .is_some_and(|c| c.running && &c.node == node && c.generation == generation)
     }
 
@@ -103,8 +102,7 @@ impl State {
             // Only out of DNS: a removed container may drain, not come back.
             let draining = !ready
                 && self
-                    .containers
-                    .get(key)
+                    .container(key)
                     .is_some_and(|c| c.running && c.placed && &c.node == node);
             if draining {
                 return Ok(());
@@ -172,8 +170,7 @@ impl State {
             .assignment(&key)
             .is_some_and(|a| &a.node == node && a.generation == report.generation);
         let was_placed = self
-            .containers
-            .get(&key)
+            .container(&key)
             .is_some_and(|c| c.placed && &c.node == node && c.generation == report.generation);
         let container = Container {
             key,
@@ -187,7 +184,7 @@ impl State {
             detail: report.detail,
             placed: assigned || was_placed,
         };
-        let effect = match self.containers.get(&container.key) {
+        let effect = match self.container(&container.key) {
             Some(old) if *old == container => return (container, Effect::Unchanged),
             Some(old) if old.running => Effect::Updated,
             _ => Effect::Created,
@@ -209,7 +206,7 @@ impl State {
         changes: &mut Changes,
     ) -> Result<(Container, Effect), ControlError> {
         self.node(node)?;
-        let stored = self.containers.get(key).ok_or_else(|| ControlError::NotFound {
+        let stored = self.container(key).ok_or_else(|| ControlError::NotFound {
             what: "container",
             name: key.to_string(),
         })?;
@@ -228,13 +225,14 @@ impl State {
         if stored.running && &stored.node != node {
             return Err(stale(format!("it is running on node {}", stored.node)));
         }
-        if let Some(a) = self.stacks.assignment(key) {
-            if (&a.node != node || generation > a.generation) && !self.withdraws(node, key, generation) {
-                return Err(stale(format!(
-                    "it is assigned to node {} at generation {}",
-                    a.node, a.generation
-                )));
-            }
+        if let Some(a) = self.stacks.assignment(key)
+            && (&a.node != node || generation > a.generation)
+            && !self.withdraws(node, key, generation)
+        {
+            return Err(stale(format!(
+                "it is assigned to node {} at generation {}",
+                a.node, a.generation
+            )));
         }
         if generation > MAX_GENERATION {
             return Err(ControlError::Invalid {

@@ -115,13 +115,16 @@ fn replace_is_all_or_nothing() {
             .is_err()
     );
     assert!(changes.ops.is_empty());
-    assert!(!s.containers.contains_key(&key("web-2")));
+    assert!(s.container(&key("web-2")).is_none());
 
     let summary = s
         .replace_containers(&label("a"), vec![(key("web-2"), report(1))], now, &mut changes)
         .expect("replace");
     assert_eq!((summary.started, summary.stopped), (1, 1));
-    assert!(!s.containers[&key("web-1")].running, "web-1 is a tombstone now");
+    assert!(
+        !s.container(&key("web-1")).expect("web-1").running,
+        "web-1 is a tombstone now"
+    );
     assert_eq!(s.running_on(&label("a")).count(), 1);
 }
 
@@ -172,7 +175,7 @@ fn deleting_a_node_keeps_tombstones() {
     s.put_container(&label("a"), key("web-1"), report(3), now, &mut changes)
         .expect("put");
     s.delete_node(&label("a"), &mut changes).expect("delete");
-    assert!(!s.containers[&key("web-1")].running);
+    assert!(!s.container(&key("web-1")).expect("web-1").running);
     assert!(
         s.put_container(&label("b"), key("web-1"), report(3), now, &mut changes)
             .is_err()
