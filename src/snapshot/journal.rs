@@ -6,11 +6,10 @@
 //! the same snapshot it started on. The writer also stores each diff in redb, so the chain
 //! survives a restart.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::Entry;
 use super::names::Change;
+use super::{Entry, RRset};
 use crate::zone::rtype;
 
 /// One record, owner relative to the apex.
@@ -47,42 +46,130 @@ pub struct Diff {
     added: u32,
 }
 
-fn records(owner: &[u8], entry: &Entry) -> BTreeSet<Record> {
+/// A difference's two sections as they are being written: (count, record bytes) each.
+#[derive(Default)]
+struct Sections {
+    removed: (u32, Vec<u8>),
+    added: (u32, Vec<u8>),
+}
+
+fn put(section: &mut (u32, Vec<u8>), owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
+    let out = &mut section.1;
+    out.push(owner.len() as u8);
+    out.extend_from_slice(owner);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+    section.0 += 1;
+}
+
+/// The RRsets of an entry a difference covers: the apex SOA frames every IXFR step and is
+/// not part of one.
+fn diffable<'e>(owner: &[u8], entry: &'e Entry) -> impl Iterator<Item = &'e RRset> {
+    let apex = owner.is_empty();
     entry
         .rrsets
         .iter()
-        // The apex SOA frames every IXFR step; it is not part of a difference.
-        .filter(|set| !(owner.is_empty() && set.rtype == rtype::SOA))
-        .flat_map(|set| {
-            set.records.iter().map(move |rdata| Record {
-                owner: owner.into(),
-                rtype: set.rtype,
-                ttl: set.ttl,
-                rdata: rdata.clone(),
-            })
-        })
-        .collect()
+        .filter(move |set| !(apex && set.rtype == rtype::SOA))
 }
 
-fn put_record(out: &mut Vec<u8>, r: &Record) {
-    out.push(r.owner.len() as u8);
-    out.extend_from_slice(&r.owner);
-    out.extend_from_slice(&r.rtype.to_be_bytes());
-    out.extend_from_slice(&r.ttl.to_be_bytes());
-    out.extend_from_slice(&(r.rdata.len() as u16).to_be_bytes());
-    out.extend_from_slice(&r.rdata);
+impl Sections {
+    /// Writes what changed between two entries of `owner`. Both list RRsets by type and each
+    /// RRset's records sorted and unique, so one merge walk finds the difference: a change to
+    /// one record of a large RRset costs a comparison per record and allocates nothing.
+    fn entries(&mut self, owner: &[u8], old: &Entry, new: &Entry) {
+        let (mut old, mut new) = (diffable(owner, old).peekable(), diffable(owner, new).peekable());
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => return,
+                (Some(o), Some(n)) if o.rtype == n.rtype && o.ttl == n.ttl => {
+                    self.rrsets(owner, o, n);
+                    old.next();
+                    new.next();
+                }
+                (Some(o), Some(n)) if o.rtype == n.rtype => {
+                    // Same type, another TTL: every record is another record.
+                    self.all(owner, o, false);
+                    self.all(owner, n, true);
+                    old.next();
+                    new.next();
+                }
+                (Some(o), Some(n)) if o.rtype < n.rtype => {
+                    self.all(owner, o, false);
+                    old.next();
+                }
+                (Some(o), None) => {
+                    self.all(owner, o, false);
+                    old.next();
+                }
+                (_, Some(n)) => {
+                    self.all(owner, n, true);
+                    new.next();
+                }
+            }
+        }
+    }
+
+    fn all(&mut self, owner: &[u8], set: &RRset, added: bool) {
+        let section = if added { &mut self.added } else { &mut self.removed };
+        for rdata in set.records.iter() {
+            put(section, owner, set.rtype, set.ttl, rdata);
+        }
+    }
+
+    fn rrsets(&mut self, owner: &[u8], old: &RRset, new: &RRset) {
+        let (t, ttl) = (old.rtype, old.ttl);
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&old.records, &new.records);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x < y => {
+                    put(&mut self.removed, owner, t, ttl, x);
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    put(&mut self.removed, owner, t, ttl, x);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    put(&mut self.added, owner, t, ttl, y);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+    }
 }
 
 impl Diff {
     /// The difference made by `changes` (names with their entries before and after).
     pub fn from_changes(from: u32, to: u32, changes: &[Change]) -> Self {
-        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        let mut sections = Sections::default();
         for (owner, old, new) in changes {
-            let (old, new) = (records(owner, old), records(owner, new));
-            removed.extend(old.difference(&new).cloned());
-            added.extend(new.difference(&old).cloned());
+            sections.entries(owner, old, new);
         }
-        Self::new(from, to, &removed, &added)
+        let Sections { removed, added } = sections;
+        let mut out = Vec::with_capacity(16 + removed.1.len() + added.1.len());
+        out.extend_from_slice(&from.to_be_bytes());
+        out.extend_from_slice(&to.to_be_bytes());
+        out.extend_from_slice(&removed.0.to_be_bytes());
+        out.extend_from_slice(&removed.1);
+        let added_at = out.len();
+        out.extend_from_slice(&added.0.to_be_bytes());
+        out.extend_from_slice(&added.1);
+        Diff {
+            from,
+            to,
+            bytes: out.into_boxed_slice(),
+            added_at,
+            removed: removed.0,
+            added: added.0,
+        }
     }
 
     /// The difference that removes and adds these records.
@@ -94,9 +181,11 @@ impl Diff {
         for section in [removed, added] {
             added_at = out.len();
             out.extend_from_slice(&(section.len() as u32).to_be_bytes());
+            let mut records = (0, Vec::new());
             for r in section {
-                put_record(&mut out, r);
+                put(&mut records, &r.owner, r.rtype, r.ttl, &r.rdata);
             }
+            out.extend_from_slice(&records.1);
         }
         Diff {
             from,
@@ -379,6 +468,81 @@ mod tests {
         assert_eq!(Diff::decode(&longer), None, "trailing bytes");
         let empty = Diff::new(1, 2, &[], &[]);
         assert_eq!(Diff::decode(empty.bytes()).map(|d| d.records()), Some(0));
+    }
+
+    /// The difference as sets of records: what the merge walk must find.
+    fn by_sets(owner: &[u8], old: &Entry, new: &Entry) -> (Vec<Record>, Vec<Record>) {
+        use std::collections::BTreeSet;
+        let set = |e: &Entry| -> BTreeSet<Record> {
+            e.rrsets
+                .iter()
+                .filter(|s| !(owner.is_empty() && s.rtype == rtype::SOA))
+                .flat_map(|s| {
+                    s.records.iter().map(move |r| Record {
+                        owner: owner.into(),
+                        rtype: s.rtype,
+                        ttl: s.ttl,
+                        rdata: r.clone(),
+                    })
+                })
+                .collect()
+        };
+        let (o, n) = (set(old), set(new));
+        (
+            o.difference(&n).cloned().collect(),
+            n.difference(&o).cloned().collect(),
+        )
+    }
+
+    #[test]
+    fn differences_are_the_records_that_came_and_went() {
+        use super::super::Rotation;
+        let a = |ttl: u32, last: &[u8]| {
+            let records = last.iter().map(|&l| Box::from(&[10, 0, 0, l][..])).collect();
+            RRset::new(rtype::A, ttl, Rotation::Cyclic, 0, records)
+        };
+        let txt = |ttl: u32| {
+            RRset::new(
+                rtype::MX,
+                ttl,
+                Rotation::Cyclic,
+                0,
+                vec![Box::from(&b"\0\x01\x01x"[..])],
+            )
+        };
+        let soa = || {
+            RRset::new(
+                rtype::SOA,
+                60,
+                Rotation::Fixed,
+                0,
+                vec![Box::from(&[1u8; 22][..])],
+            )
+        };
+        let cases = || -> Vec<(Vec<RRset>, Vec<RRset>)> {
+            vec![
+                (vec![a(5, &[1, 2, 3])], vec![a(5, &[2, 3, 4])]),
+                (vec![a(5, &[1, 2, 3])], vec![a(5, &[1, 2, 3])]),
+                (vec![a(5, &[1, 2])], vec![a(6, &[1, 2])]),
+                (vec![a(5, &[1]), txt(5)], vec![txt(5)]),
+                (vec![txt(5)], vec![a(5, &[9]), txt(7)]),
+                (vec![], vec![a(5, &[1, 200, 7])]),
+                (vec![a(5, &[1, 200, 7]), soa()], vec![soa()]),
+                (vec![a(5, &[4, 5])], vec![a(5, &[])]),
+            ]
+        };
+        let all = [&b"\x01a"[..], b""]
+            .into_iter()
+            .flat_map(|owner| cases().into_iter().map(move |c| (owner, c)));
+        for (owner, (old, new)) in all {
+            let (old, new) = (Entry::new(old), Entry::new(new));
+            let change: Change = (Box::from(owner), Arc::new(old), Arc::new(new));
+            let diff = Diff::from_changes(1, 2, std::slice::from_ref(&change));
+            let (removed, added) = by_sets(owner, &change.1, &change.2);
+            assert_eq!(diff.removed().map(owned).collect::<Vec<_>>(), removed, "{diff:?}");
+            assert_eq!(diff.added().map(owned).collect::<Vec<_>>(), added, "{diff:?}");
+            assert_eq!(Diff::decode(diff.bytes()).as_ref(), Some(&diff));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! module beside it implementing [`Store`]. Records are the platform's own [`model`] types
 //! plus the few defined here; zone differences travel as opaque bytes the store never reads.
 
+pub mod codec;
 pub mod redb;
 
 use crate::model::{Assignment, Container, ContainerKey, Label, Limits, Node, ServiceSpec};

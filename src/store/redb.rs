@@ -2,13 +2,13 @@
 //!
 //! This header is the one description of the schema; `docs/` points here.
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //!
 //! | table        | key                         | value                                  |
 //! |--------------|-----------------------------|----------------------------------------|
 //! | `meta`       | `"schema_version"`, `"serial"`, `"assignment_index"`, `"zone_fingerprint"` | u64 |
 //! | `nodes`      | node name                   | JSON of [`Node`]                       |
-//! | `containers` | `"<user>/<stack>/<name>"`   | JSON of [`Container`] (tombstones included) |
+//! | `containers` | `"<user>/<stack>/<name>"`   | [`Container`] in the binary form of [`codec`](super::codec) (tombstones included); rows from schema 1 are JSON and are read as such |
 //! | `lost`       | node name                   | `()`: the node's lease had lapsed when last published |
 //! | `user_tokens`| SHA-256 (hex) of a user token | the user it acts for                 |
 //! | `user_limits`| user name                   | JSON of [`Limits`](crate::model::Limits): what an admin allows the user |
@@ -21,7 +21,10 @@
 //! be rebuilt exactly, so the journal starts over.
 //!
 //! Values are JSON so a record can be read with any tool and new optional fields can be added
-//! without a migration. Keys are labels joined by `/`, which a label cannot contain.
+//! without a migration, except containers: there are as many as everything else together, so
+//! they take a compact binary form (schema 2). A schema-1 database opens as schema 2 and its
+//! JSON rows are rewritten as their containers change; older versions of stackdns then refuse
+//! it. Keys are labels joined by `/`, which a label cannot contain.
 //!
 //! # Update protocol
 //!
@@ -32,14 +35,14 @@
 
 use std::path::Path;
 
-use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 #[cfg(doc)]
 use super::StackRecord;
-use super::{Batch, JournalWrite, Loaded, Op, Store, StoreError};
+use super::{Batch, JournalWrite, Loaded, Op, Store, StoreError, codec};
 #[cfg(doc)]
-use crate::model::{Container, Node};
-use crate::model::{ContainerKey, Label};
+use crate::model::Node;
+use crate::model::{Container, ContainerKey, Label};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
@@ -51,7 +54,7 @@ const STACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("stacks");
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 
-const SCHEMA_VERSION: u64 = 1;
+const SCHEMA_VERSION: u64 = 2;
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SERIAL: &str = "serial";
 const KEY_FINGERPRINT: &str = "zone_fingerprint";
@@ -102,8 +105,9 @@ impl RedbStore {
                         known: SCHEMA_VERSION,
                     });
                 }
-                Some(_) => {}
-                None => {
+                // Schema 1 differs only in how containers are written, and those rows stay
+                // readable: from now on the file is schema 2.
+                _ => {
                     meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db)?;
                 }
             }
@@ -129,7 +133,7 @@ impl Store for RedbStore {
         let serial = meta.get(KEY_SERIAL).map_err(db)?.map_or(0, |v| v.value()) as u32;
         let fingerprint = meta.get(KEY_FINGERPRINT).map_err(db)?.map(|v| v.value());
         let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes")?;
-        let containers = read_all(&txn.open_table(CONTAINERS).map_err(db)?, "containers")?;
+        let containers = read_containers(&txn.open_table(CONTAINERS).map_err(db)?)?;
         let mut lost = Vec::new();
         for row in txn.open_table(LOST).map_err(db)?.iter().map_err(db)? {
             let (name, _) = row.map_err(db)?;
@@ -208,6 +212,7 @@ impl Store for RedbStore {
             let mut user_limits = txn.open_table(USER_LIMITS).map_err(db)?;
             let mut stacks = txn.open_table(STACKS).map_err(db)?;
             let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
+            let mut record = Vec::with_capacity(128);
             for op in ops {
                 match op {
                     Op::PutNode(node) => {
@@ -219,8 +224,14 @@ impl Store for RedbStore {
                         nodes.remove(name.as_str()).map_err(db)?;
                     }
                     Op::PutContainer(c) => {
+                        record.clear();
+                        codec::encode_container(c, &mut record).map_err(|e| StoreError::Corrupt {
+                            table: "containers",
+                            key: container_key(&c.key),
+                            source: e.into(),
+                        })?;
                         containers
-                            .insert(container_key(&c.key).as_str(), encode("container", c)?.as_slice())
+                            .insert(container_key(&c.key).as_str(), record.as_slice())
                             .map_err(db)?;
                     }
                     Op::DeleteContainer(key) => {
@@ -296,6 +307,27 @@ impl Store for RedbStore {
 
 fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+/// Every container row: the binary form, or the JSON of schema 1.
+fn read_containers(table: &::redb::ReadOnlyTable<&str, &[u8]>) -> Result<Vec<Container>, StoreError> {
+    let mut out = Vec::with_capacity(table.len().map_err(db)? as usize);
+    for row in table.iter().map_err(db)? {
+        let (key, value) = row.map_err(db)?;
+        let bytes = value.value();
+        let record = if bytes.first() == Some(&b'{') {
+            serde_json::from_slice(bytes)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+        } else {
+            codec::decode_container(bytes).map_err(Into::into)
+        };
+        out.push(record.map_err(|source| StoreError::Corrupt {
+            table: "containers",
+            key: key.value().to_owned(),
+            source,
+        })?);
+    }
+    Ok(out)
 }
 
 fn read_all<T: serde::de::DeserializeOwned>(
@@ -385,5 +417,51 @@ mod tests {
             .expect("delete");
         let loaded = store.load().expect("load");
         assert!(loaded.nodes.is_empty() && loaded.containers.is_empty());
+    }
+
+    #[test]
+    fn schema_1_json_rows_are_read_and_the_file_becomes_schema_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.redb");
+        let json = r#"{"key":{"user":"u","stack":"s","name":"web-1"},"node":"n1","service":"web","address":null,"ports":[{"container_port":80,"host_port":8080,"protocol":"tcp"}],"generation":3,"running":true}"#;
+        {
+            // What stackdns 0.1 with schema 1 left on disk.
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 1)
+                .expect("schema");
+            txn.open_table(CONTAINERS)
+                .expect("containers")
+                .insert("u/s/web-1", json.as_bytes())
+                .expect("row");
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(&path, 1 << 20).expect("open");
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.containers.len(), 1);
+        let c = &loaded.containers[0];
+        assert_eq!((c.key.name.as_str(), c.generation, c.ready), ("web-1", 3, true));
+        assert_eq!(c.ports[0].host_port, Some(8080));
+        // Rewritten in the binary form when it changes, and read back the same.
+        let mut changed = c.clone();
+        changed.generation = 4;
+        store
+            .commit(Batch {
+                ops: &[Op::PutContainer(changed.clone())],
+                serial: 2,
+                journal: JournalWrite::Keep,
+            })
+            .expect("commit");
+        assert_eq!(store.load().expect("load").containers, vec![changed]);
+        drop(store);
+        let db = Database::create(&path).expect("reopen raw");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert_eq!(meta.get(KEY_SCHEMA).expect("get").map(|v| v.value()), Some(2));
+        let containers = txn.open_table(CONTAINERS).expect("containers");
+        let row = containers.get("u/s/web-1").expect("get").expect("row");
+        assert_eq!(row.value().first(), Some(&1), "binary, version 1");
     }
 }
