@@ -116,6 +116,7 @@ wait_answer "$RPID" 600
 sd_start=$(echo "$(now) - $t0" | bc)
 sleep 1
 sd_rss2=$(rss_kb "$RPID")
+build_ms=$(grep -o 'build_ms=[0-9]*' "$W/sd/restart.log" | head -1 | cut -d= -f2)
 stop "$RPID"
 
 containers=$(echo "$load" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers"])')
@@ -126,6 +127,7 @@ printf '%-42s %14s %14s %8s\n' "RSS serving, MiB" "$((knot_rss / 1024))" "$((sd_
 printf '%-42s %14s %14s %8s\n' "RSS after a restart, MiB" "-" "$((sd_rss2 / 1024))" "$(ratio "$knot_rss" "$sd_rss2")"
 printf '%-42s %14s %14s %8s\n' "bytes of RSS per container" "$((knot_rss * 1024 / containers))" "$((sd_rss * 1024 / containers))" "-"
 printf '%-42s %14.2f %14.2f %8s\n' "start -> first answer, s (stackdns: restart)" "$knot_start" "$sd_start" "$(ratio "$knot_start" "$sd_start")"
+printf '%-42s %14s %14.2f %8s\n' "  of which building the zone, s" "-" "$(echo "${build_ms:-0} / 1000" | bc -l)" "-"
 printf '%-42s %14.2f %14.2f %8s\n' "AXFR over TCP, s" "$knot_axfr" "$sd_axfr" "$(ratio "$knot_axfr" "$sd_axfr")"
 printf '%-42s %14s %14s %8s\n' "AXFR records" "$knot_axfr_records" "$sd_axfr_records" "-"
 printf '%-42s %14s %14s %8s\n' "containers/s loaded through the API" "-" "$per_s" "-"
