@@ -9,8 +9,10 @@
 //! probe of a map of a few dozen names. Keys and entries are `Arc`s, so copying a shard is
 //! cheap.
 //!
-//! Empty non-terminals are kept by reference counting: every name counts the names with data
-//! below it, and exists while it has data of its own or anything below it.
+//! Empty non-terminals are kept by reference counting: every name counts its children (the
+//! names one label longer), and exists while it has data of its own or any child. A new name
+//! therefore touches its ancestors only up to the first that already existed, usually its
+//! parent.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -35,7 +37,7 @@ struct Slot {
     /// The name was set (it has data, or is known without data); unset names exist only as
     /// empty non-terminals.
     own: bool,
-    /// Names set below this one; it stays as an empty non-terminal while this is non-zero.
+    /// Its children in the table; it stays as an empty non-terminal while this is non-zero.
     below: u32,
 }
 
@@ -169,12 +171,11 @@ impl Names {
         self.remember(rel);
         let entry = Arc::new(entry);
         let shard = self.shard_mut(rel);
-        let (newly_set, inserted) = match shard.map.get_mut(rel) {
+        let inserted = match shard.map.get_mut(rel) {
             Some(slot) => {
-                let was_own = slot.own;
                 slot.entry = entry;
                 slot.own = true;
-                (!was_own, false)
+                false
             }
             None => {
                 let slot = Slot {
@@ -183,14 +184,12 @@ impl Names {
                     below: 0,
                 };
                 shard.map.insert(rel.into(), slot);
-                (true, true)
+                true
             }
         };
-        self.len += usize::from(inserted);
-        if newly_set {
-            for parent in name::ancestors(rel) {
-                self.count_in(parent);
-            }
+        if inserted {
+            self.len += 1;
+            self.child_added(rel);
         }
     }
 
@@ -213,37 +212,42 @@ impl Names {
         if slot.below == 0 {
             shard.map.remove(rel);
             self.len -= 1;
-        }
-        for parent in name::ancestors(rel) {
-            self.count_out(parent);
+            self.child_removed(rel);
         }
     }
 
-    /// One more set name below `parent`; creates it as an empty non-terminal if needed.
-    fn count_in(&mut self, parent: &[u8]) {
+    /// `rel` came into the table: its parent counts one more child, and is created (as an
+    /// empty non-terminal, counting in its own parent) if it did not exist.
+    fn child_added(&mut self, rel: &[u8]) {
         let empty = self.empty.clone();
-        let shard = self.shard_mut(parent);
-        if let Some(slot) = shard.map.get_mut(parent) {
-            slot.below += 1;
-            return;
+        for parent in name::ancestors(rel) {
+            let shard = self.shard_mut(parent);
+            if let Some(slot) = shard.map.get_mut(parent) {
+                slot.below += 1;
+                return;
+            }
+            let slot = Slot {
+                entry: empty.clone(),
+                own: false,
+                below: 1,
+            };
+            shard.map.insert(parent.into(), slot);
+            self.len += 1;
         }
-        let slot = Slot {
-            entry: empty,
-            own: false,
-            below: 1,
-        };
-        shard.map.insert(parent.into(), slot);
-        self.len += 1;
     }
 
-    /// One set name fewer below `parent`; an empty non-terminal with nothing below goes.
-    fn count_out(&mut self, parent: &[u8]) {
-        let shard = self.shard_mut(parent);
-        let Some(slot) = shard.map.get_mut(parent) else {
-            return;
-        };
-        slot.below = slot.below.saturating_sub(1);
-        if slot.below == 0 && !slot.own {
+    /// `rel` left the table: its parent counts one child fewer, and goes too if that leaves
+    /// it an empty non-terminal without children.
+    fn child_removed(&mut self, rel: &[u8]) {
+        for parent in name::ancestors(rel) {
+            let shard = self.shard_mut(parent);
+            let Some(slot) = shard.map.get_mut(parent) else {
+                return;
+            };
+            slot.below = slot.below.saturating_sub(1);
+            if slot.below > 0 || slot.own {
+                return;
+            }
             shard.map.remove(parent);
             self.len -= 1;
         }
@@ -280,5 +284,63 @@ impl Frozen {
             .iter()
             .flat_map(|g| g.shards.iter())
             .flat_map(|s| s.map.iter().map(|(k, v)| (&k[..], &*v.entry)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Wire form of a relative name from its labels, nearest first.
+    fn rel(labels: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in labels {
+            out.extend_from_slice(&[1, b'a' + l]);
+        }
+        out
+    }
+
+    proptest! {
+        // Each step walks all 16,384 shards: a few dozen cases are plenty.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// After any sequence of sets and unsets, a name exists exactly when it was set, or
+        /// a set name lies below it (an empty non-terminal), and published views keep what
+        /// they saw.
+        #[test]
+        fn names_exist_while_they_or_their_descendants_are_set(
+            ops in proptest::collection::vec((any::<bool>(), proptest::collection::vec(0u8..3, 1..4)), 1..40),
+        ) {
+            let mut names = Names::default();
+            let mut own: BTreeSet<Vec<u8>> = BTreeSet::new();
+            let mut views = Vec::new();
+            for (set, labels) in ops {
+                let name = rel(&labels);
+                if set {
+                    names.set(&name, Entry::default());
+                    own.insert(name);
+                } else {
+                    names.unset(&name);
+                    own.remove(&name);
+                }
+                let mut expected: BTreeSet<Vec<u8>> = own.clone();
+                for n in &own {
+                    expected.extend(name::ancestors(n).map(<[u8]>::to_vec));
+                }
+                let frozen = names.freeze();
+                let seen: BTreeSet<Vec<u8>> = frozen.iter().map(|(k, _)| k.to_vec()).collect();
+                prop_assert_eq!(&seen, &expected);
+                prop_assert_eq!(frozen.len(), expected.len());
+                views.push((frozen, expected));
+            }
+            for (frozen, expected) in views {
+                let seen: BTreeSet<Vec<u8>> = frozen.iter().map(|(k, _)| k.to_vec()).collect();
+                prop_assert_eq!(seen, expected, "a published view never changes");
+            }
+        }
     }
 }
