@@ -102,7 +102,10 @@ impl Server {
             rotation: args.rotation,
             max_answers: args.max_answers,
         };
-        let store = RedbStore::open(&args.data.join("stackdns.redb"), args.db_cache_mb << 20)?;
+        let store = RedbStore::open(
+            &args.data.join("stackdns.redb"),
+            args.db_cache_mb.saturating_mul(1 << 20),
+        )?;
         let cancel = CancellationToken::new();
         let (control, writer) = Control::start(
             Box::new(store),
@@ -111,7 +114,8 @@ impl Server {
                 policy,
                 journal: JournalLimits {
                     diffs: args.ixfr_journal,
-                    bytes: usize::try_from(args.ixfr_journal_mb << 20).unwrap_or(usize::MAX),
+                    bytes: usize::try_from(args.ixfr_journal_mb.saturating_mul(1 << 20))
+                        .unwrap_or(usize::MAX),
                 },
             },
             crate::model::Limits {
