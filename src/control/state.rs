@@ -136,7 +136,7 @@ impl State {
                 .is_some_and(|a| a.node == c.node && a.generation == c.generation);
             state.index(c);
         }
-        // Built in one pass from sorted rows, rather than by a million inserts.
+        // Collected in bulk (sorted once, then built in one pass), not by a million inserts.
         state.containers = containers.into_iter().map(Held).collect();
         state.user_tokens = loaded.user_tokens.into_iter().collect();
         state.user_limits = loaded.user_limits.into_iter().collect();

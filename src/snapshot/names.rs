@@ -5,8 +5,8 @@
 //! hands the DNS path an immutable view by cloning the group pointers. A later change to a
 //! shard still shared with a published view copies that shard and its group only
 //! (`Arc::make_mut`), so publishing a change costs a few dozen names and a group of pointers
-//! per name touched, whatever the zone's size. A lookup is one hash, two indexed loads and a
-//! probe of a map of a few dozen names. Keys and entries are `Arc`s, so copying a shard is
+//! per name touched, whatever the zone's size. A lookup is two hashes (the shard's, then the
+//! map's own), two indexed loads and a probe of a map of a few dozen names. Keys and entries are `Arc`s, so copying a shard is
 //! cheap.
 //!
 //! Empty non-terminals are kept by reference counting: every name counts its children (the

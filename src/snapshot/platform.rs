@@ -228,9 +228,12 @@ impl Projection {
     }
 
     /// Continues `journal` (read from the store); the current names must be the zone at its
-    /// last serial.
+    /// last serial. With the journal turned off it is dropped: it would never be extended,
+    /// and an IXFR answered from it would miss every later change.
     pub fn resume_journal(&mut self, journal: Journal) {
-        self.journal = journal;
+        if self.journal_limits.diffs > 0 {
+            self.journal = journal;
+        }
     }
 
     /// A stable hash of everything besides platform state that decides the records: the zone

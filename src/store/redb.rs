@@ -311,7 +311,9 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
 
 /// Every container row: the binary form, or the JSON of schema 1.
 fn read_containers(table: &::redb::ReadOnlyTable<&str, &[u8]>) -> Result<Vec<Container>, StoreError> {
-    let mut out = Vec::with_capacity(table.len().map_err(db)? as usize);
+    // Sized from the table's row count, capped: a damaged count must not abort the start.
+    let rows = usize::try_from(table.len().map_err(db)?).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(rows.min(1 << 22));
     for row in table.iter().map_err(db)? {
         let (key, value) = row.map_err(db)?;
         let bytes = value.value();

@@ -219,3 +219,27 @@ fn unchanged_entries_keep_their_rotation() {
         .collect();
     assert_eq!(starts.len(), 3, "cyclic rotation visits every start");
 }
+
+#[test]
+fn a_stored_journal_is_not_resumed_when_the_journal_is_off() {
+    use crate::snapshot::journal::Diff;
+    let stored = || Journal::from_diffs(vec![Diff::new(1, 2, &[], &[])]);
+    let off = JournalLimits {
+        diffs: 0,
+        bytes: 1 << 20,
+    };
+    let mut p = Projection::new(zone(), POLICY, off);
+    p.publish(2);
+    p.resume_journal(stored());
+    assert!(
+        p.publish(3).0.journal.since(1).is_none(),
+        "off: no IXFR from the old chain"
+    );
+    let mut p = Projection::new(zone(), POLICY, JournalLimits::SMALL);
+    p.publish(2);
+    p.resume_journal(stored());
+    assert!(
+        p.publish(3).0.journal.since(1).is_some(),
+        "on: the chain continues"
+    );
+}
