@@ -31,8 +31,8 @@ pub struct InvalidLabel {
 ///
 /// Held as a [`SmolStr`](smol_str::SmolStr): a label of up to 23 bytes (nearly all of them)
 /// lives inline with no allocation, a longer one is shared, and a clone never allocates. The
-/// control plane copies keys into several indexes per container, so this is most of what a
-/// container costs in memory.
+/// control plane copies keys into several indexes per container; as owned `String`s those
+/// copies were the largest part of what a container cost in memory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Label(smol_str::SmolStr);
