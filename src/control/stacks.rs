@@ -111,6 +111,13 @@ impl Stacks {
             .collect()
     }
 
+    /// Every declared service's key.
+    pub fn declared_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.stacks
+            .values()
+            .flat_map(|s| s.services.iter().map(|spec| &spec.key))
+    }
+
     /// The ports of a declared service, `None` if no stack declares it. A declared service's
     /// names exist in DNS even before any container of it runs.
     pub fn declared_ports(&self, service: &ServiceKey) -> Option<Vec<PortSpec>> {

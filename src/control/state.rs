@@ -250,10 +250,9 @@ impl State {
     pub fn services(&self) -> impl Iterator<Item = ServiceKey> + '_ {
         let declared = self
             .stacks
-            .declared_services()
-            .into_iter()
-            .map(|s| s.key)
-            .filter(|k| !self.by_service.contains_key(k));
+            .declared_keys()
+            .filter(|k| !self.by_service.contains_key(*k))
+            .cloned();
         self.by_service.keys().cloned().chain(declared)
     }
 

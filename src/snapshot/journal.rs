@@ -75,6 +75,27 @@ fn diffable<'e>(owner: &[u8], entry: &'e Entry) -> impl Iterator<Item = &'e RRse
 }
 
 impl Sections {
+    /// The difference in its stored form (see [`Diff::bytes`]).
+    fn into_diff(self, from: u32, to: u32) -> Diff {
+        let Sections { removed, added } = self;
+        let mut out = Vec::with_capacity(16 + removed.1.len() + added.1.len());
+        out.extend_from_slice(&from.to_be_bytes());
+        out.extend_from_slice(&to.to_be_bytes());
+        out.extend_from_slice(&removed.0.to_be_bytes());
+        out.extend_from_slice(&removed.1);
+        let added_at = out.len();
+        out.extend_from_slice(&added.0.to_be_bytes());
+        out.extend_from_slice(&added.1);
+        Diff {
+            from,
+            to,
+            bytes: out.into_boxed_slice(),
+            added_at,
+            removed: removed.0,
+            added: added.0,
+        }
+    }
+
     /// Writes what changed between two entries of `owner`. Both list RRsets by type and each
     /// RRset's records sorted and unique, so one merge walk finds the difference: a change to
     /// one record of a large RRset costs a comparison per record and allocates nothing.
@@ -153,48 +174,19 @@ impl Diff {
         for (owner, old, new) in changes {
             sections.entries(owner, old, new);
         }
-        let Sections { removed, added } = sections;
-        let mut out = Vec::with_capacity(16 + removed.1.len() + added.1.len());
-        out.extend_from_slice(&from.to_be_bytes());
-        out.extend_from_slice(&to.to_be_bytes());
-        out.extend_from_slice(&removed.0.to_be_bytes());
-        out.extend_from_slice(&removed.1);
-        let added_at = out.len();
-        out.extend_from_slice(&added.0.to_be_bytes());
-        out.extend_from_slice(&added.1);
-        Diff {
-            from,
-            to,
-            bytes: out.into_boxed_slice(),
-            added_at,
-            removed: removed.0,
-            added: added.0,
-        }
+        sections.into_diff(from, to)
     }
 
     /// The difference that removes and adds these records.
     pub fn new(from: u32, to: u32, removed: &[Record], added: &[Record]) -> Self {
-        let mut out = Vec::new();
-        out.extend_from_slice(&from.to_be_bytes());
-        out.extend_from_slice(&to.to_be_bytes());
-        let mut added_at = 0;
-        for section in [removed, added] {
-            added_at = out.len();
-            out.extend_from_slice(&(section.len() as u32).to_be_bytes());
-            let mut records = (0, Vec::new());
-            for r in section {
-                put(&mut records, &r.owner, r.rtype, r.ttl, &r.rdata);
-            }
-            out.extend_from_slice(&records.1);
+        let mut sections = Sections::default();
+        for r in removed {
+            put(&mut sections.removed, &r.owner, r.rtype, r.ttl, &r.rdata);
         }
-        Diff {
-            from,
-            to,
-            bytes: out.into_boxed_slice(),
-            added_at,
-            removed: removed.len() as u32,
-            added: added.len() as u32,
+        for r in added {
+            put(&mut sections.added, &r.owner, r.rtype, r.ttl, &r.rdata);
         }
+        sections.into_diff(from, to)
     }
 
     /// Records removed plus records added.

@@ -132,8 +132,8 @@ impl Store for RedbStore {
         let meta = txn.open_table(META).map_err(db)?;
         let serial = meta.get(KEY_SERIAL).map_err(db)?.map_or(0, |v| v.value()) as u32;
         let fingerprint = meta.get(KEY_FINGERPRINT).map_err(db)?.map(|v| v.value());
-        let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes")?;
-        let containers = read_containers(&txn.open_table(CONTAINERS).map_err(db)?)?;
+        let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes", json)?;
+        let containers = read_all(&txn.open_table(CONTAINERS).map_err(db)?, "containers", container)?;
         let mut lost = Vec::new();
         for row in txn.open_table(LOST).map_err(db)?.iter().map_err(db)? {
             let (name, _) = row.map_err(db)?;
@@ -149,8 +149,8 @@ impl Store for RedbStore {
             .get(KEY_ASSIGNMENT_INDEX)
             .map_err(db)?
             .map_or(0, |v| v.value());
-        let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks")?;
-        let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments")?;
+        let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks", json)?;
+        let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments", json)?;
         let mut user_limits = Vec::new();
         for row in txn.open_table(USER_LIMITS).map_err(db)?.iter().map_err(db)? {
             let (user, value) = row.map_err(db)?;
@@ -309,40 +309,36 @@ fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>,
     serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
 }
 
-/// Every container row: the binary form, or the JSON of schema 1.
-fn read_containers(table: &::redb::ReadOnlyTable<&str, &[u8]>) -> Result<Vec<Container>, StoreError> {
+/// A row's value as a record, or why it is not one.
+type Decoded<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Decoded<T> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// A container row: the binary form, or the JSON of schema 1.
+fn container(bytes: &[u8]) -> Decoded<Container> {
+    if bytes.first() == Some(&b'{') {
+        return json(bytes);
+    }
+    Ok(codec::decode_container(bytes)?)
+}
+
+/// Every row of `table`, read with `decode`; the first unreadable one is reported by key.
+fn read_all<T>(
+    table: &::redb::ReadOnlyTable<&str, &[u8]>,
+    name: &'static str,
+    decode: fn(&[u8]) -> Decoded<T>,
+) -> Result<Vec<T>, StoreError> {
     // Sized from the table's row count, capped: a damaged count must not abort the start.
     let rows = usize::try_from(table.len().map_err(db)?).unwrap_or(usize::MAX);
     let mut out = Vec::with_capacity(rows.min(1 << 22));
     for row in table.iter().map_err(db)? {
         let (key, value) = row.map_err(db)?;
-        let bytes = value.value();
-        let record = if bytes.first() == Some(&b'{') {
-            serde_json::from_slice(bytes)
-                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
-        } else {
-            codec::decode_container(bytes).map_err(Into::into)
-        };
-        out.push(record.map_err(|source| StoreError::Corrupt {
-            table: "containers",
-            key: key.value().to_owned(),
-            source,
-        })?);
-    }
-    Ok(out)
-}
-
-fn read_all<T: serde::de::DeserializeOwned>(
-    table: &::redb::ReadOnlyTable<&str, &[u8]>,
-    name: &'static str,
-) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for row in table.iter().map_err(db)? {
-        let (key, value) = row.map_err(db)?;
-        let record = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+        let record = decode(value.value()).map_err(|source| StoreError::Corrupt {
             table: name,
             key: key.value().to_owned(),
-            source: e.into(),
+            source,
         })?;
         out.push(record);
     }
