@@ -1124,6 +1124,73 @@ def one_sample(api, dns_sock, path, payload, qname, qtype, want, args):
     return (t_http - t0 if t_http else None), (t_dns - t0 if t_dns else None)
 
 
+def _background_writes(base, token, paths, service, per_s, stop, done, late, error):
+    """The body of BackgroundWriter's process."""
+    api = Api(base, token)
+    period = 1.0 / per_s
+    next_t = time.perf_counter()
+    generation = n = 0
+    try:
+        while not stop.is_set():
+            i = n % len(paths)
+            if i == 0:
+                generation += 1
+            api.request("PUT", paths[i], {"service": service, "generation": generation, "ready": generation % 2 == 1})
+            n += 1
+            done.value = n
+            next_t += period
+            pause = next_t - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                late.value += 1
+    except (ApiError, OSError, http.client.HTTPException) as e:
+        error.value = str(e)[:200].encode()
+
+
+class BackgroundWriter:
+    """Durable writes at a steady rate while latency is sampled: container reports from another
+    process (so they do not share the sampler's interpreter), --background-writes per second, each
+    flipping one of 100 containers between ready and not ready, so each one changes DNS: a commit,
+    a snapshot and a zone difference."""
+
+    def __init__(self, api, node, user, stack, service, per_s, run_id):
+        import multiprocessing
+        ctx = multiprocessing.get_context("fork")
+        self.api, self.per_s = api, per_s
+        self.paths = ["/v1/nodes/%s/containers/%s" % (q(node), q(user, stack, "bg-%s-%d" % (run_id, i)))
+                      for i in range(100)]
+        self.stop = ctx.Event()
+        self.done_v, self.late_v, self.error_v = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Array("c", 256)
+        self.proc = ctx.Process(target=_background_writes, daemon=True,
+                                args=(api.base, api.token, self.paths, service, per_s, self.stop,
+                                      self.done_v, self.late_v, self.error_v))
+
+    def start(self):
+        self.proc.start()
+
+    @property
+    def done(self):
+        return self.done_v.value
+
+    @property
+    def late(self):
+        return self.late_v.value
+
+    @property
+    def error(self):
+        return self.error_v.value.decode() or None
+
+    def finish(self):
+        self.stop.set()
+        self.proc.join(timeout=30)
+        for path in self.paths:
+            try:
+                self.api.request("DELETE", path)
+            except (ApiError, OSError, http.client.HTTPException):
+                pass
+
+
 def latency(args):
     if not args.api:
         state_path = args.state or (os.path.join(os.environ["WORKDIR"], "stackdns-bench.json")
@@ -1152,6 +1219,12 @@ def latency(args):
     dns_sock.connect(dns)
     pairs, failures, created = [], [], []
     api.request("GET", "/readyz")          # open the keep-alive connection outside the timed part
+    writer = None
+    if args.background_writes > 0:
+        writer = BackgroundWriter(api, node, user, stack, service, args.background_writes, run_id)
+        writer.start()
+        time.sleep(1.0)                    # let the rate settle before sampling
+    t_sampling = time.perf_counter()
     try:
         for i in range(args.samples):
             name = "lat-%s-%d" % (run_id, i)
@@ -1172,6 +1245,9 @@ def latency(args):
             time.sleep(args.interval)
     finally:
         dns_sock.close()
+        sampled_s = time.perf_counter() - t_sampling
+        if writer:
+            writer.finish()
         for path in created if not args.keep else []:
             try:
                 api.request("DELETE", path)
@@ -1191,6 +1267,13 @@ def latency(args):
     if pairs:
         print("DNS answered before the HTTP response arrived in %d of %d samples (stackdns answers a write "
               "only once it is committed and published)" % (before, len(pairs)))
+    if writer:
+        rate = writer.done / (sampled_s + 1.0)
+        print("background writes: %d at %.0f/s (asked %d/s; %d behind schedule)%s"
+              % (writer.done, rate, args.background_writes, writer.late,
+                 "; stopped by an error: %s" % writer.error if writer.error else ""))
+        if writer.error:
+            failures.append("background writer: %s" % writer.error)
     for f in failures[:10]:
         print("failed: " + f)
     if args.json:
@@ -1251,6 +1334,8 @@ def parse_args(argv):
     l.add_argument("--interval", type=float, default=0.02, help="pause between samples, seconds [0.02]")
     l.add_argument("--timeout", type=float, default=5.0, help="per-sample limit, seconds [5]")
     l.add_argument("--keep", action="store_true", help="do not delete the sample containers afterwards")
+    l.add_argument("--background-writes", type=int, default=0, metavar="N",
+                   help="meanwhile, N durable container writes per second on another connection [0]")
     l.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     return p.parse_args(argv)
 

@@ -7,17 +7,20 @@
 #               stackdns: a restart on the stored data)
 #   load        containers/s through the registration API (batched per node, as agents do)
 #   AXFR        time of a whole zone transfer over TCP
-#   latency     write -> visible in DNS, p50/p99 (load_dataset.py latency)
+#   latency     write -> visible in DNS, p50/p99 (load_dataset.py latency), idle, and again while
+#               dnsperf saturates DNS and LATENCY_BG_WRITES (default 1000) other writes/s flow
 #
 # Usage: bench/scale.sh [DATA_DIR] (default bench-out/data/default; make one with
 # ../shared/bench/gen_dataset.py). Needs knotd, kdig (or dig), python3 and a release build.
-# BIN=path overrides the stackdns binary; LATENCY_SAMPLES (default 300; 0 skips it).
+# BIN=path overrides the stackdns binary; LATENCY_SAMPLES (default 300; 0 skips it);
+# LATENCY_BG_WRITES (default 1000; 0 skips the loaded run, as does a missing dnsperf).
 # Prints one "figure knot stackdns ratio" table; numbers are from this machine and sitting only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=$(realpath "${1:-bench-out/data/default}")
 BIN=$(realpath "${BIN:-target/release/stackdns}")
 SAMPLES=${LATENCY_SAMPLES:-300}
+BG_WRITES=${LATENCY_BG_WRITES:-1000}
 PORT=${PORT:-5391}
 API_PORT=${API_PORT:-8391}
 ZONE=$DATA/cluster.test.zone
@@ -100,10 +103,23 @@ per_s=$(echo "$load" | python3 -c 'import json,sys; print(json.load(sys.stdin)["
 sleep 1
 sd_rss=$(rss_kb "$SPID")
 read -r sd_axfr sd_axfr_records < <(axfr_s)
-lat="skipped"
+lat="skipped"; lat_loaded="skipped"; loaded_qps="-"; bg_rate="-"
+visible() { awk '/^visible/ {printf "p50 %s ms, p99 %s ms", $(NF-3), $(NF-2)}' "$1"; }
 if [ "$SAMPLES" -gt 0 ]; then
-  lat=$(WORKDIR=$W/sd python3 bench/load_dataset.py latency --samples "$SAMPLES" 2>&1 \
-    | awk '/^visible/ {printf "p50 %s ms, p99 %s ms", $(NF-3), $(NF-2)}' || true)
+  WORKDIR=$W/sd python3 bench/load_dataset.py latency --samples "$SAMPLES" >"$W/lat.txt" 2>&1 || true
+  lat=$(visible "$W/lat.txt")
+  if [ "$BG_WRITES" -gt 0 ] && command -v dnsperf >/dev/null; then
+    # DNS saturated by dnsperf (the dataset's query mix) for the whole run, writes meanwhile.
+    dnsperf -s 127.0.0.1 -p "$PORT" -d "$DATA/queries.txt" -l 600 -c 8 -q 200 >"$W/dnsperf.txt" 2>&1 &
+    DPID=$!; PIDS+=("$DPID")
+    sleep 2
+    WORKDIR=$W/sd python3 bench/load_dataset.py latency --samples "$SAMPLES" \
+      --background-writes "$BG_WRITES" >"$W/lat-loaded.txt" 2>&1 || true
+    kill -INT "$DPID" 2>/dev/null || true; wait "$DPID" 2>/dev/null || true
+    lat_loaded=$(visible "$W/lat-loaded.txt")
+    loaded_qps=$(awk '/Queries per second:/ {printf "%.0f", $4}' "$W/dnsperf.txt")
+    bg_rate=$(grep -o 'at [0-9]*/s' "$W/lat-loaded.txt" | head -1 | tr -dc '0-9')
+  fi
 fi
 stop "$SPID"
 
@@ -132,3 +148,5 @@ printf '%-42s %14.2f %14.2f %8s\n' "AXFR over TCP, s" "$knot_axfr" "$sd_axfr" "$
 printf '%-42s %14s %14s %8s\n' "AXFR records" "$knot_axfr_records" "$sd_axfr_records" "-"
 printf '%-42s %14s %14s %8s\n' "containers/s loaded through the API" "-" "$per_s" "-"
 printf '%-42s %14s %14s %8s\n' "write -> visible (DNS)" "-" "${lat:-?}" "-"
+printf '%-42s %14s %14s %8s\n' "write -> visible, DNS saturated + writes/s" "-" "${lat_loaded:-?}" "-"
+printf '%-42s %14s %14s %8s\n' "  DNS qps meanwhile / writes/s meanwhile" "-" "${loaded_qps:-?} / ${bg_rate:-?}" "-"

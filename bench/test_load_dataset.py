@@ -152,5 +152,52 @@ class DnsWire(unittest.TestCase):
                          (50, 99, 100, 1))
 
 
+class BackgroundWrites(unittest.TestCase):
+    """The loaded latency run's writer, against a small HTTP server that records what it gets."""
+
+    def test_steady_rate_of_ready_flips_then_cleanup(self):
+        import http.server
+        import threading
+        seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen.append((self.command, self.path, json.loads(body) if body else None))
+                # One write: headers and body apart would meet the client's delayed ACK.
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 2\r\n\r\n{}")
+
+            do_PUT = do_DELETE = answer
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            api = L.Api("http://127.0.0.1:%d" % server.server_address[1], "t")
+            writer = L.BackgroundWriter(api, "n1", "u", "s", "web", 200, "x")
+            writer.start()
+            import time
+            time.sleep(1.0)
+            writer.finish()
+        finally:
+            server.shutdown()
+        puts = [(p, b) for m, p, b in seen if m == "PUT"]
+        deletes = {p for m, p, _ in seen if m == "DELETE"}
+        self.assertIsNone(writer.error)
+        self.assertGreater(len(puts), 100, "about 200 in a second")
+        self.assertLess(len(puts), 300, "paced, not as fast as possible")
+        self.assertEqual(len(puts), writer.done)
+        self.assertEqual(puts[0], ("/v1/nodes/n1/containers/u/s/bg-x-0",
+                                   {"service": "web", "generation": 1, "ready": True}))
+        self.assertEqual(puts[100][1], {"service": "web", "generation": 2, "ready": False}, "the next round flips")
+        self.assertEqual(deletes, set(writer.paths), "every container it wrote is deleted")
+
+
 if __name__ == "__main__":
     unittest.main()

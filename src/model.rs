@@ -65,6 +65,10 @@ impl Label {
         }))
     }
 
+    /// Sorts before every label (it is not one: empty): the lower bound of a range of keys
+    /// that start with given labels.
+    pub const LOWEST: Label = Label(smol_str::SmolStr::new_inline(""));
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -29,6 +29,7 @@
 //! | `views.rs`    | the typed results operations answer with                           |
 //! | `auth.rs`     | callers and tokens                                                 |
 //! | `changes.rs`  | what one batch changed                                             |
+//! | `wake.rs`     | waking the blocking assignment queries of the nodes concerned      |
 
 mod auth;
 mod changes;
@@ -37,6 +38,7 @@ mod ops;
 mod stacks;
 mod state;
 mod views;
+mod wake;
 mod writer;
 
 use std::collections::HashMap;
@@ -50,6 +52,7 @@ use crate::snapshot::{Policy, Projection, SnapshotHandle};
 use crate::store::{Batch, JournalWrite, Store, StoreError};
 use crate::zone::Zone;
 use state::State;
+use wake::NodeWakers;
 use writer::{Ctx, Job, Writer};
 
 pub use crate::model::Applied;
@@ -96,8 +99,8 @@ pub struct Control {
     tokens: TokenIndex,
     /// The serial of the latest published snapshot, for whoever must react to it (NOTIFY).
     serials: watch::Receiver<u32>,
-    /// The assignment index after the latest commit.
-    assignments: watch::Receiver<u64>,
+    /// Wakes a node's blocking assignment queries when a commit changes its assignments.
+    wakers: Arc<NodeWakers>,
     /// Fires when the server shuts down: blocking queries answer at once.
     shutdown: CancellationToken,
 }
@@ -186,10 +189,10 @@ impl Control {
         let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(state.token_index()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (serial_tx, serials) = watch::channel(serial);
-        let (assignments_tx, assignments) = watch::channel(state.stacks().index());
+        let wakers = Arc::new(NodeWakers::default());
         let writer = Writer {
             serials: serial_tx,
-            assignments: assignments_tx,
+            wakers: wakers.clone(),
             store,
             state,
             serial,
@@ -210,7 +213,7 @@ impl Control {
                 snapshots,
                 tokens,
                 serials,
-                assignments,
+                wakers,
                 shutdown,
             },
             thread,

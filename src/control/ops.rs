@@ -10,7 +10,7 @@ use super::auth::{Caller, generate_token, hash_token};
 use super::changes::Effect;
 use super::error::ControlError;
 use super::stacks::service_specs;
-use super::state::{NodeSpec, PlanInput, ReplaceSummary, Report, State, require_admin};
+use super::state::{NodeSpec, ReplaceSummary, Report, require_admin};
 use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
 use super::{Committed, Control};
 use crate::model::{Container, ContainerKey, Label, Limits, Node, ServiceKey};
@@ -27,19 +27,6 @@ pub struct StackSubmission {
     /// The text as sent, kept with the stack.
     pub body: String,
     pub content_type: Option<String>,
-}
-
-/// Runs placement on a blocking thread: a large plan costs the writer nothing.
-async fn plan_off_writer(
-    input: PlanInput,
-    change: Change,
-) -> Result<(PlanInput, Change, Result<crate::placement::Plan, ControlError>), ControlError> {
-    tokio::task::spawn_blocking(move || {
-        let planned = input.plan(&change);
-        (input, change, planned)
-    })
-    .await
-    .map_err(|_| ControlError::Internal)
 }
 
 /// A fresh token and its stored form.
@@ -245,7 +232,7 @@ impl Control {
         wait: Duration,
     ) -> Result<Committed<NodeAssignments>, ControlError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.assignments.clone();
+        let mut changes = self.wakers.subscribe(&node);
         loop {
             changes.borrow_and_update();
             let (name, who) = (node.clone(), caller.clone());
@@ -262,7 +249,10 @@ impl Control {
             }
             tokio::select! {
                 _ = tokio::time::sleep(remaining) => {}
-                _ = changes.changed() => {}
+                woken = changes.changed() => if woken.is_err() {
+                    // Forgotten meanwhile (cannot happen while we hold it): listen afresh.
+                    changes = self.wakers.subscribe(&node);
+                },
                 () = self.shutdown.cancelled() => {}
             }
         }
@@ -358,40 +348,24 @@ impl Control {
             content_type,
         } = submission;
         let services = service_specs(&user, &stack, &file);
-        // On the writer: who may, what it would cost (before any planning), a copy of what
-        // placement reads. Then the plan, off the writer, so other tenants' writes go on.
-        let prepared = {
-            let (caller, user, stack, services) =
-                (caller.clone(), user.clone(), stack.clone(), services.clone());
-            self.run(move |ctx| {
-                ctx.state.authorize_stacks(&caller, &user, &stack)?;
-                let stacks_after = ctx.state.usage_of(&user).1 as u64
-                    + u64::from(ctx.state.stacks().get(&user, &stack).is_none());
-                let load = ctx.state.declared_load(&user, &stack, &services);
-                ctx.state.check_quota(&user, load, stacks_after)?;
-                Ok((ctx.state.plan_input(dry_run), stacks_after))
-            })
-            .await?
-            .value
-        };
-        let (input, _) = prepared;
-        let change = Change::Apply {
-            user: user.clone(),
-            stack: stack.clone(),
-            services,
-        };
-        let (input, change, planned) = plan_off_writer(input, change).await?;
+        // Who may, and what it would cost before any planning (so an oversized request costs
+        // nothing); then the plan, which costs what it changes.
         self.run(move |ctx| {
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
-            // Counted again: other requests may have declared stacks since the first check.
             let created = ctx.state.stacks().get(&user, &stack).is_none();
             let stacks_after = u64::from(ctx.state.usage_of(&user).1) + u64::from(created);
+            let load = ctx.state.declared_load(&user, &stack, &services);
+            ctx.state.check_quota(&user, load, stacks_after)?;
+            let change = Change::Apply {
+                user: user.clone(),
+                stack: stack.clone(),
+                services,
+            };
+            let plan = ctx.state.plan(&change, dry_run)?;
             ctx.state
-                .check_quota(&user, State::planned_for(&plan, &user), stacks_after)?;
+                .check_quota(&user, ctx.state.planned_for(&plan, &user), stacks_after)?;
             if dry_run {
-                let status =
-                    views::preview(ctx.state, &user, &stack, &file, &plan.services, &plan.assignments);
+                let status = views::planned(ctx.state, &user, &stack, &file, &plan);
                 let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
                 return Ok(StackApplied {
                     status,
@@ -402,11 +376,8 @@ impl Control {
                 });
             }
             let applied = ctx.state.apply_plan(&plan, ctx.changes);
-            let services = plan
-                .services
-                .iter()
-                .filter(|s| s.key.user == user && s.key.stack == stack)
-                .cloned()
+            let services = (plan.services.iter())
+                .filter_map(|(_, spec)| spec.clone())
                 .collect();
             let record = StackRecord {
                 user: user.clone(),
@@ -494,50 +465,26 @@ impl Control {
         dry_run: bool,
     ) -> Result<Committed<StackApplied>, ControlError> {
         let (user, stack) = (service.user.clone(), service.stack.clone());
-        // On the writer: who may and what it would cost; the plan itself off it.
-        let prepared = {
-            let (caller, service, user, stack) =
-                (caller.clone(), service.clone(), user.clone(), stack.clone());
-            self.run(move |ctx| {
-                ctx.state.authorize_stacks(&caller, &user, &stack)?;
-                if ctx.state.stacks().get(&user, &stack).is_none() {
-                    return Err(stack_not_found(&user, &stack));
-                }
-                // Before placement: the service's current containers give way to `target`.
-                let current = ctx
-                    .state
-                    .stacks()
-                    .assignments()
-                    .filter(|a| a.service == service)
-                    .count() as u64;
-                let (used, stacks) = ctx.state.usage_of(&user);
-                let wanted = u64::from(used) - current + u64::from(target);
-                ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
-                Ok((ctx.state.plan_input(dry_run), u64::from(stacks)))
-            })
-            .await?
-            .value
-        };
-        let (input, _) = prepared;
-        let (input, change, planned) = plan_off_writer(input, Change::Scale { service, target }).await?;
         self.run(move |ctx| {
             ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            let plan = ctx.state.current_plan(&input, &change, planned, dry_run)?;
-            let stacks = u64::from(ctx.state.usage_of(&user).1);
+            if ctx.state.stacks().get(&user, &stack).is_none() {
+                return Err(stack_not_found(&user, &stack));
+            }
+            // Before placement: the service's current containers give way to `target`.
+            let current = (ctx.state.stacks().assignments_of_stack(&user, &stack))
+                .filter(|a| a.service == service)
+                .count() as u64;
+            let (used, stacks) = ctx.state.usage_of(&user);
+            let wanted = u64::from(used) - current + u64::from(target);
+            ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
+            let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
             ctx.state
-                .check_quota(&user, State::planned_for(&plan, &user), stacks)?;
+                .check_quota(&user, ctx.state.planned_for(&plan, &user), u64::from(stacks))?;
             let Some(record) = ctx.state.stacks().get(&user, &stack) else {
                 return Err(stack_not_found(&user, &stack));
             };
             if dry_run {
-                let status = views::preview(
-                    ctx.state,
-                    &user,
-                    &stack,
-                    &record.file,
-                    &plan.services,
-                    &plan.assignments,
-                );
+                let status = views::planned(ctx.state, &user, &stack, &record.file, &plan);
                 let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
                 return Ok(StackApplied {
                     status,

@@ -1,29 +1,45 @@
 //! Stacks and assignments in the writer's state: what users declared, and where placement put
 //! each container.
 //!
-//! Placement itself is pure (`crate::placement`); `State::plan` builds its input, and
-//! [`Stacks::apply_plan`] turns a plan into stored changes. Every plan is complete: the
-//! assignments it returns replace the current ones, and the difference is what gets stored and
-//! told to the nodes.
+//! Placement itself is pure (`crate::placement`); the assignments live in its [`Index`], kept
+//! here between plans, so a plan costs what it changes. [`Stacks::plan`] runs one against the
+//! index and the declared stacks, and [`Stacks::apply_plan`] turns it into stored changes and
+//! makes it current: what changed is what gets stored and told to the nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::changes::Changes;
 use super::error::ControlError;
 use crate::model::{Applied, Assignment, ContainerKey, Label, PortSpec, ServiceKey, ServiceSpec};
-use crate::placement::Plan;
+use crate::placement::{self, Change, Declared, Index, NodeInfo, Plan};
 use crate::stackfile::ServiceDef;
 use crate::store::{Loaded, Op, StackRecord};
 
 /// Assignments and stacks, kept with the rest of the state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stacks {
     stacks: BTreeMap<(Label, Label), StackRecord>,
-    assignments: BTreeMap<ContainerKey, Assignment>,
+    /// Every assignment, indexed for placement.
+    placed: Index,
     /// Raised on every change of any assignment (Consul-style blocking queries wait on it).
     index: u64,
     /// The index at which each node's assignments last changed.
     node_index: HashMap<Label, u64>,
+    /// Nodes whose assignments changed since [`Stacks::take_touched`] was last called: the
+    /// blocking queries to wake.
+    touched: BTreeSet<Label>,
+}
+
+impl Default for Stacks {
+    fn default() -> Self {
+        Stacks {
+            stacks: BTreeMap::new(),
+            placed: Index::new(&placement::DEFAULT_DYNAMIC_PORTS),
+            index: 0,
+            node_index: HashMap::new(),
+            touched: BTreeSet::new(),
+        }
+    }
 }
 
 impl Stacks {
@@ -34,22 +50,19 @@ impl Stacks {
             .into_iter()
             .map(|record| ((record.user.clone(), record.stack.clone()), record))
             .collect();
-        let assignments: BTreeMap<ContainerKey, Assignment> = std::mem::take(&mut loaded.assignments)
-            .into_iter()
-            .map(|a| (a.container.clone(), a))
-            .collect();
+        let assignments = std::mem::take(&mut loaded.assignments);
         let index = loaded.assignment_index;
-        let node_index = assignments
-            .values()
+        let node_index = (assignments.iter())
             .map(|a| a.node.clone())
             .chain(nodes)
             .map(|n| (n, index))
             .collect();
         Self {
             stacks,
-            assignments,
+            placed: Index::build(&[], assignments, &placement::DEFAULT_DYNAMIC_PORTS),
             index,
             node_index,
+            touched: BTreeSet::new(),
         }
     }
 
@@ -71,18 +84,13 @@ impl Stacks {
         self.stacks.keys()
     }
 
-    /// The assignment index after the latest change.
-    pub fn index(&self) -> u64 {
-        self.index
-    }
-
     pub fn assignment(&self, key: &ContainerKey) -> Option<&Assignment> {
-        self.assignments.get(key)
+        self.placed.get(key)
     }
 
-    /// Every assignment, all stacks, by container.
-    pub fn assignments(&self) -> impl Iterator<Item = &Assignment> {
-        self.assignments.values()
+    /// How many containers placement gave `user`.
+    pub fn assigned_to_user(&self, user: &Label) -> usize {
+        self.placed.count_of_user(user)
     }
 
     /// The assignments of one stack.
@@ -91,24 +99,36 @@ impl Stacks {
         user: &'a Label,
         stack: &'a Label,
     ) -> impl Iterator<Item = &'a Assignment> + 'a {
-        self.assignments
-            .values()
-            .filter(move |a| &a.service.user == user && &a.service.stack == stack)
+        self.placed.of_stack(user, stack)
     }
 
     /// The assignments of one node, and the index they last changed at.
     pub fn assignments_of_node(&self, node: &Label) -> (u64, Vec<&Assignment>) {
         let index = self.node_index.get(node).copied().unwrap_or(0);
-        let list = self.assignments.values().filter(|a| &a.node == node).collect();
-        (index, list)
+        (index, self.placed.of_node(node).collect())
     }
 
-    /// Every declared service of every stack.
-    pub fn declared_services(&self) -> Vec<ServiceSpec> {
-        self.stacks
-            .values()
-            .flat_map(|s| s.services.iter().cloned())
-            .collect()
+    /// The nodes whose assignments changed since the last call: whose blocking queries to wake.
+    pub fn take_touched(&mut self) -> BTreeSet<Label> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Runs placement for `change` on the current assignments and `nodes`; `retired` gives
+    /// the last generation of a name no longer assigned. Changes nothing: see
+    /// [`Stacks::apply_plan`].
+    pub fn plan(
+        &mut self,
+        nodes: Vec<NodeInfo>,
+        retired: &dyn Fn(&ContainerKey) -> Option<u64>,
+        change: &Change,
+        explain: bool,
+    ) -> Result<Plan, placement::PlacementError> {
+        self.placed.set_nodes(nodes);
+        let declared = DeclaredStacks {
+            stacks: &self.stacks,
+            retired,
+        };
+        self.placed.plan(&declared, change, explain)
     }
 
     /// Every declared service's key.
@@ -137,55 +157,53 @@ impl Stacks {
     /// Makes `plan` the current placement: stores what changed, bumps the indexes of the
     /// nodes whose assignments changed, and updates the stacks' targets.
     pub fn apply_plan(&mut self, plan: &Plan, changes: &mut Changes) -> Applied {
-        let mut touched_nodes = Vec::new();
-        let new: BTreeMap<&ContainerKey, &Assignment> =
-            plan.assignments.iter().map(|a| (&a.container, a)).collect();
-        for (key, old) in &self.assignments {
-            if !new.contains_key(key) {
-                changes.ops.push(Op::DeleteAssignment(key.clone()));
-                changes.containers.insert(key.clone());
-                touched_nodes.push(old.node.clone());
-            }
+        let mut touched_nodes = BTreeSet::new();
+        for change in &plan.assignments {
+            changes.containers.insert(change.container.clone());
+            changes.ops.push(match &change.after {
+                Some(a) => Op::PutAssignment(a.clone()),
+                None => Op::DeleteAssignment(change.container.clone()),
+            });
+            touched_nodes.extend(change.before.iter().map(|a| a.node.clone()));
+            touched_nodes.extend(change.after.iter().map(|a| a.node.clone()));
         }
-        for (key, a) in &new {
-            match self.assignments.get(*key) {
-                Some(old) if old == *a => {}
-                old => {
-                    changes.ops.push(Op::PutAssignment((*a).clone()));
-                    changes.containers.insert((*key).clone());
-                    touched_nodes.push(a.node.clone());
-                    touched_nodes.extend(old.map(|o| o.node.clone()));
-                }
-            }
-        }
-        self.assignments = plan
-            .assignments
-            .iter()
-            .map(|a| (a.container.clone(), a.clone()))
-            .collect();
+        self.placed.apply(plan);
         if !touched_nodes.is_empty() {
             self.index += 1;
             changes.ops.push(Op::AssignmentIndex(self.index));
-            for node in touched_nodes {
-                self.node_index.insert(node, self.index);
+            for node in &touched_nodes {
+                self.node_index.insert(node.clone(), self.index);
             }
+            self.touched.extend(touched_nodes);
         }
 
-        // Targets follow the plan (a scale changes them; every_node has none of its own).
-        for stack in self.stacks.values_mut() {
-            let services: Vec<ServiceSpec> = plan
-                .services
-                .iter()
-                .filter(|s| s.key.user == stack.user && s.key.stack == stack.stack)
-                .cloned()
+        // Targets follow the plan (a scale changes them; every_node has none of its own). A
+        // stack applied for the first time is stored by the caller, after this.
+        // Sorted by key, so each stack's services are together.
+        let same_stack =
+            |a: &(ServiceKey, _), b: &(ServiceKey, _)| a.0.user == b.0.user && a.0.stack == b.0.stack;
+        for declared in plan.services.chunk_by(same_stack) {
+            let key = &declared[0].0;
+            let Some(record) = self.stacks.get_mut(&(key.user.clone(), key.stack.clone())) else {
+                continue;
+            };
+            let mut services: BTreeMap<ServiceKey, ServiceSpec> = (record.services.iter())
+                .map(|s| (s.key.clone(), s.clone()))
                 .collect();
-            if services != stack.services {
+            for (key, spec) in declared {
+                match spec {
+                    Some(spec) => services.insert(key.clone(), spec.clone()),
+                    None => services.remove(key),
+                };
+            }
+            let services: Vec<ServiceSpec> = services.into_values().collect();
+            if services != record.services {
                 changes
                     .services
-                    .extend(stack.services.iter().map(|s| s.key.clone()));
+                    .extend(record.services.iter().map(|s| s.key.clone()));
                 changes.services.extend(services.iter().map(|s| s.key.clone()));
-                stack.services = services;
-                changes.ops.push(Op::PutStack(Box::new(stack.clone())));
+                record.services = services;
+                changes.ops.push(Op::PutStack(Box::new(record.clone())));
             }
         }
         let names = |keys: &[ContainerKey]| keys.iter().map(ToString::to_string).collect();
@@ -228,6 +246,33 @@ impl Stacks {
             .extend(old.services.iter().map(|s| s.key.clone()));
         changes.ops.push(Op::DeleteStack(user.clone(), stack.clone()));
         Ok(())
+    }
+}
+
+/// The declared stacks as placement reads them.
+struct DeclaredStacks<'a> {
+    stacks: &'a BTreeMap<(Label, Label), StackRecord>,
+    retired: &'a dyn Fn(&ContainerKey) -> Option<u64>,
+}
+
+impl Declared for DeclaredStacks<'_> {
+    fn spec(&self, key: &ServiceKey) -> Option<&ServiceSpec> {
+        let stack = self.stacks.get(&(key.user.clone(), key.stack.clone()))?;
+        stack.services.iter().find(|spec| &spec.key == key)
+    }
+
+    fn of_stack(&self, user: &Label, stack: &Label) -> Vec<&ServiceSpec> {
+        (self.stacks.get(&(user.clone(), stack.clone())))
+            .map(|s| s.services.iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn all(&self) -> Vec<&ServiceSpec> {
+        self.stacks.values().flat_map(|s| s.services.iter()).collect()
+    }
+
+    fn retired(&self, key: &ContainerKey) -> Option<u64> {
+        (self.retired)(key)
     }
 }
 

@@ -24,7 +24,6 @@ use super::stacks::Stacks;
 use crate::model::{Capacity, Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::store::{Loaded, Op};
 
-pub use placing::PlanInput;
 pub use reports::{MAX_GENERATION, ReplaceSummary, Report};
 
 /// A registered node and its lease.
@@ -98,9 +97,6 @@ pub struct State {
     /// Limits an admin set for a user; the others have `default_limits`.
     user_limits: HashMap<Label, Limits>,
     pub default_limits: Limits,
-    /// Raised whenever something placement reads changes (nodes, leases, stacks,
-    /// assignments): a plan computed off the writer is applied only if it did not move.
-    placement_version: u64,
     /// Declared stacks and where placement put their containers.
     stacks: Stacks,
 }
@@ -141,15 +137,6 @@ impl State {
         state.user_tokens = loaded.user_tokens.into_iter().collect();
         state.user_limits = loaded.user_limits.into_iter().collect();
         state
-    }
-
-    /// The placement version, carried over a reload so no plan made before it fits after it.
-    pub fn placement_version(&self) -> u64 {
-        self.placement_version
-    }
-
-    pub fn resume_placement_version(&mut self, version: u64) {
-        self.placement_version = version;
     }
 
     /// Every live node's lease restarts its countdown at `now`, so a restart of stackdns does
@@ -204,6 +191,11 @@ impl State {
 
     pub fn stacks(&self) -> &Stacks {
         &self.stacks
+    }
+
+    /// The nodes whose assignments changed since the last call (see [`Stacks::take_touched`]).
+    pub fn take_touched_nodes(&mut self) -> std::collections::BTreeSet<Label> {
+        self.stacks.take_touched()
     }
 
     fn index(&mut self, c: &Container) {
@@ -484,11 +476,7 @@ impl State {
 
     /// How much `user` runs: (containers placement assigned, stacks declared).
     pub fn usage_of(&self, user: &Label) -> (u32, u32) {
-        let containers = self
-            .stacks
-            .assignments()
-            .filter(|a| &a.service.user == user)
-            .count();
+        let containers = self.stacks.assigned_to_user(user);
         let stacks = self.stacks.all().filter(|(u, _)| u == user).count();
         (containers as u32, stacks as u32)
     }
@@ -550,7 +538,6 @@ impl State {
         };
         changes.ops.push(Op::PutNode(node.clone()));
         changes.nodes.insert(name.clone());
-        self.placement_version += 1;
         let (last_seen, live) = existing.map_or((now, true), |n| (n.last_seen, n.live));
         self.nodes.insert(
             name.clone(),
@@ -587,7 +574,6 @@ impl State {
             self.store_container(c, changes);
         }
         changes.ops.push(Op::DeleteNode(name.clone()));
-        self.placement_version += 1;
         changes.ops.push(Op::SetLost(name.clone(), false));
         changes.nodes.insert(name.clone());
         let removed = self.nodes.remove(name).map(|n| n.node);
@@ -609,7 +595,6 @@ impl State {
             n.last_seen = now;
             if !n.live {
                 n.live = true;
-                self.placement_version += 1;
                 changes.nodes.insert(name.clone());
                 changes.ops.push(Op::SetLost(name.clone(), false));
                 tracing::info!(node = %name, "node lease renewed; node is live again");
@@ -623,7 +608,6 @@ impl State {
         for n in self.nodes.values_mut() {
             if n.live && now.saturating_duration_since(n.last_seen) > ttl {
                 n.live = false;
-                self.placement_version += 1;
                 changes.nodes.insert(n.node.name.clone());
                 changes.ops.push(Op::SetLost(n.node.name.clone(), true));
                 tracing::warn!(node = %n.node.name, ttl_s = ttl.as_secs_f64(), "node lease lapsed; node is lost and its containers leave DNS");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::state::{NodeState, State};
 use crate::model::Applied;
-use crate::model::{Assignment, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
-use crate::placement::{NodeVerdict, Refusal, Verdict};
+use crate::model::{Assignment, ContainerKey, Label, Node, PortSpec, ServiceKey, ServiceSpec, Strategy};
+use crate::placement::{NodeVerdict, Plan, Refusal, Verdict};
 use crate::stackfile::{HealthCheck, Restart, Stackfile};
 
 /// A node and its lease.
@@ -164,9 +164,36 @@ pub fn stack_status(state: &State, user: &Label, stack: &Label) -> Option<StackS
     Some(preview(state, user, stack, &s.file, &s.services, &assignments))
 }
 
-/// The view of a stack with the given file, specs and assignments (a dry run's, or the current
-/// ones; assignments of other stacks are left out).
-pub fn preview(
+/// The view of a stack as `plan` (not applied: a dry run's) would leave it, with `file`.
+pub fn planned(state: &State, user: &Label, stack: &Label, file: &Stackfile, plan: &Plan) -> StackStatus {
+    let mut specs: BTreeMap<&ServiceKey, &ServiceSpec> = BTreeMap::new();
+    if let Some(record) = state.stacks().get(user, stack) {
+        specs.extend(record.services.iter().map(|s| (&s.key, s)));
+    }
+    for (key, spec) in &plan.services {
+        match spec {
+            Some(spec) => specs.insert(key, spec),
+            None => specs.remove(key),
+        };
+    }
+    let specs: Vec<ServiceSpec> = specs.into_values().cloned().collect();
+    let mut assignments: BTreeMap<&ContainerKey, &Assignment> = (state.stacks())
+        .assignments_of_stack(user, stack)
+        .map(|a| (&a.container, a))
+        .collect();
+    for change in &plan.assignments {
+        match &change.after {
+            Some(a) => assignments.insert(&change.container, a),
+            None => assignments.remove(&change.container),
+        };
+    }
+    let assignments: Vec<Assignment> = assignments.into_values().cloned().collect();
+    preview(state, user, stack, file, &specs, &assignments)
+}
+
+/// The view of a stack with the given file, specs and assignments (assignments of other
+/// stacks are left out).
+fn preview(
     state: &State,
     user: &Label,
     stack: &Label,

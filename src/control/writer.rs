@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::changes::Changes;
 use super::error::ControlError;
 use super::state::State;
+use super::wake::NodeWakers;
 use super::{Publisher, TokenIndex};
 use crate::model::ServiceKey;
 use crate::snapshot::platform::Member;
@@ -44,7 +45,7 @@ pub struct Writer {
     pub snapshots: SnapshotHandle,
     pub tokens: TokenIndex,
     pub serials: watch::Sender<u32>,
-    pub assignments: watch::Sender<u64>,
+    pub wakers: Arc<NodeWakers>,
     /// A commit failed and the state was reloaded: the next commit rebuilds DNS from scratch
     /// (lease changes of the failed batch are kept in memory and must still be published).
     pub rebuild: bool,
@@ -156,9 +157,7 @@ impl Writer {
         self.rebuild = false;
         self.snapshots.store(Arc::new(snapshot));
         self.serials.send_replace(serial);
-        let index = self.state.stacks().index();
-        self.assignments
-            .send_if_modified(|current| std::mem::replace(current, index) != index);
+        self.wakers.wake(&self.state.take_touched_nodes());
         tracing::debug!(
             serial,
             ops = changes.ops.len(),
@@ -175,12 +174,11 @@ impl Writer {
             Ok(loaded) => {
                 let leases = self.state.leases();
                 let defaults = self.state.default_limits;
-                let version = self.state.placement_version() + 1;
                 self.state = State::from_loaded(loaded, Instant::now());
                 self.state.default_limits = defaults;
-                self.state.resume_placement_version(version);
                 self.state.restore_leases(leases);
                 self.stale = false;
+                self.wakers.wake_all();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reload state; writes are refused until it can be read");

@@ -9,9 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::cluster::{Cluster, Map, container_key, number};
+use super::cluster::{Cluster, container_key};
+use super::index::{Index, number};
 use super::{
-    Assignment, Change, Input, MAX_CONTAINERS_PER_SERVICE, NodeVerdict, PlacementError, Plan, Refusal,
+    Assignment, Change, Declared, MAX_CONTAINERS_PER_SERVICE, NodeVerdict, PlacementError, Plan, Refusal,
     ServiceSpec, Verdict, strategy,
 };
 use crate::model::{ContainerKey, Label, Port, ServiceKey, Strategy};
@@ -21,32 +22,23 @@ mod every_node;
 /// One plan in the making.
 pub(super) struct Planner<'a> {
     cluster: Cluster<'a>,
-    /// The declared services, updated as the change declares or removes them.
-    services: BTreeMap<ServiceKey, ServiceSpec>,
-    /// Last generation of containers that no longer exist (the caller's tombstones).
-    retired: Map<&'a ContainerKey, u64>,
+    /// The services declared before the change.
+    declared: &'a dyn Declared,
+    /// What the change declares or removes (`None`), over `declared`.
+    services: BTreeMap<ServiceKey, Option<ServiceSpec>>,
     verdicts: Vec<NodeVerdict>,
     /// Record every node's verdict, not only the chosen one (dry runs).
     explain: bool,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(input: &Input<'a>) -> Self {
-        let mut services = BTreeMap::new();
-        for spec in input.services {
-            services.entry(spec.key.clone()).or_insert_with(|| spec.clone());
-        }
-        let mut retired: Map<&'a ContainerKey, u64> = Map::default();
-        for (key, generation) in input.retired {
-            let last = retired.entry(key).or_insert(*generation);
-            *last = (*last).max(*generation);
-        }
+    pub fn new(index: &'a mut Index, declared: &'a dyn Declared, explain: bool) -> Self {
         Planner {
-            cluster: Cluster::new(input),
-            services,
-            retired,
+            cluster: Cluster::new(index),
+            declared,
+            services: BTreeMap::new(),
             verdicts: Vec::new(),
-            explain: input.explain,
+            explain,
         }
     }
 
@@ -62,8 +54,9 @@ impl<'a> Planner<'a> {
                 for key in self.cluster.stack_containers(user, stack) {
                     self.cluster.remove(&key);
                 }
-                self.services
-                    .retain(|k, _| !(k.user == *user && k.stack == *stack));
+                for spec in self.declared.of_stack(user, stack) {
+                    self.services.insert(spec.key.clone(), None);
+                }
                 Ok(())
             }
             Change::Reconcile => {
@@ -73,17 +66,25 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The plan: the new state and its difference from the input.
-    pub fn finish(self) -> Plan {
-        let diff = self.cluster.diff();
+    /// The plan: how it differs from the index, which is put back as it was when `restore`.
+    pub fn finish(self, restore: bool) -> Plan {
+        let diff = self.cluster.finish(restore);
         Plan {
-            services: self.services.into_values().collect(),
-            assignments: self.cluster.into_assignments(),
+            services: self.services.into_iter().collect(),
+            assignments: diff.changes,
             added: diff.added,
             removed: diff.removed,
             moved: diff.moved,
             redeployed: diff.redeployed,
             verdicts: self.verdicts,
+        }
+    }
+
+    /// The declared spec of `key`, as the change has it so far.
+    fn spec(&self, key: &ServiceKey) -> Option<&ServiceSpec> {
+        match self.services.get(key) {
+            Some(changed) => changed.as_ref(),
+            None => self.declared.spec(key),
         }
     }
 
@@ -116,11 +117,7 @@ impl<'a> Planner<'a> {
         }
         let mut changed: BTreeMap<ServiceKey, Vec<Assignment>> = BTreeMap::new();
         for spec in desired.values() {
-            if self
-                .services
-                .get(&spec.key)
-                .is_some_and(|old| old.same_deployment(spec))
-            {
+            if self.spec(&spec.key).is_some_and(|old| old.same_deployment(spec)) {
                 if spec.strategy != Strategy::EveryNode {
                     self.trim(spec);
                 }
@@ -147,15 +144,17 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        for spec in self.declared.of_stack(user, stack) {
+            self.services.insert(spec.key.clone(), None);
+        }
         self.services
-            .retain(|k, _| !(k.user == *user && k.stack == *stack));
-        self.services.extend(desired);
+            .extend(desired.into_iter().map(|(key, spec)| (key, Some(spec))));
         Ok(())
     }
 
     /// Sets a declared service's target: removes the highest numbers or adds the lowest free.
     fn scale(&mut self, service: &ServiceKey, target: u32) -> Result<(), PlacementError> {
-        let Some(spec) = self.services.get(service) else {
+        let Some(spec) = self.spec(service) else {
             return Err(PlacementError::UnknownService {
                 service: service.clone(),
             });
@@ -172,15 +171,15 @@ impl<'a> Planner<'a> {
         self.validate(&spec)?;
         self.trim(&spec);
         self.fill(&spec)?;
-        self.services.insert(service.clone(), spec);
+        self.services.insert(service.clone(), Some(spec));
         Ok(())
     }
 
     /// Moves containers off nodes that are not live and makes `every_node` services follow
     /// the nodes. What cannot be placed stays as it is and is reported, never an error.
     fn reconcile(&mut self) {
-        let specs: Vec<ServiceSpec> = self.services.values().cloned().collect();
-        let ordered = placement_order(specs.iter());
+        let declared: &'a dyn Declared = self.declared;
+        let ordered = placement_order(declared.all().into_iter());
         let (every_node, others): (Vec<&ServiceSpec>, Vec<&ServiceSpec>) = ordered
             .into_iter()
             .partition(|s| s.strategy == Strategy::EveryNode);
@@ -202,7 +201,7 @@ impl<'a> Planner<'a> {
         // Only the containers on nodes that are not live are looked at, in placement order.
         let position: BTreeMap<&ServiceKey, usize> =
             others.iter().enumerate().map(|(i, s)| (&s.key, i)).collect();
-        let mut lost: Vec<(usize, u32, ContainerKey)> = (self.cluster.off_live_nodes())
+        let mut lost: Vec<(usize, u32, ContainerKey)> = (self.cluster.off_live_nodes().into_iter())
             .filter_map(|a| Some((*position.get(&a.service)?, number(a), a.container.clone())))
             .collect();
         lost.sort_unstable();
@@ -324,7 +323,7 @@ impl<'a> Planner<'a> {
                 .extend(strategy::explain(&self.cluster, spec, &container, i));
         } else {
             let verdict = strategy::chosen_verdict(&self.cluster, spec, i);
-            let node = self.cluster.nodes[i].info.name.clone();
+            let node = self.cluster.nodes()[i].info.name.clone();
             self.verdicts.push(NodeVerdict {
                 container: container.clone(),
                 node,
@@ -334,7 +333,7 @@ impl<'a> Planner<'a> {
         self.cluster.insert(Assignment {
             container,
             service: spec.key.clone(),
-            node: self.cluster.nodes[i].info.name.clone(),
+            node: self.cluster.nodes()[i].info.name.clone(),
             ports,
             mem_limit_mb: spec.mem_limit_mb,
             spec_hash: spec.spec_hash,
@@ -346,7 +345,7 @@ impl<'a> Planner<'a> {
     /// before or assigned when this change began (a name can leave and come back within one
     /// change, on another node).
     fn new_generation(&self, key: &ContainerKey) -> u64 {
-        let retired = self.retired.get(key).copied();
+        let retired = self.declared.retired(key);
         let assigned = self.cluster.input_generation(key);
         retired.max(assigned).map_or(1, |g| g.saturating_add(1))
     }
@@ -379,7 +378,7 @@ impl<'a> Planner<'a> {
         }
         // The longest name it may need must be a valid label.
         let most = if every_node {
-            self.cluster.nodes.len()
+            self.cluster.nodes().len()
         } else {
             as_len(spec.target)
         };

@@ -1,29 +1,37 @@
 //! The placement engine: decides which node runs each container of every declared service.
 //!
-//! Pure and deterministic (design §5, §6): no I/O, no clock, no randomness. The same [`Input`]
-//! and [`Change`] always give the same [`Plan`], whatever order the input slices are in.
+//! Pure and deterministic (design §5, §6): no I/O, no clock, no randomness. The same index,
+//! declared services and [`Change`] always give the same [`Plan`], whatever order the node and
+//! assignment lists came in.
 //!
 //! # Architecture
 //!
 //! ```text
-//! Input {nodes, services, assignments, retired}  +  Change (Apply | Scale | DeleteStack | Reconcile)
+//! Index (kept by the caller between plans): nodes, per node what is claimed (node::Load),
+//!        |  live nodes emptiest first, each service's containers by number (index)
 //!        |
+//! Index::plan(Declared, Change: Apply | Scale | DeleteStack | Reconcile)
+//!        |
+//! change::Planner on cluster::Cluster, the index changed in place with a record of what
+//!        |  each changed container was:
+//!        |    1. release: containers of removed or changed services, scale-downs
+//!        |    2. place, most constrained service first (every_node, fixed ports, rest):
+//!        |       NodeState::check filters a node, strategy::choose ranks
 //!        v
-//! cluster::Cluster::new   index what is claimed: per node (node::NodeState) the container
-//!        |                count, memory and host ports; live nodes emptiest first, overall and
-//!        |                per (region, provider); each service's containers by number
-//!        v
-//! change::Planner::run    1. release: containers of removed or changed services, scale-downs
-//!        |                2. place, most constrained service first (every_node, fixed ports,
-//!        |                   rest): NodeState::check filters a node, strategy::choose ranks
-//!        v
-//! Plan {services, assignments, added, removed, moved, redeployed, verdicts}
+//! Cluster::finish puts the index back and reads off the difference:
+//! Plan {services, assignments (before, after), added, removed, moved, redeployed, verdicts}
 //!        or PlacementError naming the container, the resource, the nodes and the fix (error)
+//!        |
+//! Index::apply(&plan) makes it current, once the caller has stored it
 //! ```
 //!
-//! The engine knows every service's declared spec ([`Input::services`]) because scaling and
+//! So a plan costs what it changes, not what exists: scaling one service among a million
+//! containers looks at that service and at a few nodes. [`plan`] is the same engine on a
+//! fresh index built from plain lists (tests, benchmarks, anything without an index).
+//!
+//! The engine knows every service's declared spec ([`Declared`]) because scaling and
 //! following nodes (`every_node`) need the strategy, tags, ports and memory limit, which the
-//! assignments only partly carry; the plan returns the declared set after the change
+//! assignments only partly carry; the plan returns the declared specs the change sets
 //! ([`Plan::services`]) so the caller stores specs and assignments together.
 //!
 //! Apply and Scale are all-or-nothing: one container that cannot be placed makes the whole
@@ -34,6 +42,7 @@
 mod change;
 mod cluster;
 mod error;
+mod index;
 mod node;
 mod strategy;
 #[cfg(test)]
@@ -48,6 +57,7 @@ use crate::model::{ContainerKey, Label, ServiceKey};
 
 pub use crate::model::{Assignment, ServiceSpec};
 pub use error::{PlacementError, Refusal};
+pub use index::Index;
 
 /// The host ports a node hands out for `"80"`-style (dynamic) ports unless configured otherwise:
 /// Linux's default ephemeral range, as Docker uses.
@@ -81,7 +91,21 @@ impl NodeInfo {
     }
 }
 
-/// Everything placement decides from. The slices may come in any order.
+/// What the caller declared: the services' specs, and the names that lived before.
+pub trait Declared {
+    /// The declared spec of a service.
+    fn spec(&self, key: &ServiceKey) -> Option<&ServiceSpec>;
+    /// The declared services of one stack.
+    fn of_stack(&self, user: &Label, stack: &Label) -> Vec<&ServiceSpec>;
+    /// Every declared service of every stack (Reconcile looks at them all).
+    fn all(&self) -> Vec<&ServiceSpec>;
+    /// The last generation of a container that has no assignment any more (the store's
+    /// tombstones). A name created again starts above it, so a late report from its previous
+    /// life is still fenced off. `None`: a new container starts at generation 1.
+    fn retired(&self, key: &ContainerKey) -> Option<u64>;
+}
+
+/// Everything placement decides from, as plain lists in any order: for [`plan`].
 #[derive(Clone, Debug)]
 pub struct Input<'a> {
     pub nodes: &'a [NodeInfo],
@@ -89,9 +113,7 @@ pub struct Input<'a> {
     pub services: &'a [ServiceSpec],
     /// Every current assignment, all users and stacks.
     pub assignments: &'a [Assignment],
-    /// The last generation of containers that no longer have an assignment (the store's
-    /// tombstones). A name created again starts above it, so a late report from its previous
-    /// life is still fenced off. Empty: new containers start at generation 1.
+    /// See [`Declared::retired`].
     pub retired: &'a [(ContainerKey, u64)],
     /// The per-node range dynamic host ports come from.
     pub dynamic_ports: RangeInclusive<u16>,
@@ -114,6 +136,52 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Declared services and retired names given as lists, as [`Declared`]: the first spec of a
+/// key counts, and the highest generation of a name.
+pub struct Lists<'a> {
+    specs: BTreeMap<&'a ServiceKey, &'a ServiceSpec>,
+    retired: BTreeMap<&'a ContainerKey, u64>,
+}
+
+impl<'a> Lists<'a> {
+    pub fn new(input: &Input<'a>) -> Self {
+        Lists::of(input.services, input.retired)
+    }
+
+    pub fn of(services: &'a [ServiceSpec], retired_names: &'a [(ContainerKey, u64)]) -> Self {
+        let mut specs = BTreeMap::new();
+        for spec in services {
+            specs.entry(&spec.key).or_insert(spec);
+        }
+        let mut retired = BTreeMap::new();
+        for (key, generation) in retired_names {
+            let last = retired.entry(key).or_insert(*generation);
+            *last = (*last).max(*generation);
+        }
+        Lists { specs, retired }
+    }
+}
+
+impl Declared for Lists<'_> {
+    fn spec(&self, key: &ServiceKey) -> Option<&ServiceSpec> {
+        self.specs.get(key).copied()
+    }
+
+    fn of_stack(&self, user: &Label, stack: &Label) -> Vec<&ServiceSpec> {
+        (self.specs.values().copied())
+            .filter(|s| &s.key.user == user && &s.key.stack == stack)
+            .collect()
+    }
+
+    fn all(&self) -> Vec<&ServiceSpec> {
+        self.specs.values().copied().collect()
+    }
+
+    fn retired(&self, key: &ContainerKey) -> Option<u64> {
+        self.retired.get(key).copied()
+    }
+}
+
 /// What the caller wants changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -133,13 +201,14 @@ pub enum Change {
     Reconcile,
 }
 
-/// The outcome of a change, complete: the caller replaces its state with it.
+/// The outcome of a change: everything it changes, and nothing else.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// Every declared service after the change, sorted by key.
-    pub services: Vec<ServiceSpec>,
-    /// Every assignment after the change, all stacks, sorted by container.
-    pub assignments: Vec<Assignment>,
+    /// The declared services the change sets, sorted by key: the new spec, or `None` for a
+    /// service no longer declared. An Apply lists every service of the stack, before and after.
+    pub services: Vec<(ServiceKey, Option<ServiceSpec>)>,
+    /// Every container whose assignment changes, sorted by key.
+    pub assignments: Vec<ContainerChange>,
     /// Containers that did not exist before.
     pub added: Vec<ContainerKey>,
     /// Containers that no longer exist.
@@ -149,8 +218,16 @@ pub struct Plan {
     /// Containers on the same node with a new spec (generation + 1): the agent restarts them.
     pub redeployed: Vec<ContainerKey>,
     /// Why each container placed (or left stranded) by this change went where it did; with
-    /// [`Input::explain`], every node's verdict for it.
+    /// `explain`, every node's verdict for it.
     pub verdicts: Vec<NodeVerdict>,
+}
+
+/// One container's assignment before and after a plan (`None`: none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerChange {
+    pub container: ContainerKey,
+    pub before: Option<Assignment>,
+    pub after: Option<Assignment>,
 }
 
 impl Plan {
@@ -186,9 +263,41 @@ pub enum Verdict {
     Stranded,
 }
 
-/// Computes the plan for `change`, or the reason it cannot be placed in full.
+impl Index {
+    /// Computes the plan for `change` against this index and `declared`, or the reason it
+    /// cannot be placed in full. The index is worked on in place and always left as it was;
+    /// [`Index::apply`] makes the plan current. `explain` asks for every node's verdict on
+    /// every container placed (dry runs; a full pass over the nodes per container).
+    pub fn plan(
+        &mut self,
+        declared: &dyn Declared,
+        change: &Change,
+        explain: bool,
+    ) -> Result<Plan, PlacementError> {
+        self.plan_and_restore(declared, change, explain, true)
+    }
+
+    fn plan_and_restore(
+        &mut self,
+        declared: &dyn Declared,
+        change: &Change,
+        explain: bool,
+        restore: bool,
+    ) -> Result<Plan, PlacementError> {
+        let mut planner = change::Planner::new(self, declared, explain);
+        let outcome = planner.run(change);
+        let plan = planner.finish(restore);
+        outcome.map(|()| plan)
+    }
+}
+
+/// Computes the plan for `change` from plain lists, on an index built for it (and dropped
+/// after, so not put back).
 pub fn plan(input: &Input, change: &Change) -> Result<Plan, PlacementError> {
-    let mut planner = change::Planner::new(input);
-    planner.run(change)?;
-    Ok(planner.finish())
+    let mut index = Index::build(
+        input.nodes,
+        input.assignments.iter().cloned(),
+        &input.dynamic_ports,
+    );
+    index.plan_and_restore(&Lists::new(input), change, input.explain, false)
 }

@@ -1,11 +1,11 @@
 //! One node and what is claimed on it: the container count, memory and host ports that the
-//! filters check, kept up to date container by container.
+//! filters check, and the containers themselves, kept up to date container by container.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
 use super::{Assignment, NodeInfo, Refusal, ServiceSpec};
-use crate::model::{Port, Protocol};
+use crate::model::{ContainerKey, Port, Protocol};
 
 /// The per-node range dynamic host ports come from (empty when `first > last`).
 #[derive(Clone, Copy, Debug)]
@@ -40,8 +40,22 @@ impl DynamicRange {
     }
 }
 
-pub(super) struct NodeState<'a> {
-    pub info: &'a NodeInfo,
+/// A node as placement sees it: what it is, and what is claimed on it.
+#[derive(Debug)]
+pub(super) struct NodeState {
+    pub info: NodeInfo,
+    pub load: Load,
+    /// Interned `region` and `provider` label values (a missing label is a value of its own),
+    /// and the index of the pair.
+    pub region: usize,
+    pub provider: usize,
+    pub group: usize,
+}
+
+/// What the assignments on one node claim. Kept for nodes that are not registered too (an
+/// assignment may outlive its node), so that a node coming back finds its containers counted.
+#[derive(Debug, Default)]
+pub(super) struct Load {
     /// Containers assigned here, all services: what `emptiest_node` ranks by.
     pub containers: u32,
     memory_used: u64,
@@ -51,29 +65,19 @@ pub(super) struct NodeState<'a> {
     /// How many distinct ports of `ports` lie in the dynamic range, per protocol, so that
     /// "is the range used up" is answered without walking it.
     dynamic_used: [u32; 2],
-    /// Interned `region` and `provider` label values (a missing label is a value of its own),
-    /// and the index of the pair.
-    pub region: usize,
-    pub provider: usize,
-    pub group: usize,
+    /// The containers assigned here: a node's work list, and Reconcile's look at lost nodes,
+    /// without a walk over every assignment.
+    pub keys: BTreeSet<ContainerKey>,
 }
 
-impl<'a> NodeState<'a> {
-    pub fn new(info: &'a NodeInfo, region: usize, provider: usize, group: usize) -> Self {
-        NodeState {
-            info,
-            containers: 0,
-            memory_used: 0,
-            ports: BTreeMap::new(),
-            dynamic_used: [0; 2],
-            region,
-            provider,
-            group,
-        }
-    }
-
-    /// Adds (`claim`) or releases one container's count, memory and host ports.
+impl Load {
+    /// Adds (`claim`) or releases one container's count, memory, host ports and key.
     pub fn claim(&mut self, a: &Assignment, dynamic: DynamicRange, claim: bool) {
+        if claim {
+            self.keys.insert(a.container.clone());
+        } else {
+            self.keys.remove(&a.container);
+        }
         let memory = a.mem_limit_mb.unwrap_or(0);
         if claim {
             self.containers = self.containers.saturating_add(1);
@@ -104,6 +108,23 @@ impl<'a> NodeState<'a> {
             }
         }
     }
+}
+
+impl NodeState {
+    pub fn new(info: NodeInfo, load: Load, region: usize, provider: usize, group: usize) -> Self {
+        NodeState {
+            info,
+            load,
+            region,
+            provider,
+            group,
+        }
+    }
+
+    /// Containers assigned here.
+    pub fn containers(&self) -> u32 {
+        self.load.containers
+    }
 
     /// Whether the node can take one more container of `spec`, or the first reason it cannot.
     pub fn check(&self, spec: &ServiceSpec, dynamic: DynamicRange) -> Result<(), Refusal> {
@@ -119,7 +140,7 @@ impl<'a> NodeState<'a> {
         }
         for p in &spec.ports {
             if let Some(host_port) = p.host_port
-                && self.ports.contains_key(&(p.protocol, host_port))
+                && self.load.ports.contains_key(&(p.protocol, host_port))
             {
                 let (protocol, container_port) = (p.protocol, p.container_port);
                 return Err(Refusal::HostPortInUse {
@@ -131,9 +152,9 @@ impl<'a> NodeState<'a> {
         }
         if let (Some(capacity_mb), Some(needed_mb)) = (self.info.memory_mb, spec.mem_limit_mb)
             && needed_mb > 0
-            && self.memory_used.saturating_add(needed_mb) > capacity_mb
+            && self.load.memory_used.saturating_add(needed_mb) > capacity_mb
         {
-            let free_mb = capacity_mb.saturating_sub(self.memory_used);
+            let free_mb = capacity_mb.saturating_sub(self.load.memory_used);
             return Err(Refusal::InsufficientMemory {
                 needed_mb,
                 free_mb,
@@ -150,7 +171,7 @@ impl<'a> NodeState<'a> {
                     Some(_) => {}
                 }
             }
-            let taken = u64::from(self.dynamic_used[proto(protocol)]) + own_fixed;
+            let taken = u64::from(self.load.dynamic_used[proto(protocol)]) + own_fixed;
             if needed > 0 && taken + needed > dynamic.len() {
                 return Err(dynamic.exhausted(protocol));
             }
@@ -201,6 +222,7 @@ impl<'a> NodeState<'a> {
             return None;
         }
         let mut used = self
+            .load
             .ports
             .range((protocol, first)..=(protocol, last))
             .map(|(&(_, p), _)| p);

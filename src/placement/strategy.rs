@@ -41,12 +41,12 @@ type SpreadRank = (u32, u32, u32, u32, usize);
 /// What `high_availability` ranks node `i` by, lowest first: containers of the service on the
 /// node, in its region, with its provider, then containers in total, then the name.
 fn spread_rank(cluster: &Cluster, spread: &Spread, i: usize) -> SpreadRank {
-    let node = &cluster.nodes[i];
+    let node = &cluster.nodes()[i];
     (
         spread.per_node[i],
         spread.per_region[node.region],
         spread.per_provider[node.provider],
-        node.containers,
+        node.containers(),
         i,
     )
 }
@@ -97,14 +97,14 @@ pub(super) fn explain(
     container: &ContainerKey,
     chosen: usize,
 ) -> Vec<NodeVerdict> {
-    (0..cluster.nodes.len())
+    (0..cluster.nodes().len())
         .map(|i| {
             let verdict = if i == chosen {
                 chosen_verdict(cluster, spec, i)
             } else {
                 match cluster.check(i, spec) {
                     Ok(()) => Verdict::Fits {
-                        containers: cluster.nodes[i].containers,
+                        containers: cluster.nodes()[i].containers(),
                         of_service: cluster.of_service(&spec.key, i),
                     },
                     Err(reason) => Verdict::Refused { reason },
@@ -112,7 +112,7 @@ pub(super) fn explain(
             };
             NodeVerdict {
                 container: container.clone(),
-                node: cluster.nodes[i].info.name.clone(),
+                node: cluster.nodes()[i].info.name.clone(),
                 verdict,
             }
         })
@@ -122,19 +122,19 @@ pub(super) fn explain(
 /// The verdict of the node a container goes to, with what the strategy saw there.
 pub(super) fn chosen_verdict(cluster: &Cluster, spec: &ServiceSpec, i: usize) -> Verdict {
     Verdict::Chosen {
-        containers: cluster.nodes[i].containers,
+        containers: cluster.nodes()[i].containers(),
         of_service: cluster.of_service(&spec.key, i),
     }
 }
 
 /// Why each node refuses `spec`, in name order; nodes that could take it are left out.
 pub(super) fn refusals(cluster: &Cluster, spec: &ServiceSpec) -> Vec<(Label, Refusal)> {
-    (0..cluster.nodes.len())
+    (0..cluster.nodes().len())
         .filter_map(|i| {
             cluster
                 .check(i, spec)
                 .err()
-                .map(|r| (cluster.nodes[i].info.name.clone(), r))
+                .map(|r| (cluster.nodes()[i].info.name.clone(), r))
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use crate::control::changes::Changes;
 use crate::control::error::ControlError;
-use crate::model::{Assignment, ContainerKey, Label, ServiceSpec};
+use crate::model::{ContainerKey, Label, ServiceSpec};
 use crate::placement::{self, Change, NodeInfo, Plan};
 
 use super::State;
@@ -25,56 +25,14 @@ impl State {
     }
 
     /// Runs placement for `change` against the current state; `explain` asks for every node's
-    /// verdict (dry runs).
-    pub fn plan(&self, change: &Change, explain: bool) -> Result<Plan, ControlError> {
-        self.plan_input(explain).plan(change)
-    }
-
-    /// A copy of everything placement decides from, to plan without holding the writer (see
-    /// [`State::plan_still_fits`]).
-    pub fn plan_input(&self, explain: bool) -> PlanInput {
-        PlanInput {
-            nodes: self.placement_nodes(),
-            services: self.stacks.declared_services(),
-            assignments: self.stacks.assignments().cloned().collect(),
-            // Names that lived before start above their last generation, so stale reports
-            // stay fenced.
-            retired: self.containers().map(|c| (c.key.clone(), c.generation)).collect(),
-            explain,
-            version: self.placement_version,
-        }
-    }
-
-    /// The plan to apply: the one made off the writer from `input` if it still fits, else one
-    /// made now (something changed meanwhile: rare, and then correct rather than fast).
-    pub fn current_plan(
-        &self,
-        input: &PlanInput,
-        change: &Change,
-        planned: Result<Plan, ControlError>,
-        explain: bool,
-    ) -> Result<Plan, ControlError> {
-        match planned {
-            Ok(plan) if self.plan_still_fits(input, &plan) => Ok(plan),
-            Err(e) if input.version == self.placement_version => Err(e),
-            _ => self.plan(change, explain),
-        }
-    }
-
-    /// Whether a plan made from an earlier [`PlanInput`] may still be applied: nothing placement
-    /// reads changed since (nodes, leases, stacks, assignments), and no container it creates or
-    /// moves was reported meanwhile at its new generation or above (which would undo the fence).
-    pub fn plan_still_fits(&self, input: &PlanInput, plan: &Plan) -> bool {
-        if input.version != self.placement_version {
-            return false;
-        }
-        plan.assignments.iter().all(|a| {
-            let unchanged = self.stacks.assignment(&a.container) == Some(a);
-            unchanged
-                || self
-                    .container(&a.container)
-                    .is_none_or(|c| c.generation < a.generation)
-        })
+    /// verdict (dry runs). Changes nothing until [`State::apply_plan`].
+    pub fn plan(&mut self, change: &Change, explain: bool) -> Result<Plan, ControlError> {
+        let nodes = self.placement_nodes();
+        let containers = &self.containers;
+        // Names that lived before start above their last generation, so stale reports stay
+        // fenced.
+        let retired = |key: &ContainerKey| containers.get(key).map(|held| held.0.generation);
+        (self.stacks.plan(nodes, &retired, change, explain)).map_err(ControlError::from)
     }
 
     /// Refuses a change that would take `user` over a limit: `containers` assigned after it,
@@ -108,11 +66,8 @@ impl State {
     /// What a set of declared services would run for `user`, at most: the targets, and one
     /// per node serving the user for `every_node` services. Other stacks count as they are.
     pub fn declared_load(&self, user: &Label, replaced: &Label, services: &[ServiceSpec]) -> u64 {
-        let others = self
-            .stacks
-            .assignments()
-            .filter(|a| &a.service.user == user && &a.service.stack != replaced)
-            .count() as u64;
+        let here_now = self.stacks.assignments_of_stack(user, replaced).count();
+        let others = self.stacks.assigned_to_user(user).saturating_sub(here_now) as u64;
         // An every_node service runs one per live node that serves the user and carries its tags.
         let matching = |s: &ServiceSpec| {
             self.nodes
@@ -130,17 +85,15 @@ impl State {
         others + here
     }
 
-    /// Containers of `user` in a plan.
-    pub fn planned_for(plan: &Plan, user: &Label) -> u64 {
-        plan.assignments
-            .iter()
-            .filter(|a| &a.service.user == user)
-            .count() as u64
+    /// Containers of `user` once `plan` is applied.
+    pub fn planned_for(&self, plan: &Plan, user: &Label) -> u64 {
+        let now = u64::from(self.usage_of(user).0);
+        let of_user = |keys: &[ContainerKey]| keys.iter().filter(|k| &k.user == user).count() as u64;
+        (now + of_user(&plan.added)).saturating_sub(of_user(&plan.removed))
     }
 
     /// Makes `plan` the current placement (see [`crate::control::stacks::Stacks::apply_plan`]).
     pub fn apply_plan(&mut self, plan: &Plan, changes: &mut Changes) -> crate::model::Applied {
-        self.placement_version += 1;
         self.stacks.apply_plan(plan, changes)
     }
 
@@ -171,7 +124,6 @@ impl State {
     /// Stores a stack record (after its plan was applied). A newly declared stack's names are
     /// recomputed: containers reported under it before it existed no longer answer.
     pub fn put_stack(&mut self, record: crate::store::StackRecord, changes: &mut Changes) {
-        self.placement_version += 1;
         if self.stacks.get(&record.user, &record.stack).is_none() {
             let keys: Vec<_> = self
                 .containers_of_stack(&record.user, &record.stack)
@@ -189,32 +141,9 @@ impl State {
         stack: &crate::model::Label,
         changes: &mut Changes,
     ) -> Result<(), ControlError> {
-        self.placement_version += 1;
         self.stacks.remove(user, stack, changes)?;
         let keys: Vec<_> = self.containers_of_stack(user, stack).cloned().collect();
         changes.containers.extend(keys);
         Ok(())
-    }
-}
-
-/// Everything placement decides from, copied out of the state ([`State::plan_input`]).
-#[derive(Debug, Clone)]
-pub struct PlanInput {
-    nodes: Vec<NodeInfo>,
-    services: Vec<ServiceSpec>,
-    assignments: Vec<Assignment>,
-    retired: Vec<(ContainerKey, u64)>,
-    explain: bool,
-    /// The state's placement version it was copied at.
-    version: u64,
-}
-
-impl PlanInput {
-    /// Runs the pure placement engine: no state, no writer, any thread.
-    pub fn plan(&self, change: &Change) -> Result<Plan, ControlError> {
-        let mut input = placement::Input::new(&self.nodes, &self.services, &self.assignments);
-        input.retired = &self.retired;
-        input.explain = self.explain;
-        placement::plan(&input, change).map_err(ControlError::from)
     }
 }

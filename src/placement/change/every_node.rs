@@ -26,7 +26,7 @@ impl Planner<'_> {
             let Some(i) = self.cluster.node_index(&old.node) else {
                 continue;
             };
-            let info = self.cluster.nodes[i].info;
+            let info = &self.cluster.nodes()[i].info;
             if !info.live
                 || !spec.tags.is_subset(&info.tags)
                 || !info.serves(&spec.key.user)
@@ -34,9 +34,9 @@ impl Planner<'_> {
             {
                 continue;
             }
+            let node = info.name.clone();
             let generation = old.generation.saturating_add(1);
             if let Err(reason) = self.place_on(spec, old.container.clone(), generation, i) {
-                let node = info.name.clone();
                 return Err(PlacementError::NodeRefused {
                     container: old.container,
                     node,
@@ -63,8 +63,8 @@ impl Planner<'_> {
     ) -> Result<Vec<(ContainerKey, Label, Refusal)>, PlacementError> {
         self.cluster.track_spread(&spec.key);
         let wanting: Vec<usize> = (self.cluster.live().iter().copied())
-            .filter(|&i| spec.tags.is_subset(&self.cluster.nodes[i].info.tags))
-            .filter(|&i| self.cluster.nodes[i].info.serves(&spec.key.user))
+            .filter(|&i| spec.tags.is_subset(&self.cluster.nodes()[i].info.tags))
+            .filter(|&i| self.cluster.nodes()[i].info.serves(&spec.key.user))
             .filter(|&i| self.cluster.of_service(&spec.key, i) == 0)
             .collect();
         let numbers = free_numbers(&self.cluster.members(&spec.key), wanting.len());
@@ -79,7 +79,7 @@ impl Planner<'_> {
                 Ok(()) => {
                     numbers.next();
                 }
-                Err(reason) => refused.push((key, self.cluster.nodes[i].info.name.clone(), reason)),
+                Err(reason) => refused.push((key, self.cluster.nodes()[i].info.name.clone(), reason)),
             }
         }
         Ok(refused)
@@ -93,7 +93,7 @@ impl Planner<'_> {
         for (_, key) in self.cluster.members(&spec.key) {
             let node = self.cluster.node_of(&key);
             let keep = node.is_some_and(|i| {
-                let info = self.cluster.nodes[i].info;
+                let info = &self.cluster.nodes()[i].info;
                 spec.tags.is_subset(&info.tags) && info.serves(&spec.key.user) && taken.insert(i)
             });
             if !keep {

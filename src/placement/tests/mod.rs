@@ -3,9 +3,12 @@
 //! properties over random clusters and sequences of changes (`props`).
 //!
 //! [`World`] plays the caller: it keeps nodes, declared services and assignments, runs a change
-//! and adopts the plan when it is `Ok`, as the control plane does.
+//! and adopts the plan when it is `Ok`, as the control plane does. It runs every change twice:
+//! on an index built afresh from its lists ([`plan`]), and on an index it keeps between changes
+//! as the control plane does, and checks that both give the same plan and the same state.
 
 mod errors;
+mod index;
 mod lifecycle;
 mod props;
 mod unit;
@@ -144,14 +147,91 @@ impl SpecExt for ServiceSpec {
     }
 }
 
+/// A plan with the state it leads to: every declared service and every assignment after it,
+/// sorted by key, as a caller holding plain lists would have them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Full {
+    pub services: Vec<ServiceSpec>,
+    pub assignments: Vec<Assignment>,
+    pub added: Vec<ContainerKey>,
+    pub removed: Vec<ContainerKey>,
+    pub moved: Vec<ContainerKey>,
+    pub redeployed: Vec<ContainerKey>,
+    pub verdicts: Vec<NodeVerdict>,
+    pub plan: Plan,
+}
+
+impl Full {
+    pub fn changes_containers(&self) -> bool {
+        self.plan.changes_containers()
+    }
+
+    /// `plan` applied to the input's lists (first occurrence of a key counts, as in the engine).
+    fn new(input: &Input, plan: Plan) -> Self {
+        let mut services: BTreeMap<ServiceKey, ServiceSpec> = BTreeMap::new();
+        for spec in input.services {
+            services.entry(spec.key.clone()).or_insert_with(|| spec.clone());
+        }
+        for (key, spec) in &plan.services {
+            match spec {
+                Some(spec) => services.insert(key.clone(), spec.clone()),
+                None => services.remove(key),
+            };
+        }
+        let mut assignments: BTreeMap<ContainerKey, Assignment> = BTreeMap::new();
+        for a in input.assignments {
+            assignments
+                .entry(a.container.clone())
+                .or_insert_with(|| a.clone());
+        }
+        for change in &plan.assignments {
+            match &change.after {
+                Some(a) => assignments.insert(change.container.clone(), a.clone()),
+                None => assignments.remove(&change.container),
+            };
+        }
+        Full {
+            services: services.into_values().collect(),
+            assignments: assignments.into_values().collect(),
+            added: plan.added.clone(),
+            removed: plan.removed.clone(),
+            moved: plan.moved.clone(),
+            redeployed: plan.redeployed.clone(),
+            verdicts: plan.verdicts.clone(),
+            plan,
+        }
+    }
+}
+
+/// The engine's [`super::plan`] on a fresh index, with the state the plan leads to.
+pub fn plan(input: &Input, change: &Change) -> Result<Full, PlacementError> {
+    super::plan(input, change).map(|p| Full::new(input, p))
+}
+
 /// The caller's state: what the control plane keeps between plans.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct World {
     pub nodes: Vec<NodeInfo>,
     pub services: Vec<ServiceSpec>,
     pub assignments: Vec<Assignment>,
     pub retired: Vec<(ContainerKey, u64)>,
     pub dynamic_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// The index kept between changes, and the assignments it was last in step with (a test
+    /// that edits the lists itself gets a new one).
+    kept: Option<(Index, Vec<Assignment>)>,
+}
+
+impl Clone for World {
+    fn clone(&self) -> Self {
+        World {
+            nodes: self.nodes.clone(),
+            services: self.services.clone(),
+            assignments: self.assignments.clone(),
+            retired: self.retired.clone(),
+            dynamic_ports: self.dynamic_ports.clone(),
+            kept: None,
+        }
+    }
 }
 
 impl World {
@@ -171,9 +251,53 @@ impl World {
         input
     }
 
+    /// Plans `change` on the kept index too, and checks that it agrees with a fresh one and
+    /// is left as it was.
+    fn run_kept(&mut self, change: &Change, fresh: &Result<Full, PlacementError>) {
+        let mut kept = self.kept.take();
+        let input = self.input();
+        if !kept.as_ref().is_some_and(|(_, seen)| *seen == self.assignments) {
+            let index = Index::build(
+                input.nodes,
+                input.assignments.iter().cloned(),
+                &input.dynamic_ports,
+            );
+            kept = Some((index, self.assignments.clone()));
+        }
+        let Some((mut index, mut seen)) = kept else {
+            return;
+        };
+        index.set_nodes(input.nodes.to_vec());
+        let before: Vec<Assignment> = index.assignments().cloned().collect();
+        let planned = index.plan(&Lists::new(&input), change, input.explain);
+        let after: Vec<Assignment> = index.assignments().cloned().collect();
+        assert_eq!(before, after, "a plan leaves the index as it was");
+        let fresh_plan = fresh.as_ref().map(|f| &f.plan);
+        assert_eq!(
+            planned.as_ref(),
+            fresh_plan,
+            "the kept index plans as a fresh one"
+        );
+        if let Ok(plan) = &planned {
+            index.apply(plan);
+            let full = Full::new(&input, plan.clone());
+            let applied: Vec<Assignment> = index.assignments().cloned().collect();
+            assert_eq!(applied, full.assignments, "applying a plan gives its state");
+            for a in &applied {
+                let user = &a.container.user;
+                let count = applied.iter().filter(|b| &b.container.user == user).count();
+                assert_eq!(index.count_of_user(user), count, "containers of {user}");
+            }
+            seen = full.assignments;
+        }
+        self.kept = Some((index, seen));
+    }
+
     /// Plans `change` and, when it succeeds, adopts the plan (retiring removed containers).
-    pub fn run(&mut self, change: Change) -> Result<Plan, PlacementError> {
-        let plan = plan(&self.input(), &change)?;
+    pub fn run(&mut self, change: Change) -> Result<Full, PlacementError> {
+        let fresh = plan(&self.input(), &change);
+        self.run_kept(&change, &fresh);
+        let plan = fresh?;
         for key in &plan.removed {
             if let Some(old) = self.assignments.iter().find(|a| &a.container == key) {
                 self.retired.retain(|(k, _)| k != key);
@@ -186,7 +310,7 @@ impl World {
     }
 
     /// Applies stack `stack` of user honeniq.
-    pub fn apply(&mut self, stack: &str, services: Vec<ServiceSpec>) -> Result<Plan, PlacementError> {
+    pub fn apply(&mut self, stack: &str, services: Vec<ServiceSpec>) -> Result<Full, PlacementError> {
         let (user, stack) = (label("honeniq"), label(stack));
         self.run(Change::Apply {
             user,
@@ -195,12 +319,12 @@ impl World {
         })
     }
 
-    pub fn scale(&mut self, stack: &str, service: &str, target: u32) -> Result<Plan, PlacementError> {
+    pub fn scale(&mut self, stack: &str, service: &str, target: u32) -> Result<Full, PlacementError> {
         let service = service_key(stack, service);
         self.run(Change::Scale { service, target })
     }
 
-    pub fn reconcile(&mut self) -> Plan {
+    pub fn reconcile(&mut self) -> Full {
         self.run(Change::Reconcile).expect("reconcile never fails")
     }
 

@@ -154,7 +154,7 @@ fn change_of(world: &mut World, op: Op) -> Option<Change> {
 }
 
 /// Checks every invariant of one successful plan made from `before`.
-fn check_plan(before: &World, change: &Change, plan: &Plan) -> Result<(), TestCaseError> {
+fn check_plan(before: &World, change: &Change, plan: &Full) -> Result<(), TestCaseError> {
     let nodes: BTreeMap<&Label, &NodeInfo> = before.nodes.iter().map(|n| (&n.name, n)).collect();
     let services: BTreeMap<&ServiceKey, &ServiceSpec> = plan.services.iter().map(|s| (&s.key, s)).collect();
     let old: BTreeMap<&ContainerKey, &Assignment> =
