@@ -1125,34 +1125,48 @@ def one_sample(api, dns_sock, path, payload, qname, qtype, want, args):
 
 
 def _background_writes(base, token, paths, service, per_s, stop, done, late, error):
-    """The body of BackgroundWriter's process."""
+    """The body of BackgroundWriter's process: one thread per connection, each paced at its share
+    of the rate and writing its own containers (a write waits for its commit, a few ms, so one
+    connection alone would not reach the rate)."""
     api = Api(base, token)
-    period = 1.0 / per_s
-    next_t = time.perf_counter()
-    generation = n = 0
-    try:
-        while not stop.is_set():
-            i = n % len(paths)
-            if i == 0:
-                generation += 1
-            api.request("PUT", paths[i], {"service": service, "generation": generation, "ready": generation % 2 == 1})
-            n += 1
-            done.value = n
-            next_t += period
-            pause = next_t - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                late.value += 1
-    except (ApiError, OSError, http.client.HTTPException) as e:
-        error.value = str(e)[:200].encode()
+    lock = threading.Lock()
+    threads = max(1, min(len(paths), (per_s + 99) // 100))
+
+    def run(mine):
+        period = threads / per_s
+        next_t = time.perf_counter()
+        generation = n = 0
+        try:
+            while not stop.is_set():
+                i = n % len(mine)
+                if i == 0:
+                    generation += 1
+                api.request("PUT", mine[i], {"service": service, "generation": generation, "ready": generation % 2 == 1})
+                n += 1
+                next_t += period
+                pause = next_t - time.perf_counter()
+                with lock:
+                    done.value += 1
+                    if pause <= 0:
+                        late.value += 1
+                if pause > 0:
+                    time.sleep(pause)
+        except (ApiError, OSError, http.client.HTTPException) as e:
+            error.value = str(e)[:200].encode()
+            stop.set()
+
+    workers = [threading.Thread(target=run, args=(paths[t::threads],)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 
 
 class BackgroundWriter:
     """Durable writes at a steady rate while latency is sampled: container reports from another
-    process (so they do not share the sampler's interpreter), --background-writes per second, each
-    flipping one of 100 containers between ready and not ready, so each one changes DNS: a commit,
-    a snapshot and a zone difference."""
+    process (so they do not share the sampler's interpreter), --background-writes per second over
+    one connection per 100/s, each flipping one of 100 containers between ready and not ready, so
+    each one changes DNS: a commit, a snapshot and a zone difference."""
 
     def __init__(self, api, node, user, stack, service, per_s, run_id):
         import multiprocessing

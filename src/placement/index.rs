@@ -308,7 +308,8 @@ impl Index {
         let Some(i) = self.node_index(&a.node) else {
             let load = self.elsewhere.entry(a.node.clone()).or_default();
             load.claim(a, self.dynamic, claim);
-            // Both: while a replacement on this node is in progress the key is briefly gone.
+            // Only once nothing is left: a replacement on this node releases the old one (and
+            // its key) after claiming the new one, then puts the key back.
             if load.keys.is_empty() && load.containers == 0 {
                 self.elsewhere.remove(&a.node);
             }
