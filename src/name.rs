@@ -17,11 +17,21 @@ pub fn push_label(out: &mut Vec<u8>, label: &str) {
 
 /// Wire-form relative name from labels given left to right (`["web", "svc"]`).
 pub fn relative(labels: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(labels.iter().map(|l| l.len() + 1).sum());
-    for label in labels {
-        push_label(&mut out, label);
-    }
+    let mut out = Vec::with_capacity(relative_len(labels));
+    push_relative(&mut out, labels);
     out
+}
+
+/// The length of [`relative`]'s result.
+pub fn relative_len(labels: &[&str]) -> usize {
+    labels.iter().map(|l| l.len() + 1).sum()
+}
+
+/// Appends [`relative`]'s result to `out`.
+pub fn push_relative(out: &mut Vec<u8>, labels: &[&str]) {
+    for label in labels {
+        push_label(out, label);
+    }
 }
 
 /// Iterates the suffixes of a relative wire name that are themselves names, nearest

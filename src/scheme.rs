@@ -49,6 +49,17 @@ pub fn container_rel(key: &ContainerKey) -> Vec<u8> {
     name::relative(&container_labels(key))
 }
 
+/// `<container>.<stack>.<user>.cont` and then `apex`, appended to `out` (an SRV target, written
+/// into its RDATA without a buffer of its own), and how long that is, to size `out` first.
+pub fn container_target_len(key: &ContainerKey, apex: &[u8]) -> usize {
+    name::relative_len(&container_labels(key)) + apex.len()
+}
+
+pub fn push_container_target(out: &mut Vec<u8>, key: &ContainerKey, apex: &[u8]) {
+    name::push_relative(out, &container_labels(key));
+    out.extend_from_slice(apex);
+}
+
 /// `<service>.<stack>.<user>.svc`, wire form relative to the apex.
 pub fn service_rel(key: &ServiceKey) -> Vec<u8> {
     name::relative(&service_labels(key))

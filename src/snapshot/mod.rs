@@ -80,17 +80,18 @@ impl RRset {
             ttl,
             rotation,
             limit,
-            records.into_iter().map(|r| (r, Vec::new())).collect(),
+            records.into_iter().map(|r| (r, None)).collect(),
         )
     }
 
-    /// An RRset whose records come with additional records of their own.
-    pub fn with_extras(
+    /// An RRset whose records come with additional records of their own (any collection of
+    /// them: an SRV record's one address is an `Option`, which costs no allocation).
+    pub fn with_extras<E: IntoIterator<Item = (u16, u32, Box<[u8]>)>>(
         rtype: u16,
         ttl: u32,
         rotation: Rotation,
         limit: u16,
-        mut items: Vec<(Box<[u8]>, Extras)>,
+        mut items: Vec<(Box<[u8]>, E)>,
     ) -> Self {
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         items.dedup_by(|a, b| a.0 == b.0);

@@ -40,6 +40,8 @@ type SrvName = (u16, Protocol);
 
 /// Records with the additional records of each.
 type Items = Vec<(Box<[u8]>, Extras)>;
+/// Records with at most one additional record each (an SRV record and its target's address).
+type OneExtra = Vec<(Box<[u8]>, Option<(u16, u32, Box<[u8]>)>)>;
 /// A zone-file RRset: (type, TTL, records with their extras).
 type StaticSet = (u16, u32, Items);
 /// The zone file's records grouped by owner, then type: (TTL, RDATA list).
@@ -127,14 +129,21 @@ impl Projection {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for addr in addrs {
             match addr {
-                IpAddr::V4(a) => v4.push(Box::from(&a.octets()[..])),
-                IpAddr::V6(a) => v6.push(Box::from(&a.octets()[..])),
+                IpAddr::V4(a) => v4.push(a.octets()),
+                IpAddr::V6(a) => v6.push(a.octets()),
             }
+        }
+        // De-duplicated as plain arrays, before a box is made for each: a service's containers
+        // often share their nodes' addresses.
+        fn boxed<const N: usize>(mut addrs: Vec<[u8; N]>) -> Vec<Box<[u8]>> {
+            addrs.sort_unstable();
+            addrs.dedup();
+            addrs.iter().map(|a| Box::from(&a[..])).collect()
         }
         let Policy { ttl, rotation, .. } = self.policy;
         vec![
-            RRset::new(rtype::A, ttl, rotation, limit, v4),
-            RRset::new(rtype::AAAA, ttl, rotation, limit, v6),
+            RRset::new(rtype::A, ttl, rotation, limit, boxed(v4)),
+            RRset::new(rtype::AAAA, ttl, rotation, limit, boxed(v6)),
         ]
     }
 
@@ -182,7 +191,7 @@ impl Projection {
         let entry = Entry::new(self.address_sets(members.iter().filter_map(|m| m.address), max_answers));
         self.names.set(&svc, entry);
 
-        let mut srv: BTreeMap<SrvName, Items> = BTreeMap::new();
+        let mut srv: BTreeMap<SrvName, OneExtra> = BTreeMap::new();
         for p in declared.unwrap_or_default() {
             srv.entry((p.container_port, p.protocol)).or_default();
         }
@@ -192,17 +201,18 @@ impl Projection {
                 let Some(addr) = m.address else {
                     continue; // Known, not answering: the name exists without data.
                 };
-                let mut rdata = Vec::with_capacity(64);
+                // Sized exactly, so the box it becomes is the same allocation.
+                let apex = &self.zone.apex;
+                let mut rdata = Vec::with_capacity(6 + scheme::container_target_len(m.key, apex));
                 rdata.extend_from_slice(&0u16.to_be_bytes());
                 rdata.extend_from_slice(&1u16.to_be_bytes());
                 rdata.extend_from_slice(&port.host_port.unwrap_or(port.container_port).to_be_bytes());
-                rdata.extend_from_slice(&scheme::container_rel(m.key));
-                rdata.extend_from_slice(&self.zone.apex);
+                scheme::push_container_target(&mut rdata, m.key, apex);
                 let extra = match addr {
                     IpAddr::V4(a) => (rtype::A, ttl, Box::from(&a.octets()[..])),
                     IpAddr::V6(a) => (rtype::AAAA, ttl, Box::from(&a.octets()[..])),
                 };
-                records.push((rdata.into_boxed_slice(), vec![extra]));
+                records.push((rdata.into_boxed_slice(), Some(extra)));
             }
         }
         let owners: Box<[SrvName]> = srv.keys().copied().collect();
