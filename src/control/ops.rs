@@ -232,9 +232,10 @@ impl Control {
         wait: Duration,
     ) -> Result<Committed<NodeAssignments>, ControlError> {
         let deadline = tokio::time::Instant::now() + wait;
+        // Dropped on every way out (an error, the answer, a client that goes away).
         let mut changes = self.wakers.subscribe(&node);
         loop {
-            changes.borrow_and_update();
+            changes.mark_seen();
             let (name, who) = (node.clone(), caller.clone());
             let done = self
                 .run(move |ctx| {
@@ -249,10 +250,7 @@ impl Control {
             }
             tokio::select! {
                 _ = tokio::time::sleep(remaining) => {}
-                woken = changes.changed() => if woken.is_err() {
-                    // Forgotten meanwhile (cannot happen while we hold it): listen afresh.
-                    changes = self.wakers.subscribe(&node);
-                },
+                () = changes.changed() => {}
                 () = self.shutdown.cancelled() => {}
             }
         }

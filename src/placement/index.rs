@@ -135,6 +135,8 @@ impl Index {
             self.nodes
                 .push(NodeState::new(info, load, region, provider, group));
         }
+        // What is left is claimed on nodes no longer registered; empty loads are not kept.
+        loads.retain(|_, load| !(load.keys.is_empty() && load.containers == 0));
         self.elsewhere = loads;
         self.regions = regions;
         self.providers = providers;

@@ -168,8 +168,14 @@ impl Declared for Lists<'_> {
     }
 
     fn of_stack(&self, user: &Label, stack: &Label) -> Vec<&ServiceSpec> {
-        (self.specs.values().copied())
-            .filter(|s| &s.key.user == user && &s.key.stack == stack)
+        let from = ServiceKey {
+            user: user.clone(),
+            stack: stack.clone(),
+            service: Label::LOWEST,
+        };
+        (self.specs.range::<&ServiceKey, _>(&from..))
+            .map(|(_, spec)| *spec)
+            .take_while(|s| &s.key.user == user && &s.key.stack == stack)
             .collect()
     }
 
