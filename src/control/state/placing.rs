@@ -1,5 +1,5 @@
-//! The bridge between the state and the pure placement engine: build its input, and follow
-//! lost and joining nodes.
+//! The bridge between the state and the pure placement engine: the nodes and retired names it
+//! reads, the quotas checked around a plan, and following lost and joining nodes.
 
 use crate::control::changes::Changes;
 use crate::control::error::ControlError;
