@@ -65,6 +65,10 @@ pub(super) struct Load {
     /// How many distinct ports of `ports` lie in the dynamic range, per protocol, so that
     /// "is the range used up" is answered without walking it.
     dynamic_used: [u32; 2],
+    /// Per protocol, a port of the dynamic range below which every port of the range is in
+    /// use (0: none known), so the lowest free one is found without walking a thousand used
+    /// ones on a full node.
+    free_from: [u32; 2],
     /// The containers assigned here: a node's work list, and Reconcile's look at lost nodes,
     /// without a walk over every assignment.
     pub keys: BTreeSet<ContainerKey>,
@@ -100,11 +104,28 @@ impl Load {
             if last_release {
                 self.ports.remove(&key);
             }
-            let used = &mut self.dynamic_used[proto(port.protocol)];
-            if dynamic.contains(host) && first_claim {
-                *used += 1;
-            } else if dynamic.contains(host) && last_release {
-                *used = used.saturating_sub(1);
+            if !dynamic.contains(host) {
+                continue;
+            }
+            let p = proto(port.protocol);
+            let from = self.free_from[p].max(u32::from(dynamic.first));
+            if first_claim {
+                self.dynamic_used[p] += 1;
+                if u32::from(host) == from {
+                    // The lowest free one is taken: the next free one is past the used run.
+                    let mut next = from + 1;
+                    while next <= u32::from(dynamic.last)
+                        && u16::try_from(next).is_ok_and(|n| self.ports.contains_key(&(port.protocol, n)))
+                    {
+                        next += 1;
+                    }
+                    self.free_from[p] = next;
+                }
+            } else if last_release {
+                self.dynamic_used[p] = self.dynamic_used[p].saturating_sub(1);
+                if u32::from(host) < from {
+                    self.free_from[p] = u32::from(host);
+                }
             }
         }
     }
@@ -218,6 +239,10 @@ impl NodeState {
         dynamic: DynamicRange,
     ) -> Option<u16> {
         let DynamicRange { first, last } = dynamic;
+        // Every port of the range below `free_from` is in use.
+        let Ok(first) = u16::try_from(self.load.free_from[proto(protocol)].max(u32::from(first))) else {
+            return None; // past the top: all in use
+        };
         if first > last {
             return None;
         }

@@ -101,3 +101,26 @@ fn a_replacement_on_the_same_node_keeps_the_container_there() {
         "port 81 taken"
     );
 }
+
+#[test]
+fn the_lowest_free_dynamic_port_is_found_after_claims_and_releases() {
+    let range = 40000..=40003;
+    let mut index = Index::build(&[node("a")], [], &range);
+    let spec = svc("web", 1).ports(&["80"]);
+    let a = index.node_index(&label("a")).expect("registered");
+    let next = |index: &Index| -> Option<u16> {
+        let ports = index.nodes[a].allocate(&spec, index.dynamic).ok()?;
+        ports[0].host_port
+    };
+    for (i, port) in (40000..=40003).enumerate() {
+        assert_eq!(next(&index), Some(port));
+        index.insert(assigned(&format!("web-{}", i + 1), "a", port, 0));
+    }
+    assert_eq!(next(&index), None, "the range is used up");
+    index.remove(&assigned("web-3", "a", 40002, 0).container);
+    assert_eq!(next(&index), Some(40002), "a port given back is the lowest free");
+    index.remove(&assigned("web-1", "a", 40000, 0).container);
+    assert_eq!(next(&index), Some(40000));
+    index.insert(assigned("web-1", "a", 40000, 0));
+    assert_eq!(next(&index), Some(40002), "past the used run, not the first port above it");
+}
