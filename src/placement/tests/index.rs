@@ -122,5 +122,9 @@ fn the_lowest_free_dynamic_port_is_found_after_claims_and_releases() {
     index.remove(&assigned("web-1", "a", 40000, 0).container);
     assert_eq!(next(&index), Some(40000));
     index.insert(assigned("web-1", "a", 40000, 0));
-    assert_eq!(next(&index), Some(40002), "past the used run, not the first port above it");
+    assert_eq!(
+        next(&index),
+        Some(40002),
+        "past the used run, not the first port above it"
+    );
 }
