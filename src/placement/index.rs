@@ -136,7 +136,7 @@ impl Index {
                 .push(NodeState::new(info, load, region, provider, group));
         }
         // What is left is claimed on nodes no longer registered; empty loads are not kept.
-        loads.retain(|_, load| !(load.keys.is_empty() && load.containers == 0));
+        loads.retain(|_, load| !load.keys.is_empty());
         self.elsewhere = loads;
         self.regions = regions;
         self.providers = providers;
@@ -256,43 +256,22 @@ impl Index {
     }
 
     /// Records an assignment (replacing one with the same key) and claims its resources.
-    /// Returns the one it replaced, whose claims are released. One walk of the assignments.
+    /// Returns the one it replaced, whose claims are released first.
     pub(super) fn insert(&mut self, a: Assignment) -> Option<Assignment> {
+        let old = self.remove(&a.container);
         self.claim(&a, true);
-        let entry = (number(&a), a.container.name.clone());
-        (self.members.entry(a.service.clone()).or_default()).insert(entry.clone());
+        (self.members.entry(a.service.clone()).or_default()).insert((number(&a), a.container.name.clone()));
         *self.per_user.entry(a.container.user.clone()).or_default() += 1;
-        let (service, node) = (a.service.clone(), a.node.clone());
-        let old = self.assignments.insert(a.container.clone(), a)?;
-        let same_member =
-            old.service == service && (number(&old), &old.container.name) == (entry.0, &entry.1);
-        self.release(&old, !same_member);
-        if old.node == node {
-            // Released with the old one; the new one is on the same node.
-            let load = match self.by_name.get(&node) {
-                Some(&i) => Some(&mut self.nodes[i].load),
-                None => self.elsewhere.get_mut(&node),
-            };
-            if let Some(load) = load {
-                load.keys.insert(old.container.clone());
-            }
-        }
-        Some(old)
+        self.assignments.insert(a.container.clone(), a);
+        old
     }
 
     /// Drops an assignment and releases its resources.
     pub(super) fn remove(&mut self, key: &ContainerKey) -> Option<Assignment> {
         let a = self.assignments.remove(key)?;
-        self.release(&a, true);
-        Some(a)
-    }
-
-    /// Releases what an assignment no longer in the map claimed; `member`: its place among
-    /// its service's containers too.
-    fn release(&mut self, a: &Assignment, member: bool) {
-        self.claim(a, false);
-        if member && let Some(members) = self.members.get_mut(&a.service) {
-            members.remove(&(number(a), a.container.name.clone()));
+        self.claim(&a, false);
+        if let Some(members) = self.members.get_mut(&a.service) {
+            members.remove(&(number(&a), a.container.name.clone()));
             if members.is_empty() {
                 self.members.remove(&a.service);
             }
@@ -303,6 +282,7 @@ impl Index {
                 self.per_user.remove(&a.container.user);
             }
         }
+        Some(a)
     }
 
     /// Claims or releases a container on its node, keeping the emptiest-first orders in step.
@@ -310,9 +290,7 @@ impl Index {
         let Some(i) = self.node_index(&a.node) else {
             let load = self.elsewhere.entry(a.node.clone()).or_default();
             load.claim(a, self.dynamic, claim);
-            // Only once nothing is left: a replacement on this node releases the old one (and
-            // its key) after claiming the new one, then puts the key back.
-            if load.keys.is_empty() && load.containers == 0 {
+            if load.keys.is_empty() {
                 self.elsewhere.remove(&a.node);
             }
             return;
