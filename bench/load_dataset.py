@@ -611,21 +611,26 @@ class Api:
             conn.close()
         self._local.conn = None
 
-    def headers(self, body, token=None):
+    def headers(self, body, token=None, content_type="application/json"):
         h = {"Authorization": "Bearer %s" % (token or self.token), "Accept": "application/json"}
         if body is not None:
-            h["Content-Type"] = "application/json"
+            h["Content-Type"] = content_type
         return h
 
-    def request(self, method, path, payload=None, token=None, ok=(200, 201)):
-        """(status, decoded JSON or text, seconds).  Retries once on a dropped keep-alive connection
+    def request(self, method, path, payload=None, token=None, ok=(200, 201), text=None, content_type=None):
+        """(status, decoded JSON or text, seconds).  The body is `payload` as JSON, or `text` as it is
+        (`content_type`, e.g. a YAML Stackfile).  Retries once on a dropped keep-alive connection
         (every request this script sends is idempotent).  Raises ApiError on a status not in ok."""
-        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        if text is not None:
+            body, ctype = text.encode(), content_type or "text/plain"
+        else:
+            body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+            ctype = "application/json"
         for attempt in (1, 2):
             conn = self.connection()
             t0 = time.perf_counter()
             try:
-                conn.request(method, path, body=body, headers=self.headers(body, token))
+                conn.request(method, path, body=body, headers=self.headers(body, token, ctype))
                 resp = conn.getresponse()
                 data = resp.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,

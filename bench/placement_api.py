@@ -38,15 +38,8 @@ def stack_yaml(per_service, prefix="svc"):
 
 
 def put_yaml(api, path, text):
-    """PUT a Stackfile as YAML (the Api helper sends JSON); raises on a status other than 2xx."""
-    conn = api.connection()
-    body = text.encode()
-    headers = dict(api.headers(None), **{"Content-Type": "application/yaml"})
-    conn.request("PUT", path, body=body, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status not in (200, 201):
-        raise L.ApiError("PUT", path, resp.status, data)
+    """PUT a Stackfile as YAML; raises on a status other than 2xx."""
+    api.request("PUT", path, text=text, content_type="application/yaml")
 
 
 def timed(fn):
