@@ -162,9 +162,40 @@ pub struct ServeArgs {
     /// Nodes a user may register with its own token unless an admin set their own limit.
     #[arg(long, env = "STACKDNS_DEFAULT_MAX_NODES", default_value_t = crate::model::Limits::default().max_nodes)]
     pub default_max_nodes: u32,
+    /// Most open API connections; more are answered 503 and closed.
+    #[arg(long, env = "STACKDNS_API_MAX_CONNECTIONS", default_value_t = 4096, value_parser = positive)]
+    pub api_max_connections: usize,
+    /// Most open API connections from one client (an IPv4 address or an IPv6 /64); more are
+    /// answered 429 and closed.
+    #[arg(long, env = "STACKDNS_API_MAX_CONNS_PER_CLIENT", default_value_t = 200, value_parser = positive)]
+    pub api_max_conns_per_client: usize,
+    /// Milliseconds a client has to send a request's headers, the idle time of a kept-alive
+    /// connection before them included.
+    #[arg(long, env = "STACKDNS_API_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_header_timeout_ms: u64,
+    /// Most API requests served at once (blocking queries aside); more are answered 503.
+    #[arg(long, env = "STACKDNS_API_MAX_REQUESTS", default_value_t = 1024, value_parser = positive)]
+    pub api_max_requests: usize,
+    /// Most open DNS TCP connections; at the limit a new one replaces the longest idle.
+    #[arg(long, env = "STACKDNS_DNS_TCP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = positive)]
+    pub dns_tcp_max_connections: usize,
+    /// Most open DNS TCP connections from one client (an IPv4 address or an IPv6 /64).
+    #[arg(long, env = "STACKDNS_DNS_TCP_MAX_PER_CLIENT", default_value_t = 64, value_parser = positive)]
+    pub dns_tcp_max_per_client: usize,
+    /// Milliseconds to receive a whole DNS message over TCP once its first byte is in, and to
+    /// send an answer (Knot's `tcp-io-timeout`); a connection waits up to 10 s for a message.
+    #[arg(long, env = "STACKDNS_DNS_TCP_IO_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dns_tcp_io_timeout_ms: u64,
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number above 0")),
+    }
 }
 
 fn user_label(text: &str) -> Result<crate::model::Label, String> {

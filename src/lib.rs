@@ -14,7 +14,8 @@
 //! | [`store`]     | the storage seam (`Store` trait) and the redb engine                  |
 //! | [`control`]   | the single writer: named operations, state, leases, group commit      |
 //! | [`dns`]       | one message handler, UDP/TCP transports, answers, AXFR/IXFR, NOTIFY; `lookup`, a stub lookup for `stackdns lookup` (only hickory user) |
-//! | [`api`]       | the HTTP/JSON registration API (axum)                                 |
+//! | [`api`]       | the HTTP/JSON registration API (axum), its connection loop and request limits |
+//! | [`edge`]      | connection caps per client and in total, fitted to the descriptor limit |
 //! | [`client`]    | typed HTTP client over `api::types`, used by `cli` and `agent`        |
 //! | [`cli`]       | the command-line client (`node`, `stack`, `service`, `user`, `lookup`) over `client` |
 //! | [`agent`]     | the node agent: supervisors, reporter, runtimes; the API only through `client` |
@@ -24,7 +25,7 @@
 //!
 //! Dependencies point one way: `model` ← `scheme` ← `snapshot`; `model` ← `placement`;
 //! `model`, `stackfile` ← `store`; `store`, `placement`, `snapshot`, `stackfile` ← `control`
-//! ← `api`; `dns` → `snapshot`, `zone`, `name` only (never `store`). `agent` and `cli` →
+//! ← `api`; `dns` → `snapshot`, `zone`, `name`, `edge` only (never `store`). `agent` and `cli` →
 //! `client` → `api::types`; neither touches `control`, `store` or `snapshot`.
 //!
 //! # Flows
@@ -50,6 +51,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod edge;
 pub mod model;
 pub mod name;
 pub mod placement;

@@ -12,6 +12,7 @@ use crate::api::{self, AppState};
 use crate::config::ServeArgs;
 use crate::control::{Control, Publisher};
 use crate::dns::{DnsServer, zonefile};
+use crate::edge::Caps;
 use crate::snapshot::Policy;
 use crate::snapshot::journal::JournalLimits;
 use crate::store::RedbStore;
@@ -125,6 +126,7 @@ impl Server {
             },
             cancel.clone(),
         )?;
+        let limits = EdgeLimits::fitted(args);
         let acl = crate::dns::xfr::TransferAcl {
             allow: args.allow_transfer.clone(),
             keys: tsig_keys,
@@ -134,6 +136,7 @@ impl Server {
             args.udp_workers(),
             control.snapshots(),
             acl,
+            limits.dns_tcp,
             cancel.clone(),
         )
         .await?;
@@ -158,6 +161,7 @@ impl Server {
             dns_addr: dns.addr,
             privileged_users: std::sync::Arc::new(args.privileged_users.clone()),
             max_container_memory_mb: args.max_container_memory_mb,
+            requests: std::sync::Arc::new(tokio::sync::Semaphore::new(args.api_max_requests)),
         };
         let metrics = match args.metrics_addr.0 {
             Some(addr) => {
@@ -168,24 +172,18 @@ impl Server {
                     .local_addr()
                     .map_err(|source| ServerError::BindMetrics { addr, source })?;
                 tracing::info!("metrics listening on {bound}");
-                let (app, cancel) = (api::metrics_router(app_state.clone()), cancel.clone());
-                Some(tokio::spawn(async move {
-                    let shutdown = async move { cancel.cancelled().await };
-                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                        tracing::error!(error = %e, "metrics server failed");
-                    }
-                }))
+                let app = api::metrics_router(app_state.clone());
+                Some(tokio::spawn(api::listener::serve(
+                    listener,
+                    app,
+                    limits.metrics,
+                    cancel.clone(),
+                )))
             }
             None => None,
         };
         let app = api::router(app_state);
-        let api_cancel = cancel.clone();
-        let api = tokio::spawn(async move {
-            let shutdown = async move { api_cancel.cancelled().await };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
+        let api = tokio::spawn(api::listener::serve(listener, app, limits.api, cancel.clone()));
         let notifiers = crate::dns::notify::start(
             &args.notify,
             control.snapshots(),
@@ -248,6 +246,57 @@ pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The connection limits of every listener, with the total caps fitted to the process's
+/// descriptor limit so that no listener can starve another (or the database) of descriptors.
+struct EdgeLimits {
+    api: api::listener::Limits,
+    metrics: api::listener::Limits,
+    dns_tcp: crate::dns::TcpLimits,
+}
+
+/// `/metrics` is scraped by a few Prometheus servers, not by clients.
+const METRICS_CONNECTIONS: Caps = Caps {
+    total: 64,
+    per_client: 16,
+};
+
+impl EdgeLimits {
+    fn fitted(args: &ServeArgs) -> Self {
+        let (mut api_total, mut dns_total) = (args.api_max_connections, args.dns_tcp_max_connections);
+        let mut metrics_total = METRICS_CONNECTIONS.total;
+        let (limit, lowered) =
+            crate::edge::fit_descriptors(&mut [&mut api_total, &mut dns_total, &mut metrics_total]);
+        if lowered {
+            tracing::warn!(
+                descriptor_limit = limit,
+                api_max_connections = api_total,
+                dns_tcp_max_connections = dns_total,
+                "the open-file limit cannot hold the connection caps; lowered them. Raise the limit \
+                 (LimitNOFILE=, ulimit -n) or lower --api-max-connections and --dns-tcp-max-connections"
+            );
+        }
+        let header_timeout = Duration::from_millis(args.api_header_timeout_ms);
+        let capped = |total: usize, per_client: usize| Caps {
+            total,
+            per_client: per_client.min(total),
+        };
+        Self {
+            api: api::listener::Limits {
+                connections: capped(api_total, args.api_max_conns_per_client),
+                header_timeout,
+            },
+            metrics: api::listener::Limits {
+                connections: capped(metrics_total, METRICS_CONNECTIONS.per_client),
+                header_timeout,
+            },
+            dns_tcp: crate::dns::TcpLimits {
+                connections: capped(dns_total, args.dns_tcp_max_per_client),
+                io_timeout: Duration::from_millis(args.dns_tcp_io_timeout_ms),
+            },
+        }
+    }
 }
 
 async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: CancellationToken) {

@@ -1,7 +1,8 @@
 //! The registration and control HTTP API (design §4), on axum.
 //!
 //! ```text
-//!  request -> body limit -> Caller (bearer token, auth.rs) -> handler: path, query and body
+//!  connection (listener.rs: connection caps, header deadline)
+//!  request -> declared size checked -> request slot (or 503) -> body limit -> Caller (bearer token, auth.rs) -> handler: path, query and body
 //!          validated into model types -> Control::<operation>(caller, ..) (authorizes, runs on
 //!          the writer) -> Committed{value, serial} once durable and visible in DNS
 //!          -> render.rs: view -> response body (types.rs) -> JSON
@@ -13,6 +14,7 @@
 mod assignments;
 mod auth;
 pub mod error;
+pub mod listener;
 mod nodes;
 mod query;
 mod render;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub privileged_users: std::sync::Arc<Vec<crate::model::Label>>,
     /// The largest `mem_limit`, MiB.
     pub max_container_memory_mb: u64,
+    /// One permit per request being served (blocking queries excepted): beyond it, 503.
+    pub requests: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -82,14 +86,93 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        // Blocking queries wait longer than any other request may take, by design.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
+        // Blocking queries wait longer than any other request may take, by design; each holds
+        // a connection, which the listener's caps bound.
         .merge(assignments::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Serves the request if a request slot is free, else answers 503 at once: a queue in front of
+/// the single writer would only turn overload into timeouts.
+async fn bounded(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Ok(_slot) = state.requests.try_acquire() else {
+        let mut refused = axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is serving as many requests as it may; retry shortly",
+        ));
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return refused;
+    };
+    next.run(request).await
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it, instead
+/// of waiting for bytes that may never come. Bodies without a length are cut at the limit
+/// as they are read.
+///
+/// The refusal goes out at once; what the client still sends is read and thrown away for a
+/// little while (a lingering close, as nginx and Apache do it), so that a client that writes
+/// its whole body before it reads gets the 413 instead of a reset connection.
+async fn declared_size(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => {
+            tokio::spawn(linger(request.into_body()));
+            let mut refused = axum::response::IntoResponse::into_response(too_large());
+            refused.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            refused
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// How long, and how much, a refused body is read before the connection is closed.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+async fn linger(body: axum::body::Body) {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut read = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -205,11 +288,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
 fn body_rejection(r: axum::extract::rejection::BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
-        )
+        too_large()
     } else {
         ApiError::bad_request("invalid_body", r.body_text())
     }

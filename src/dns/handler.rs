@@ -7,7 +7,8 @@
 //! 2. an opcode other than QUERY that cannot be read as a query: NOTIMP, header only, whatever
 //!    the section counts say (RFC 1035 §4.1.1, RFC 6895 §2); a QUERY that cannot be read
 //!    (QDCOUNT not 1, a broken name or record): FORMERR, header only;
-//! 3. a TSIG record (found by the parse): BADKEY, BADSIG or BADTIME as RFC 8945 §5.2 says;
+//! 3. a TSIG record (found by the parse, which has made sure it is the last record): FORMERR
+//!    if its fields do not fill its RDATA exactly, else BADKEY, BADSIG or BADTIME as RFC 8945 §5.2 says;
 //!    once verified, every reply or transfer message is signed, with room kept for the record;
 //! 4. a transfer of the zone (AXFR/IXFR, class IN or ANY, EDNS version 0) from an allowed
 //!    address or with a valid signature: over TCP a [`TransferJob`] to stream; over UDP an
@@ -101,6 +102,10 @@ pub fn handle(
     };
     let mut signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
         None | Some(Check::Unsigned) => None,
+        Some(Check::Malformed) => {
+            answer::header_only(out, query.id, query.flags, rcode::FORMERR);
+            return Outcome::Reply;
+        }
         Some(Check::Valid(signer)) => Some(signer),
         Some(Check::Refused(reply)) => {
             out.extend_from_slice(&reply);

@@ -31,6 +31,8 @@ pub mod wire;
 pub mod xfr;
 pub mod zonefile;
 
+pub use tcp::TcpLimits;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +101,7 @@ impl DnsServer {
         udp_workers: usize,
         snapshots: SnapshotHandle,
         acl: xfr::TransferAcl,
+        tcp_limits: TcpLimits,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
         let acl = Arc::new(acl);
@@ -120,7 +123,7 @@ impl DnsServer {
                 .map_err(DnsError::Thread)?;
             workers.push(worker);
         }
-        let tcp = tokio::spawn(tcp::serve(listener, snapshots, acl, cancel));
+        let tcp = tokio::spawn(tcp::serve(listener, snapshots, acl, tcp_limits, cancel));
         Ok(Self {
             addr: bound,
             stop,

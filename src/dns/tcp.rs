@@ -1,30 +1,93 @@
 //! TCP transport (RFC 1035 §4.2.2, RFC 7766): length-prefixed messages, several queries per
-//! connection answered in order, an idle timeout, and a bound on open connections.
+//! connection answered in order, and the limits that keep one client from locking out the rest:
+//!
+//! - caps on open connections per client and in total ([`crate::edge::Gate`]);
+//! - at the total cap, a new connection replaces the one that has waited longest for its next
+//!   query (RFC 7766 §6.2.3: close idle connections early under pressure), so idle connections
+//!   cannot lock other clients out; only when none is idle is the new one closed;
+//! - a message must arrive whole within the I/O deadline once its first byte is in (Knot's
+//!   `tcp-io-timeout`), and a connection waits at most [`IDLE_TIMEOUT`] for its next message.
 //!
 //! What a message gets is decided by [`handler::handle`]; this module writes the reply, or
 //! streams the zone transfer the handler hands back, built on a blocking thread.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Scratch, Transport};
 use super::handler::{self, Outcome, TransferJob};
 use super::xfr::TransferAcl;
+use crate::edge::{Caps, Gate, Refused, Ticket};
 use crate::snapshot::SnapshotHandle;
 
 /// A connection with no new query for this long is closed (RFC 7766 §6.2.3 suggests seconds).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transfer's chunk must be taken by the reader within this long.
+const TRANSFER_WRITE_TIMEOUT: Duration = IDLE_TIMEOUT;
 /// Transfer messages are written in chunks of about this many bytes...
 const TRANSFER_CHUNK: usize = 192 * 1024;
 /// ... with at most this many chunks built ahead of the writer.
 const TRANSFER_QUEUE: usize = 4;
-/// Open connections beyond this are closed at once, so a flood cannot exhaust memory.
-const MAX_CONNECTIONS: usize = 1024;
+
+/// The limits of the TCP listener (`--dns-tcp-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub connections: Caps,
+    /// To receive a whole message once its first byte is in, and to send an answer.
+    pub io_timeout: Duration,
+}
+
+/// Connections waiting for their next query, in the order they began to wait, each parked
+/// with its [`Ticket`]: evicting one frees its place at once.
+#[derive(Default)]
+struct Idle {
+    next: u64,
+    waiting: BTreeMap<u64, (Ticket, CancellationToken)>,
+}
+
+impl Idle {
+    /// Parks a waiting connection; `evicted` fires if it is closed to make room.
+    fn park(&mut self, ticket: Ticket, evicted: CancellationToken) -> u64 {
+        self.next += 1;
+        self.waiting.insert(self.next, (ticket, evicted));
+        self.next
+    }
+
+    /// The ticket back, unless the connection was evicted meanwhile.
+    fn resume(&mut self, parked: u64) -> Option<Ticket> {
+        self.waiting.remove(&parked).map(|(ticket, _)| ticket)
+    }
+
+    /// Closes the connection that has waited longest; false if none is waiting.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, (ticket, evicted))) = self.waiting.pop_first() else {
+            return false;
+        };
+        evicted.cancel();
+        drop(ticket);
+        true
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    snapshots: SnapshotHandle,
+    acl: Arc<TransferAcl>,
+    idle: Mutex<Idle>,
+    io_timeout: Duration,
+}
+
+impl Shared {
+    /// The idle list; it holds only tickets and tokens, so a panic cannot leave it inconsistent.
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Binds the listener like the UDP sockets: IPv6 addresses serve IPv6 only.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -44,9 +107,16 @@ pub async fn serve(
     listener: TcpListener,
     snapshots: SnapshotHandle,
     acl: Arc<TransferAcl>,
+    limits: TcpLimits,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(limits.connections);
+    let shared = Arc::new(Shared {
+        snapshots,
+        acl,
+        idle: Mutex::default(),
+        io_timeout: limits.io_timeout,
+    });
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -60,23 +130,27 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many tcp connections; closing");
-            continue;
+        let admitted = match gate.admit(peer.ip()) {
+            Err(Refused::Full) if shared.idle().evict_oldest() => gate.admit(peer.ip()),
+            admitted => admitted,
         };
-        let snapshots = snapshots.clone();
-        let cancel = cancel.clone();
-        let acl = acl.clone();
+        let ticket = match admitted {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                tracing::debug!(%peer, ?refused, "tcp connection refused");
+                continue;
+            }
+        };
+        let (shared, cancel) = (shared.clone(), cancel.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                result = connection(stream, peer, snapshots, acl) => {
+                result = connection(stream, peer, &shared, ticket) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "tcp connection ended");
                     }
                 }
             }
-            drop(slot);
         });
     }
 }
@@ -110,7 +184,7 @@ async fn transfer(job: TransferJob, stream: &mut TcpStream) -> std::io::Result<(
     let mut bytes = 0usize;
     while let Some(chunk) = chunks.recv().await {
         bytes += chunk.len();
-        write_timed(stream, &chunk).await?;
+        write_timed(stream, &chunk, TRANSFER_WRITE_TIMEOUT).await?;
     }
     let records = producer.await.unwrap_or(0);
     tracing::info!(
@@ -125,43 +199,57 @@ async fn transfer(job: TransferJob, stream: &mut TcpStream) -> std::io::Result<(
     Ok(())
 }
 
-/// Serves one connection: read a message, answer it, repeat until EOF or idle timeout.
+/// Serves one connection: wait for a message, answer it, repeat until EOF, the idle timeout,
+/// or eviction. `ticket` is the connection's place, parked in the idle list while it waits.
 async fn connection(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
-    snapshots: SnapshotHandle,
-    acl: Arc<TransferAcl>,
+    shared: &Shared,
+    mut ticket: Ticket,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    let evicted = CancellationToken::new();
     let mut packet = Vec::new();
     let mut out = Vec::new();
     let mut frame = Vec::new();
     let mut scratch = Scratch::default();
     loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut len)).await {
+        let parked = shared.idle().park(ticket, evicted.clone());
+        let first = tokio::select! {
+            () = evicted.cancelled() => return Ok(()),
+            first = tokio::time::timeout(IDLE_TIMEOUT, stream.read_u8()) => first,
+        };
+        // Evicted between the byte and here: the place is gone, so is the connection.
+        let Some(resumed) = shared.idle().resume(parked) else {
+            return Ok(());
+        };
+        ticket = resumed;
+        let first = match first {
             Err(_) => return Ok(()),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(result) => result?,
+            Ok(first) => first?,
         };
-        packet.resize(u16::from_be_bytes(len) as usize, 0);
-        tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut packet))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        tokio::time::timeout(shared.io_timeout, async {
+            let second = stream.read_u8().await?;
+            packet.resize(usize::from(u16::from_be_bytes([first, second])), 0);
+            stream.read_exact(&mut packet).await
+        })
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let outcome = {
-            let snapshot = snapshots.load();
+            let snapshot = shared.snapshots.load();
             handler::handle(
                 &packet,
                 peer.ip(),
                 Transport::Tcp,
                 &snapshot,
-                &acl,
+                &shared.acl,
                 &mut scratch,
                 &mut out,
             )
         };
         match outcome {
-            Outcome::Reply => write_frame(&mut stream, &mut frame, &out).await?,
+            Outcome::Reply => write_frame(&mut stream, &mut frame, &out, shared.io_timeout).await?,
             // Not a query (a response, or shorter than a header): nothing sane to say.
             Outcome::Drop => return Ok(()),
             Outcome::Transfer(job) => transfer(*job, &mut stream).await?,
@@ -170,17 +258,22 @@ async fn connection(
 }
 
 /// Writes one length-prefixed message with a single write.
-async fn write_frame(stream: &mut TcpStream, frame: &mut Vec<u8>, message: &[u8]) -> std::io::Result<()> {
+async fn write_frame(
+    stream: &mut TcpStream,
+    frame: &mut Vec<u8>,
+    message: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
     frame.clear();
     frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
     frame.extend_from_slice(message);
-    write_timed(stream, frame).await
+    write_timed(stream, frame, timeout).await
 }
 
-/// Writes with the idle timeout: a client that stops reading loses its connection instead
-/// of holding a slot (and, for a transfer, a builder thread and a snapshot) for ever.
-async fn write_timed(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(IDLE_TIMEOUT, stream.write_all(bytes))
+/// Writes within `timeout`: a client that stops reading loses its connection instead of
+/// holding a place (and, for a transfer, a builder thread and a snapshot) for ever.
+async fn write_timed(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, stream.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }

@@ -99,6 +99,8 @@ pub struct Signer {
 /// What checking a request found.
 pub enum Check {
     Unsigned,
+    /// A TSIG record whose fields do not fit its RDATA: FORMERR (RFC 8945 §5.1).
+    Malformed,
     Valid(Signer),
     /// Send this NOTAUTH answer instead.
     Refused(Vec<u8>),
@@ -117,7 +119,7 @@ struct Found<'p> {
 }
 
 /// Checks the TSIG record that `wire::parse` found at `at` in `packet` against `keys`, at the
-/// current time. A record whose fields cannot be read is no signature: `Unsigned`.
+/// current time. A record whose fields do not exactly fill its RDATA is `Malformed`.
 pub fn check(keys: &[Key], packet: &[u8], at: RecordAt) -> Check {
     check_at(keys, packet, at, now())
 }
@@ -130,7 +132,7 @@ fn now() -> u64 {
 
 fn check_at(keys: &[Key], packet: &[u8], at: RecordAt, now: u64) -> Check {
     let Some(found) = read(packet, at) else {
-        return Check::Unsigned;
+        return Check::Malformed;
     };
     let key = keys.iter().find(|k| k.name == found.key_name);
     let Some(key) = key.filter(|_| found.algorithm == HMAC_SHA256) else {
@@ -320,6 +322,12 @@ fn read(packet: &[u8], at: RecordAt) -> Option<Found<'_>> {
     let mac_len = u16::from_be_bytes([*r.get(8)?, *r.get(9)?]) as usize;
     let mac = r.get(10..10 + mac_len)?;
     let original_id = u16::from_be_bytes([*r.get(10 + mac_len)?, *r.get(11 + mac_len)?]);
+    // Error, other length and other data end the RDATA exactly: no field may overrun it,
+    // and nothing may follow.
+    let other_len = usize::from(u16::from_be_bytes([*r.get(14 + mac_len)?, *r.get(15 + mac_len)?]));
+    if r.len() != 16 + mac_len + other_len {
+        return None;
+    }
     Some(Found {
         start,
         key_name,

@@ -163,15 +163,20 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
 
     let mut pos = question_end;
     for _ in 0..ancount + nscount {
-        pos = skip_record(buf, pos).ok_or(formerr)?.next;
+        let rr = skip_record(buf, pos).ok_or(formerr)?;
+        // A TSIG belongs at the end of the additional section and nowhere else (RFC 8945 §5.1).
+        if rr.rtype == TYPE_TSIG {
+            return Err(formerr);
+        }
+        pos = rr.next;
     }
     let mut edns = None;
     let mut tsig = None;
-    for _ in 0..arcount {
+    for i in 0..arcount {
         let rr = skip_record(buf, pos).ok_or(formerr)?;
         if rr.rtype == rtype::OPT {
             // One OPT, owned by the root (RFC 6891 §6.1.1).
-            if edns.is_some() || rr.owner_is_root == Some(false) {
+            if edns.is_some() || !rr.owner_is_root {
                 return Err(formerr);
             }
             edns = Some(Edns {
@@ -180,12 +185,17 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
                 dnssec_ok: rr.ttl & 0x8000 != 0,
             });
         }
-        // Only the last record can be the TSIG (RFC 8945 §5.1); one elsewhere is not looked at.
-        tsig = (rr.rtype == TYPE_TSIG).then_some(RecordAt {
-            start: pos,
-            rdata: rr.rdata,
-            end: rr.next,
-        });
+        if rr.rtype == TYPE_TSIG {
+            // Only as the last record (RFC 8945 §5.1): one anywhere else is a format error.
+            if i + 1 != arcount {
+                return Err(formerr);
+            }
+            tsig = Some(RecordAt {
+                start: pos,
+                rdata: rr.rdata,
+                end: rr.next,
+            });
+        }
         pos = rr.next;
     }
 
@@ -210,8 +220,8 @@ struct Skipped {
     rtype: u16,
     class: u16,
     ttl: u32,
-    /// `Some(true)` if the owner is the root name, `None` if it was a compression pointer.
-    owner_is_root: Option<bool>,
+    /// The owner is the root name: the one zero octet, or a pointer back to one.
+    owner_is_root: bool,
 }
 
 /// Where the name at `pos` ends: after its root label, or after a compression pointer.
@@ -232,9 +242,13 @@ pub fn name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
 fn skip_record(buf: &[u8], start: usize) -> Option<Skipped> {
     let pos = name_end(buf, start)?;
     let owner_is_root = match pos - start {
-        1 => Some(true),
-        2 if buf[start] & 0xC0 == 0xC0 => None,
-        _ => Some(false),
+        1 => true,
+        // A pointer must point backwards (RFC 1035 §4.1.4), here at a root label.
+        2 if buf[start] & 0xC0 == 0xC0 => {
+            let target = usize::from(u16::from_be_bytes([buf[start] & 0x3F, buf[start + 1]]));
+            target < start && buf[target] == 0
+        }
+        _ => false,
     };
     let rtype = read_u16(buf, pos)?;
     let class = read_u16(buf, pos + 2)?;
@@ -301,8 +315,39 @@ mod tests {
         let mut first = tsig.to_vec();
         first.extend_from_slice(OPT_4096_DO);
         let buf = query(b"\x00", 1, &first, 2);
-        let q = parse(&buf).expect("parses");
-        assert_eq!((q.tsig, q.edns.is_some()), (None, true), "not last: not a TSIG");
+        assert!(
+            matches!(parse(&buf), Err(Reject::Malformed { .. })),
+            "not last: a format error (RFC 8945 §5.1)"
+        );
+
+        // In the answer or authority section: a format error too.
+        for section in [7, 9] {
+            let mut buf = query(b"\x00", 1, tsig, 0);
+            buf[section] = 1;
+            assert!(
+                matches!(parse(&buf), Err(Reject::Malformed { .. })),
+                "section {section}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_opt_must_be_owned_by_the_root() {
+        let formerr = |owner: &[u8]| {
+            let mut opt = owner.to_vec();
+            opt.extend_from_slice(&OPT_4096_DO[1..]);
+            matches!(
+                parse(&query(b"\x03web\x00", 1, &opt, 1)),
+                Err(Reject::Malformed { .. })
+            )
+        };
+        assert!(formerr(b"\x03web\x00"), "a name");
+        assert!(formerr(b"\xc0\x0c"), "a pointer to the question name");
+        assert!(formerr(b"\xc0\xff"), "a pointer past the record");
+        assert!(formerr(b"\xc3\xff"), "a pointer past the packet");
+        // The question name's own root label, at offset 12 + 4.
+        assert!(!formerr(b"\xc0\x10"), "a pointer to a root label");
+        assert!(!formerr(b"\x00"));
     }
 
     #[test]

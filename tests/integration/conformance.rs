@@ -19,8 +19,44 @@ struct Q {
     qdcount: u16,
     /// (UDP size, version, DO, option bytes) of an OPT record.
     edns: Option<(u16, u8, bool, &'static [u8])>,
+    /// The OPT record's owner name, as wire bytes (the root, `\0`, unless a case says else).
+    opt_owner: &'static [u8],
+    /// Raw records placed in a section: answer, authority, or additional before or after OPT.
+    records: &'static [(Section, &'static [u8])],
     tcp: bool,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Answer,
+    Authority,
+    BeforeOpt,
+    AfterOpt,
+}
+
+/// A TSIG record (key `k.`, hmac-sha256, a zero MAC) whose MAC length field says `mac_len`
+/// while 32 bytes follow: 32 is well-formed (and fails verification), others overrun.
+const fn tsig(mac_len: u8) -> [u8; 74] {
+    let mut r = [0u8; 74];
+    let head: [u8; 24] = [
+        1, b'k', 0, 0, 250, 0, 255, 0, 0, 0, 0, 0, 61, 11, b'h', b'm', b'a', b'c', b'-', b's', b'h', b'a',
+        b'2', b'5',
+    ];
+    let mut i = 0;
+    while i < head.len() {
+        r[i] = head[i];
+        i += 1;
+    }
+    // "6", root; time signed (6), fudge 300; MAC length; 32-byte MAC; id, error, other length.
+    r[24] = b'6';
+    r[25] = 0;
+    r[32] = 1;
+    r[33] = 44;
+    r[35] = mac_len;
+    r
+}
+const TSIG_OK: [u8; 74] = tsig(32);
+const TSIG_OVERRUN: [u8; 74] = tsig(200);
 
 const fn q(name: &'static str, qtype: u16) -> Q {
     Q {
@@ -30,6 +66,8 @@ const fn q(name: &'static str, qtype: u16) -> Q {
         flags: 0x0100,
         qdcount: 1,
         edns: Some((1232, 0, false, &[])),
+        opt_owner: b"\0",
+        records: &[],
         tcp: false,
     }
 }
@@ -39,7 +77,12 @@ impl Q {
         let mut out = vec![0xbe, 0xef];
         out.extend_from_slice(&self.flags.to_be_bytes());
         out.extend_from_slice(&self.qdcount.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(self.edns.is_some())]);
+        let count =
+            |section: &[Section]| self.records.iter().filter(|(s, _)| section.contains(s)).count() as u16;
+        let additional = count(&[Section::BeforeOpt, Section::AfterOpt]) + u16::from(self.edns.is_some());
+        out.extend_from_slice(&count(&[Section::Answer]).to_be_bytes());
+        out.extend_from_slice(&count(&[Section::Authority]).to_be_bytes());
+        out.extend_from_slice(&additional.to_be_bytes());
         for _ in 0..self.qdcount {
             for label in self
                 .name
@@ -54,13 +97,23 @@ impl Q {
             out.extend_from_slice(&self.qtype.to_be_bytes());
             out.extend_from_slice(&self.qclass.to_be_bytes());
         }
+        let records = |out: &mut Vec<u8>, section| {
+            for (_, record) in self.records.iter().filter(|(s, _)| *s == section) {
+                out.extend_from_slice(record);
+            }
+        };
+        for section in [Section::Answer, Section::Authority, Section::BeforeOpt] {
+            records(&mut out, section);
+        }
         if let Some((size, version, dnssec_ok, options)) = self.edns {
-            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(self.opt_owner);
+            out.extend_from_slice(&[0, 41]);
             out.extend_from_slice(&size.to_be_bytes());
             out.extend_from_slice(&[0, version, if dnssec_ok { 0x80 } else { 0 }, 0]);
             out.extend_from_slice(&(options.len() as u16).to_be_bytes());
             out.extend_from_slice(options);
         }
+        records(&mut out, Section::AfterOpt);
         out
     }
 }
@@ -183,6 +236,13 @@ async fn rfc_behaviours() {
         ..Expect::default()
     };
     let nxdomain = || Expect { rcode: 3, ..nodata() };
+    // A format error gets the header alone: no answer, no OPT (RFC 6891 §7).
+    let formerr = || Expect {
+        rcode: 1,
+        answers: Some(0),
+        opt: Some(false),
+        ..Expect::default()
+    };
     let refused = || Expect {
         rcode: 5,
         aa: Some(false),
@@ -531,6 +591,90 @@ async fn rfc_behaviours() {
                 answers: Some(0),
                 ..Expect::default()
             },
+        ),
+        (
+            "RFC 8945 §5.1: a TSIG that is not the last record is FORMERR",
+            Q {
+                records: &[(Section::BeforeOpt, &TSIG_OK)],
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 8945 §5.1: a TSIG in the answer section is FORMERR",
+            Q {
+                records: &[(Section::Answer, &TSIG_OK)],
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 8945 §5.1: a TSIG in the authority section is FORMERR",
+            Q {
+                records: &[(Section::Authority, &TSIG_OK)],
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 8945 §5.1: two TSIG records are FORMERR",
+            Q {
+                records: &[(Section::AfterOpt, &TSIG_OK), (Section::AfterOpt, &TSIG_OK)],
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 8945 §5.1: a TSIG whose MAC length overruns its RDATA is FORMERR, not BADKEY",
+            Q {
+                records: &[(Section::AfterOpt, &TSIG_OVERRUN)],
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 8945 §5.2: a well-formed TSIG with an unknown key is NOTAUTH (BADKEY)",
+            Q {
+                records: &[(Section::AfterOpt, &TSIG_OK)],
+                ..q(SVC, 1)
+            },
+            Expect {
+                rcode: 9,
+                answers: Some(0),
+                ..Expect::default()
+            },
+        ),
+        (
+            "RFC 6891 §6.1.1: an OPT owned by a name other than the root is FORMERR",
+            Q {
+                opt_owner: b"\x03web\0",
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 6891 §6.1.1: an OPT owned by a pointer to a name other than the root is FORMERR",
+            Q {
+                opt_owner: b"\xc0\x0c",
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 6891 §6.1.1, RFC 1035 §4.1.4: an OPT owned by a pointer past the packet is FORMERR",
+            Q {
+                opt_owner: b"\xff\xff",
+                ..q(SVC, 1)
+            },
+            formerr(),
+        ),
+        (
+            "RFC 6891 §6.1.1, RFC 1035 §4.1.4: an OPT owned by a forward pointer is FORMERR",
+            Q {
+                opt_owner: b"\xc1\x00",
+                ..q(SVC, 1)
+            },
+            formerr(),
         ),
     ];
     for (rfc, query, want) in cases {

@@ -7,6 +7,7 @@ mod conformance;
 mod dns;
 mod docker;
 mod durability;
+mod edge;
 mod fleet;
 mod leases;
 mod scenario;

@@ -37,8 +37,28 @@ impl Server {
 
     /// Starts a server on `data` (kept by the caller); `admin_env` sets STACKDNS_ADMIN_TOKEN.
     pub fn start_in(data: &Path, extra: &[&str], admin_env: bool) -> Server {
+        Server::launch(data, extra, admin_env, None)
+    }
+
+    /// Starts a server with a fresh data dir under an open-file limit of `nofile`.
+    pub fn start_with_nofile(nofile: u64, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Server::launch(&dir.path().join("data"), extra, true, Some(nofile));
+        server._dir = Some(dir);
+        server
+    }
+
+    fn launch(data: &Path, extra: &[&str], admin_env: bool, nofile: Option<u64>) -> Server {
         let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stackdns"));
+        let binary = env!("CARGO_BIN_EXE_stackdns");
+        let mut cmd = match nofile {
+            None => Command::new(binary),
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary);
+                cmd
+            }
+        };
         cmd.args(["serve", "--udp-workers", "2"]);
         // Port 0 unless the test names the addresses itself (a restart on the same ports).
         for flag in ["--dns", "--api", "--metrics-addr"] {

@@ -151,9 +151,31 @@ fn the_time_window_is_capped_and_responses_are_not_checked() {
 }
 
 #[test]
-fn a_truncated_tsig_record_is_not_a_signature() {
+fn a_tsig_whose_fields_overrun_its_rdata_is_malformed() {
     // RDLENGTH 0 followed by a stray byte: the algorithm name would run past the record.
     let mut packet = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1];
     packet.extend_from_slice(&[0, 0, 0xFA, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0]);
-    assert!(matches!(verify(&[key()], &packet, 0), Check::Unsigned));
+    assert!(matches!(verify(&[key()], &packet, 0), Check::Malformed));
+
+    let now = 1_700_000_000;
+    let good = signed_query(SECRET, now);
+    let mac_len_at = good.len() - 6 - MAC_LEN - 2;
+    // A MAC length past the RDATA (and the packet), or short of it (bytes left over).
+    for mac_len in [u16::MAX, MAC_LEN as u16 + 3, MAC_LEN as u16 - 1] {
+        let mut bad = good.clone();
+        bad[mac_len_at..mac_len_at + 2].copy_from_slice(&mac_len.to_be_bytes());
+        assert!(
+            matches!(verify(&[key()], &bad, now), Check::Malformed),
+            "{mac_len}"
+        );
+    }
+    // An other-data length past the RDATA.
+    let mut bad = good.clone();
+    let other_len_at = good.len() - 2;
+    bad[other_len_at..].copy_from_slice(&7u16.to_be_bytes());
+    assert!(matches!(verify(&[key()], &bad, now), Check::Malformed));
+    assert!(
+        matches!(verify(&[key()], &good, now), Check::Valid(_)),
+        "the unchanged one"
+    );
 }
