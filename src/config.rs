@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the DNS server and the registration API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a node's agent: it starts, stops and reports the containers placed on the node.
     Agent(crate::agent::AgentArgs),
     /// Nodes: add, ls, rm, token.
@@ -162,6 +162,40 @@ pub struct ServeArgs {
     /// Nodes a user may register with its own token unless an admin set their own limit.
     #[arg(long, env = "STACKDNS_DEFAULT_MAX_NODES", default_value_t = crate::model::Limits::default().max_nodes)]
     pub default_max_nodes: u32,
+    /// Response rate limiting over UDP: identical responses per second to one client prefix
+    /// (per response class and name; see docs/limits.md). 0 turns it off.
+    #[arg(long, env = "STACKDNS_RRL_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=65534))]
+    pub rrl_rate: u32,
+    /// Every Nth rate-limited response is sent as an empty truncated reply (the client retries
+    /// over TCP), the others are dropped; 0 drops them all, 1 truncates them all.
+    #[arg(long, env = "STACKDNS_RRL_SLIP", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub rrl_slip: u32,
+    /// IPv4 prefix length that makes one RRL client.
+    #[arg(long, env = "STACKDNS_RRL_IPV4_PREFIX", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=32))]
+    pub rrl_ipv4_prefix: u8,
+    /// IPv6 prefix length that makes one RRL client.
+    #[arg(long, env = "STACKDNS_RRL_IPV6_PREFIX", default_value_t = 56, value_parser = clap::value_parser!(u8).range(16..=128))]
+    pub rrl_ipv6_prefix: u8,
+    /// Networks never rate-limited; repeatable or comma-separated. Giving any replaces the
+    /// default (this host's loopback addresses).
+    #[arg(
+        long = "rrl-whitelist",
+        env = "STACKDNS_RRL_WHITELIST",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub rrl_whitelist: Vec<ipnet::IpNet>,
+    /// Buckets in the RRL table (8 bytes each), rounded up to a power of two.
+    #[arg(long, env = "STACKDNS_RRL_TABLE_SIZE", default_value_t = 262_144, value_parser = positive)]
+    pub rrl_table_size: usize,
+    /// DNS cookies (RFC 7873, RFC 9018 server cookies): `on` or `off`.
+    #[arg(long, env = "STACKDNS_COOKIES", default_value = "on", value_parser = on_off)]
+    pub cookies: bool,
+    /// Master secret of the server cookies, hex, 16 bytes or more: give every server of a
+    /// zone the same one so that each accepts the others' cookies. Default: random at start.
+    #[arg(long, env = "STACKDNS_COOKIE_SECRET", value_parser = cookie_secret, hide_env_values = true)]
+    pub cookie_secret: Option<CookieSecret>,
     /// Most open API connections; more are answered 503 and closed.
     #[arg(long, env = "STACKDNS_API_MAX_CONNECTIONS", default_value_t = 4096, value_parser = positive)]
     pub api_max_connections: usize,
@@ -189,6 +223,43 @@ pub struct ServeArgs {
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,
+}
+
+/// `--cookie-secret`: hashed to the 32 bytes the cookie secrets are derived from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CookieSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for CookieSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSecret(…)")
+    }
+}
+
+fn cookie_secret(text: &str) -> Result<CookieSecret, String> {
+    let text = text.trim();
+    let bytes: Option<Vec<u8>> = text.len().is_multiple_of(2)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(bytes) if bytes.len() >= 16 => {
+            use sha2::Digest;
+            Ok(CookieSecret(sha2::Sha256::digest(&bytes).into()))
+        }
+        _ => Err("expected at least 16 bytes as hex (32 or more hex digits)".to_owned()),
+    }
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is neither on nor off")),
+    }
 }
 
 fn positive(text: &str) -> Result<usize, String> {

@@ -35,7 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (connection, request) = match cli.command {
         Command::Serve(args) => {
-            runtime.block_on(stackdns::server::run(args))?;
+            runtime.block_on(stackdns::server::run(*args))?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         Command::Agent(args) => {

@@ -57,6 +57,8 @@ pub enum ServerError {
     AdminTokenEmpty { path: PathBuf },
     #[error("admin token: cannot generate one: {0}")]
     AdminTokenRandom(getrandom::Error),
+    #[error("DNS cookies: cannot generate a secret: {0}; pass --cookie-secret or --cookies off")]
+    CookieRandom(getrandom::Error),
     #[error("TSIG key file {path}: {source}")]
     TsigKeyFileRead { path: PathBuf, source: std::io::Error },
     #[error("TSIG key file {path}, line {line}: {source}")]
@@ -127,15 +129,12 @@ impl Server {
             cancel.clone(),
         )?;
         let limits = EdgeLimits::fitted(args);
-        let acl = crate::dns::xfr::TransferAcl {
-            allow: args.allow_transfer.clone(),
-            keys: tsig_keys,
-        };
+        let context = dns_context(args, tsig_keys)?;
         let dns = DnsServer::start(
             args.dns,
             args.udp_workers(),
             control.snapshots(),
-            acl,
+            context,
             limits.dns_tcp,
             cancel.clone(),
         )
@@ -162,6 +161,7 @@ impl Server {
             privileged_users: std::sync::Arc::new(args.privileged_users.clone()),
             max_container_memory_mb: args.max_container_memory_mb,
             requests: std::sync::Arc::new(tokio::sync::Semaphore::new(args.api_max_requests)),
+            dns_stats: dns.stats.clone(),
         };
         let metrics = match args.metrics_addr.0 {
             Some(addr) => {
@@ -311,6 +311,44 @@ async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: 
             tracing::warn!(error = %e, "lease check failed");
         }
     }
+}
+
+/// What every DNS transport's handler shares: transfer rules, cookies, rate limiting.
+fn dns_context(
+    args: &ServeArgs,
+    tsig_keys: Vec<crate::dns::tsig::Key>,
+) -> Result<crate::dns::handler::Context, ServerError> {
+    let cookies = if args.cookies {
+        let master = match &args.cookie_secret {
+            Some(secret) => secret.0,
+            None => {
+                let mut master = [0u8; 32];
+                getrandom::fill(&mut master).map_err(ServerError::CookieRandom)?;
+                master
+            }
+        };
+        Some(crate::dns::cookie::Cookies::new(master))
+    } else {
+        None
+    };
+    let rrl = (args.rrl_rate > 0).then(|| {
+        crate::dns::rrl::Rrl::new(crate::dns::rrl::RrlConfig {
+            rate: args.rrl_rate,
+            slip: args.rrl_slip,
+            ipv4_prefix: args.rrl_ipv4_prefix,
+            ipv6_prefix: args.rrl_ipv6_prefix,
+            whitelist: args.rrl_whitelist.clone(),
+            table_size: args.rrl_table_size,
+        })
+    });
+    Ok(crate::dns::handler::Context {
+        acl: crate::dns::xfr::TransferAcl {
+            allow: args.allow_transfer.clone(),
+            keys: tsig_keys,
+        },
+        cookies,
+        rrl,
+    })
 }
 
 /// The TSIG keys of `--tsig-key` and of `--tsig-key-file`.

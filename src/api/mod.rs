@@ -60,6 +60,8 @@ pub struct AppState {
     pub max_container_memory_mb: u64,
     /// One permit per request being served (blocking queries excepted): beyond it, 503.
     pub requests: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The DNS listeners' counters.
+    pub dns_stats: crate::dns::DnsStats,
 }
 
 impl AppState {
@@ -258,6 +260,15 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
         containers_running: running,
         containers_stopped: stopped,
     } = state.control.fleet().await?.value;
+    let rrl = match state.dns_stats.rrl() {
+        Some((slipped, dropped)) => format!(
+            "# HELP stackdns_rrl_responses_total UDP responses held back by response rate limiting.\n\
+             # TYPE stackdns_rrl_responses_total counter\n\
+             stackdns_rrl_responses_total{{action=\"slipped\"}} {slipped}\n\
+             stackdns_rrl_responses_total{{action=\"dropped\"}} {dropped}\n"
+        ),
+        None => String::new(),
+    };
     Ok(format!(
         "# HELP stackdns_zone_serial SOA serial of the published zone.\n\
          # TYPE stackdns_zone_serial gauge\nstackdns_zone_serial {}\n\
@@ -266,7 +277,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
          # HELP stackdns_nodes Registered nodes by lease state.\n\
          # TYPE stackdns_nodes gauge\nstackdns_nodes{{state=\"live\"}} {live}\nstackdns_nodes{{state=\"lost\"}} {lost}\n\
          # HELP stackdns_containers Known containers by state.\n\
-         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n",
+         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n{rrl}",
         snapshot.serial,
         snapshot.len(),
     ))

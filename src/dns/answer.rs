@@ -130,14 +130,16 @@ impl Message<'_> {
 }
 
 /// Writes the answer to `query` into `out` (cleared first), leaving `extra_reserve` bytes of
-/// the size limit free (for a TSIG record). Every rcode the query itself decides is chosen
-/// here, BADVERS first (RFC 6891 §6.1.3), then NOTIMP, REFUSED outside the zone or class,
-/// REFUSED for a transfer the handler did not take, FORMERR for a question of type OPT.
+/// the size limit free (for a TSIG record), with `options` (whole EDNS options, a COOKIE) in
+/// its OPT record if the query had one. Every rcode the query itself decides is chosen here,
+/// BADVERS first (RFC 6891 §6.1.3), then NOTIMP, REFUSED outside the zone or class, REFUSED
+/// for a transfer the handler did not take, FORMERR for a question of type OPT.
 pub fn answer(
     snapshot: &Snapshot,
     query: &Query<'_>,
     transport: Transport,
     extra_reserve: usize,
+    options: &[u8],
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) {
@@ -155,7 +157,12 @@ pub fn answer(
         Transport::Udp => udp_limit as usize,
         Transport::Tcp => MAX_TCP_PAYLOAD,
     };
-    let reserve = extra_reserve + if query.edns.is_some() { OPT_LEN } else { 0 };
+    let reserve = extra_reserve
+        + if query.edns.is_some() {
+            OPT_LEN + options.len()
+        } else {
+            0
+        };
     let rel = name::strip_apex(query.lower_qname(), &snapshot.apex);
     // Only meaningful when the name is in the zone (then it ends with the apex).
     let apex_at = (HEADER_LEN + query.qname_len).saturating_sub(snapshot.apex.len()) as u16;
@@ -182,13 +189,40 @@ pub fn answer(
     };
     msg.set_rcode(ext_rcode);
     if let Some(edns) = query.edns {
-        let ttl = (u32::from(ext_rcode >> 4) << 24) | if edns.dnssec_ok { 0x8000 } else { 0 };
-        msg.out.extend_from_slice(&[0, 0, 41]);
-        msg.out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
-        msg.out.extend_from_slice(&ttl.to_be_bytes());
-        msg.out.extend_from_slice(&[0, 0]);
+        write_opt(msg.out, ext_rcode, edns.dnssec_ok, options);
         msg.count(3, 1);
     }
+}
+
+/// Appends our OPT record: the extended rcode's upper bits, DO echoed, `options` as given.
+fn write_opt(out: &mut Vec<u8>, ext_rcode: u16, dnssec_ok: bool, options: &[u8]) {
+    let ttl = (u32::from(ext_rcode >> 4) << 24) | if dnssec_ok { 0x8000 } else { 0 };
+    out.extend_from_slice(&[0, 0, 41]);
+    out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(options.len() as u16).to_be_bytes());
+    out.extend_from_slice(options);
+}
+
+/// Rewrites the reply in `out` as BADCOOKIE (RFC 7873 §5.2.3): its header and question, no
+/// records, and an OPT carrying `cookie` (the client's cookie and a fresh server cookie), so
+/// the client can retry with a cookie that lets it through.
+pub fn bad_cookie(out: &mut Vec<u8>, dnssec_ok: bool, cookie: &[u8]) {
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    let has_question = u16::from_be_bytes([out[4], out[5]]) == 1;
+    let end = if has_question {
+        HEADER_LEN + question_len(out)
+    } else {
+        HEADER_LEN
+    };
+    out.truncate(end);
+    out[2] &= !((flag::AA | flag::TC) >> 8) as u8;
+    out[3] = (out[3] & 0xF0) | (super::cookie::BADCOOKIE & 0xF) as u8;
+    out[6..12].fill(0);
+    write_opt(out, super::cookie::BADCOOKIE, dnssec_ok, cookie);
+    out[11] = 1;
 }
 
 /// Answers an in-zone name; returns the response code.

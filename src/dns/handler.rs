@@ -13,12 +13,19 @@
 //! 4. a transfer of the zone (AXFR/IXFR, class IN or ANY, EDNS version 0) from an allowed
 //!    address or with a valid signature: over TCP a [`TransferJob`] to stream; over UDP an
 //!    IXFR gets the increment if it fits one datagram, else the SOA alone (RFC 1995 §2);
-//! 5. anything else: [`answer::answer`], which picks BADVERS, NOTIMP, REFUSED or the data.
+//! 5. anything else: [`answer::answer`], which picks BADVERS, NOTIMP, REFUSED or the data;
+//!    a query with a COOKIE option gets one back (RFC 7873, [`cookie`](super::cookie)).
+//!
+//! Then, over UDP, response rate limiting ([`rrl`](super::rrl)) may drop the reply or send it
+//! truncated; a client with a valid server cookie or a valid TSIG is never limited, and a
+//! limited client that sent a cookie gets BADCOOKIE with a fresh one instead of the truncation.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::answer::{self, Scratch, Transport};
+use super::cookie::{self, Cookies};
+use super::rrl::{self, Rrl, Verdict};
 use super::tsig::{self, Check, Signer};
 use super::wire::{self, OPCODE_QUERY, Query, Reject, rcode};
 use super::xfr::{self, TransferAcl};
@@ -72,6 +79,26 @@ impl TransferJob {
     }
 }
 
+/// What every transport's handler shares: who may transfer, cookies, rate limiting.
+#[derive(Default)]
+pub struct Context {
+    pub acl: TransferAcl,
+    /// `None`: COOKIE options are ignored (`--cookies off`).
+    pub cookies: Option<Cookies>,
+    /// `None`: no response rate limiting (`--rrl-rate 0`). UDP only.
+    pub rrl: Option<Rrl>,
+}
+
+/// What the request proved about its sender, for rate limiting.
+#[derive(Default)]
+struct Proof {
+    /// The COOKIE option of the reply, if the query sent one, and whether its server cookie
+    /// was valid.
+    cookie: Option<cookie::Reply>,
+    dnssec_ok: bool,
+    signed: bool,
+}
+
 /// Decides what `packet`, received from `peer` over `transport`, gets from `snapshot`: writes
 /// the reply into `out` (cleared first) and says what to do with it. Allocation-free for an
 /// unsigned query that is not a transfer; `scratch` is the caller's, reused across queries.
@@ -80,14 +107,47 @@ pub fn handle(
     peer: IpAddr,
     transport: Transport,
     snapshot: &Arc<Snapshot>,
-    acl: &TransferAcl,
+    context: &Context,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    let (outcome, proof) = respond(packet, peer, transport, snapshot, context, scratch, out);
+    let Some(rrl) = context.rrl.as_ref().filter(|_| transport == Transport::Udp) else {
+        return outcome;
+    };
+    let proven = proof.signed || proof.cookie.as_ref().is_some_and(|c| c.valid);
+    if !matches!(outcome, Outcome::Reply) || proven {
+        return outcome;
+    }
+    match rrl.verdict(peer, out) {
+        Verdict::Send => Outcome::Reply,
+        Verdict::Drop => Outcome::Drop,
+        Verdict::Slip => {
+            match &proof.cookie {
+                Some(cookie) => answer::bad_cookie(out, proof.dnssec_ok, &cookie.option),
+                None => rrl::slip(out),
+            }
+            Outcome::Reply
+        }
+    }
+}
+
+/// [`handle`] before rate limiting.
+fn respond(
+    packet: &[u8],
+    peer: IpAddr,
+    transport: Transport,
+    snapshot: &Arc<Snapshot>,
+    context: &Context,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> (Outcome, Proof) {
+    let acl = &context.acl;
+    let mut proof = Proof::default();
     out.clear();
     let query = match wire::parse(packet) {
         Ok(query) => query,
-        Err(Reject::Drop) => return Outcome::Drop,
+        Err(Reject::Drop) => return (Outcome::Drop, proof),
         Err(Reject::Malformed { id, flags }) => {
             // The opcode says how the rest is laid out: under one we do not implement, the
             // message is not malformed as far as we know, it is simply not implemented.
@@ -97,22 +157,28 @@ pub fn handle(
                 rcode::NOTIMP
             };
             answer::header_only(out, id, flags, rcode);
-            return Outcome::Reply;
+            return (Outcome::Reply, proof);
         }
     };
     let mut signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
         None | Some(Check::Unsigned) => None,
         Some(Check::Malformed) => {
             answer::header_only(out, query.id, query.flags, rcode::FORMERR);
-            return Outcome::Reply;
+            return (Outcome::Reply, proof);
         }
         Some(Check::Valid(signer)) => Some(signer),
         Some(Check::Refused(reply)) => {
             out.extend_from_slice(&reply);
-            return Outcome::Reply;
+            return (Outcome::Reply, proof);
         }
     };
     let reserve = signer.as_ref().map_or(0, Signer::reserve);
+    proof.signed = signer.is_some();
+    proof.dnssec_ok = query.edns.is_some_and(|e| e.dnssec_ok);
+    proof.cookie = match (&context.cookies, query.cookie) {
+        (Some(cookies), Some(option)) => Some(cookies.reply(option, peer)),
+        _ => None,
+    };
 
     // A valid signature allows a transfer from anywhere; otherwise the address must.
     let transfer = xfr::is_transfer(&query)
@@ -120,22 +186,26 @@ pub fn handle(
         && (signer.is_some() || acl.allows(peer));
     match transport {
         Transport::Tcp if transfer => {
-            return Outcome::Transfer(Box::new(TransferJob {
+            let job = TransferJob {
                 snapshot: Arc::clone(snapshot),
                 request: xfr::Request::new(packet, &query),
                 signer,
-            }));
+            };
+            return (Outcome::Transfer(Box::new(job)), proof);
         }
         Transport::Udp if transfer && query.qtype == rtype::IXFR => {
             ixfr_over_udp(snapshot, packet, &query, reserve, out);
         }
         // AXFR over UDP is REFUSED like any transfer not taken here.
-        _ => answer::answer(snapshot, &query, transport, reserve, scratch, out),
+        _ => {
+            let options = proof.cookie.as_ref().map_or(&[][..], |c| &c.option[..]);
+            answer::answer(snapshot, &query, transport, reserve, options, scratch, out);
+        }
     }
     if let Some(signer) = signer.as_mut() {
         signer.sign(out);
     }
-    Outcome::Reply
+    (Outcome::Reply, proof)
 }
 
 /// IXFR over UDP (RFC 1995 §2): the increment itself when the journal has it and it fits one

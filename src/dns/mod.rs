@@ -21,9 +21,11 @@
 //! ```
 
 pub mod answer;
+pub mod cookie;
 pub mod handler;
 pub mod lookup;
 pub mod notify;
+pub mod rrl;
 mod tcp;
 pub mod tsig;
 mod udp;
@@ -84,10 +86,27 @@ fn bind(
     }
 }
 
+/// What the DNS listeners count, for `/metrics`.
+#[derive(Clone)]
+pub struct DnsStats(Arc<handler::Context>);
+
+impl DnsStats {
+    /// Responses rate limiting slipped (sent truncated, or BADCOOKIE) and dropped, if it is on.
+    pub fn rrl(&self) -> Option<(u64, u64)> {
+        self.0.rrl.as_ref().map(|rrl| {
+            (
+                rrl.counters.slipped.load(Ordering::Relaxed),
+                rrl.counters.dropped.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 /// Running listeners. Dropping it does not stop them: call [`DnsServer::stop`].
 pub struct DnsServer {
     /// The bound address (UDP and TCP share the port).
     pub addr: SocketAddr,
+    pub stats: DnsStats,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     tcp: tokio::task::JoinHandle<()>,
@@ -100,11 +119,11 @@ impl DnsServer {
         addr: SocketAddr,
         udp_workers: usize,
         snapshots: SnapshotHandle,
-        acl: xfr::TransferAcl,
+        context: handler::Context,
         tcp_limits: TcpLimits,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
-        let acl = Arc::new(acl);
+        let context = Arc::new(context);
         let (sockets, listener) = bind(addr, udp_workers)?;
         let bound = listener
             .local_addr()
@@ -117,15 +136,17 @@ impl DnsServer {
             let worker = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
                 .spawn({
-                    let acl = acl.clone();
-                    move || udp::serve(socket, snapshots, acl, stop)
+                    let context = context.clone();
+                    move || udp::serve(socket, snapshots, context, stop)
                 })
                 .map_err(DnsError::Thread)?;
             workers.push(worker);
         }
-        let tcp = tokio::spawn(tcp::serve(listener, snapshots, acl, tcp_limits, cancel));
+        let stats = DnsStats(context.clone());
+        let tcp = tokio::spawn(tcp::serve(listener, snapshots, context, tcp_limits, cancel));
         Ok(Self {
             addr: bound,
+            stats,
             stop,
             workers,
             tcp,

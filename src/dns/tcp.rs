@@ -20,8 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Scratch, Transport};
-use super::handler::{self, Outcome, TransferJob};
-use super::xfr::TransferAcl;
+use super::handler::{self, Context, Outcome, TransferJob};
 use crate::edge::{Caps, Gate, Refused, Ticket};
 use crate::snapshot::SnapshotHandle;
 
@@ -77,7 +76,7 @@ impl Idle {
 /// What every connection task shares.
 struct Shared {
     snapshots: SnapshotHandle,
-    acl: Arc<TransferAcl>,
+    context: Arc<Context>,
     idle: Mutex<Idle>,
     io_timeout: Duration,
 }
@@ -106,14 +105,14 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     snapshots: SnapshotHandle,
-    acl: Arc<TransferAcl>,
+    context: Arc<Context>,
     limits: TcpLimits,
     cancel: CancellationToken,
 ) {
     let gate = Gate::new(limits.connections);
     let shared = Arc::new(Shared {
         snapshots,
-        acl,
+        context,
         idle: Mutex::default(),
         io_timeout: limits.io_timeout,
     });
@@ -243,7 +242,7 @@ async fn connection(
                 peer.ip(),
                 Transport::Tcp,
                 &snapshot,
-                &shared.acl,
+                &shared.context,
                 &mut scratch,
                 &mut out,
             )

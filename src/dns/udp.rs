@@ -14,8 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::answer::{self, Scratch, Transport};
-use super::handler::{self, Outcome};
-use super::xfr::TransferAcl;
+use super::handler::{self, Context, Outcome};
 use crate::snapshot::SnapshotHandle;
 
 /// How often an idle worker checks whether it should stop.
@@ -47,7 +46,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 /// Answers queries on `socket` until `stop` is set.
-pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>, stop: Arc<AtomicBool>) {
+pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, context: Arc<Context>, stop: Arc<AtomicBool>) {
     let mut packet = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(answer::MAX_UDP_PAYLOAD as usize);
     let mut scratch = Scratch::default();
@@ -76,7 +75,7 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, acl: Arc<TransferAcl>
                 peer.ip(),
                 Transport::Udp,
                 &snapshot,
-                &acl,
+                &context,
                 &mut scratch,
                 &mut out,
             )

@@ -66,6 +66,9 @@ pub struct Query<'a> {
     pub edns: Option<Edns>,
     /// The last record of the additional section, if it is a TSIG (RFC 8945 §5.1).
     pub tsig: Option<RecordAt>,
+    /// The data of the OPT record's COOKIE option: a client cookie (8 bytes), or a client and
+    /// a server cookie (16 to 40), as RFC 7873 §4 allows; any other length is FORMERR.
+    pub cookie: Option<&'a [u8]>,
 }
 
 /// Where a record lies in the packet; every offset has been checked against its length.
@@ -172,6 +175,7 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
     }
     let mut edns = None;
     let mut tsig = None;
+    let mut cookie = None;
     for i in 0..arcount {
         let rr = skip_record(buf, pos).ok_or(formerr)?;
         if rr.rtype == rtype::OPT {
@@ -184,6 +188,7 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
                 version: (rr.ttl >> 16) as u8,
                 dnssec_ok: rr.ttl & 0x8000 != 0,
             });
+            cookie = cookie_option(&buf[rr.rdata..rr.next]).map_err(|()| formerr)?;
         }
         if rr.rtype == TYPE_TSIG {
             // Only as the last record (RFC 8945 §5.1): one anywhere else is a format error.
@@ -210,7 +215,30 @@ pub fn parse(buf: &[u8]) -> Result<Query<'_>, Reject> {
         qclass,
         edns,
         tsig,
+        cookie,
     })
+}
+
+/// The COOKIE option among the OPT record's options (RFC 6891 §6.1.2: code, length, data).
+/// `Err` if an option runs past the RDATA, or a COOKIE has a length RFC 7873 §5.2.2 calls
+/// malformed; the first COOKIE counts.
+fn cookie_option(options: &[u8]) -> Result<Option<&[u8]>, ()> {
+    let mut pos = 0;
+    let mut cookie = None;
+    while pos < options.len() {
+        let (Some(code), Some(len)) = (read_u16(options, pos), read_u16(options, pos + 2)) else {
+            return Err(());
+        };
+        let data = options.get(pos + 4..pos + 4 + len as usize).ok_or(())?;
+        if code == super::cookie::OPTION_COOKIE && cookie.is_none() {
+            if !(data.len() == 8 || (16..=40).contains(&data.len())) {
+                return Err(());
+            }
+            cookie = Some(data);
+        }
+        pos += 4 + len as usize;
+    }
+    Ok(cookie)
 }
 
 /// What the walk over one resource record learned.
@@ -362,6 +390,33 @@ mod tests {
                 dnssec_ok: true
             }
         );
+    }
+
+    #[test]
+    fn finds_a_cookie_and_refuses_malformed_options() {
+        let opt = |options: &[u8]| {
+            let mut r = vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0];
+            r.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            r.extend_from_slice(options);
+            query(b"\x00", 1, &r, 1)
+        };
+        let client = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        let buf = opt(&client);
+        assert_eq!(parse(&buf).expect("parses").cookie, Some(&client[4..]));
+        // After another option (NSID, empty), with a server cookie.
+        let mut both = vec![0, 3, 0, 0, 0, 10, 0, 24];
+        both.extend_from_slice(&[9; 24]);
+        let buf = opt(&both);
+        assert_eq!(parse(&buf).expect("parses").cookie, Some(&[9u8; 24][..]));
+        let malformed = |options: &[u8]| matches!(parse(&opt(options)), Err(Reject::Malformed { .. }));
+        for len in [0usize, 7, 9, 15, 41] {
+            let mut bad = vec![0, 10, 0, len as u8];
+            bad.extend(std::iter::repeat_n(1, len));
+            assert!(malformed(&bad), "a cookie of {len} bytes");
+        }
+        assert!(malformed(&[0, 10, 0, 8, 1, 2]), "an option past the RDATA");
+        assert!(malformed(&[0, 10]), "half an option header");
+        assert_eq!(parse(&opt(&[])).expect("parses").cookie, None);
     }
 
     #[test]

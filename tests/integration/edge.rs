@@ -3,41 +3,13 @@
 //! stop half-way. Clients come from different loopback addresses (127.0.0.0/8 is all on `lo`).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::RecordType;
 
 use crate::support::*;
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let local: SocketAddr = format!("{from}:0").parse().expect("address");
-    socket.bind(&local.into()).expect("bind source address");
-    socket.connect(&to.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-}
-
-fn api_addr(server: &Server) -> SocketAddr {
-    server
-        .api
-        .trim_start_matches("http://")
-        .parse()
-        .expect("api address")
-}
-
-/// Everything the server sends until it closes (or the read times out).
-fn read_all(stream: &mut TcpStream) -> String {
-    let mut text = Vec::new();
-    let _ = stream.read_to_end(&mut text);
-    String::from_utf8_lossy(&text).into_owned()
-}
 
 /// `GET /readyz` from `from` on a fresh connection: the status line.
 fn readyz_from(from: &str, server: &Server) -> String {

@@ -350,3 +350,31 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("address");
+    socket.bind(&local.into()).expect("bind source address");
+    socket.connect(&to.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+}
+
+pub fn api_addr(server: &Server) -> SocketAddr {
+    server
+        .api
+        .trim_start_matches("http://")
+        .parse()
+        .expect("api address")
+}
+
+/// Everything the server sends until it closes (or the read times out).
+pub fn read_all(stream: &mut TcpStream) -> String {
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}

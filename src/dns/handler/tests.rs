@@ -54,6 +54,25 @@ fn acl(keys: Vec<tsig::Key>) -> TransferAcl {
     }
 }
 
+/// Transfers for 127.0.0.0/8 and the test key, cookies on, and RRL at `rrl` responses/s
+/// (slip 2) if given.
+fn context(rrl: Option<u32>) -> Context {
+    Context {
+        acl: acl(vec![key()]),
+        cookies: Some(Cookies::new([5; 32])),
+        rrl: rrl.map(|rate| {
+            Rrl::new(rrl::RrlConfig {
+                rate,
+                slip: 2,
+                ipv4_prefix: 24,
+                ipv6_prefix: 56,
+                whitelist: Vec::new(),
+                table_size: 1024,
+            })
+        }),
+    }
+}
+
 fn key() -> tsig::Key {
     "xfr-key:hmac-sha256:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
         .parse()
@@ -90,6 +109,16 @@ fn ask(name: &str, qtype: u16) -> Vec<u8> {
 
 /// Runs the handler; returns the outcome and the bytes it wrote.
 fn run(snapshot: &Arc<Snapshot>, packet: &[u8], peer: &str, transport: Transport) -> (Outcome, Vec<u8>) {
+    run_in(&context(None), snapshot, packet, peer, transport)
+}
+
+fn run_in(
+    context: &Context,
+    snapshot: &Arc<Snapshot>,
+    packet: &[u8],
+    peer: &str,
+    transport: Transport,
+) -> (Outcome, Vec<u8>) {
     let mut out = Vec::new();
     let peer: IpAddr = peer.parse().expect("ip");
     let outcome = handle(
@@ -97,7 +126,7 @@ fn run(snapshot: &Arc<Snapshot>, packet: &[u8], peer: &str, transport: Transport
         peer,
         transport,
         snapshot,
-        &acl(vec![key()]),
+        context,
         &mut Scratch::default(),
         &mut out,
     );
@@ -402,5 +431,123 @@ fn bad_signatures_get_notauth() {
         );
         assert_eq!(out[3] & 0x0f, 9, "{what}: NOTAUTH");
         assert!(signed(&out), "{what}: with a TSIG carrying the error");
+    }
+}
+
+/// A query for `name` A with EDNS and a COOKIE option of `cookie` (8 bytes, or 24).
+fn with_cookie(name: &str, cookie: &[u8]) -> Vec<u8> {
+    let mut packet = query(0x0100, 1, name, 1, Some((1232, 0, false)));
+    let rdlen_at = packet.len() - 2;
+    packet[rdlen_at..].copy_from_slice(&(4 + cookie.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 10, 0, cookie.len() as u8]);
+    packet.extend_from_slice(cookie);
+    packet
+}
+
+/// The COOKIE option data in a reply: the last option of its OPT, the last record.
+fn reply_cookie(reply: &[u8]) -> Vec<u8> {
+    let tail = &reply[reply.len() - 28..];
+    assert_eq!(&tail[..4], &[0, 10, 0, 24], "a COOKIE option of 24 bytes last");
+    assert!(Message::from_vec(reply).expect("parses").edns.is_some());
+    tail[4..].to_vec()
+}
+
+#[test]
+fn a_client_cookie_gets_a_server_cookie_and_an_echo_a_fresh_one() {
+    let snapshot = snapshot();
+    let client = [1, 2, 3, 4, 5, 6, 7, 8];
+    let (_, first) = run(
+        &snapshot,
+        &with_cookie("ns1.cluster.test.", &client),
+        STRANGER,
+        Transport::Udp,
+    );
+    let cookie = reply_cookie(&first);
+    assert_eq!(cookie.len(), 24, "client and server cookie");
+    assert_eq!(&cookie[..8], &client);
+    assert_eq!(&cookie[8..12], &[1, 0, 0, 0], "RFC 9018: version 1, reserved");
+    let (_, second) = run(
+        &snapshot,
+        &with_cookie("ns1.cluster.test.", &cookie),
+        STRANGER,
+        Transport::Tcp,
+    );
+    assert_eq!(
+        Message::from_vec(&second).expect("parses").metadata.response_code,
+        ResponseCode::NoError
+    );
+    assert_eq!(&reply_cookie(&second)[..8], &client);
+    // RFC 7873 §5.2.2: a COOKIE of a length no cookie has is FORMERR.
+    let (_, bad) = run(
+        &snapshot,
+        &with_cookie("ns1.cluster.test.", &[1; 12]),
+        STRANGER,
+        Transport::Udp,
+    );
+    assert_eq!(bad[3] & 0xF, 1);
+}
+
+#[test]
+fn rate_limiting_drops_and_slips_over_udp_only_and_lets_proven_clients_through() {
+    let snapshot = snapshot();
+    let context = context(Some(2));
+    let ask = ask("ns1.cluster.test.", 1);
+    let outcomes: Vec<(bool, bool)> = (0..6)
+        .map(|_| {
+            let (outcome, out) = run_in(&context, &snapshot, &ask, STRANGER, Transport::Udp);
+            (
+                matches!(outcome, Outcome::Reply),
+                out.get(2).is_some_and(|f| f & 0x02 != 0),
+            )
+        })
+        .collect();
+    // Two answered, then dropped and slipped (TC) in turn.
+    assert_eq!(
+        outcomes,
+        [
+            (true, false),
+            (true, false),
+            (false, false),
+            (true, true),
+            (false, false),
+            (true, true)
+        ]
+    );
+    // TCP is never limited.
+    let (outcome, out) = run_in(&context, &snapshot, &ask, STRANGER, Transport::Tcp);
+    assert!(matches!(outcome, Outcome::Reply) && out[2] & 0x02 == 0);
+
+    // A client cookie alone is limited like anyone, and its slip is BADCOOKIE with a cookie...
+    let client = [7u8; 8];
+    let mut slipped = None;
+    for _ in 0..4 {
+        let (outcome, out) = run_in(
+            &context,
+            &snapshot,
+            &with_cookie("ns1.cluster.test.", &client),
+            STRANGER,
+            Transport::Udp,
+        );
+        if matches!(outcome, Outcome::Reply) && out[3] & 0xF == 7 {
+            slipped = Some(out);
+        }
+    }
+    let slipped = slipped.expect("a BADCOOKIE");
+    let msg = Message::from_vec(&slipped).expect("parses");
+    assert_eq!(u16::from(msg.metadata.response_code), 23, "BADCOOKIE");
+    assert!(msg.answers.is_empty());
+    // ... and with the cookie it learned, it is answered however many times it asks.
+    let cookie = reply_cookie(&slipped);
+    for _ in 0..10 {
+        let (outcome, out) = run_in(
+            &context,
+            &snapshot,
+            &with_cookie("ns1.cluster.test.", &cookie),
+            STRANGER,
+            Transport::Udp,
+        );
+        assert!(matches!(outcome, Outcome::Reply));
+        assert_eq!(out[3] & 0xF, 0);
+        assert_eq!(Message::from_vec(&out).expect("parses").answers.len(), 1);
     }
 }
