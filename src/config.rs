@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// Nodes a user may register with its own token unless an admin set their own limit.
     #[arg(long, env = "STACKDNS_DEFAULT_MAX_NODES", default_value_t = crate::model::Limits::default().max_nodes)]
     pub default_max_nodes: u32,
+    /// How long a stopped container's record (its tombstone, which fences late reports) is
+    /// kept, e.g. `7d`, `12h`, `90s`; then it is removed and its generation folded into its
+    /// node's floor, which keeps fencing late reports.
+    #[arg(long, env = "STACKDNS_TOMBSTONE_RETENTION", default_value = "7d", value_parser = retention)]
+    pub tombstone_retention: Duration,
     /// Response rate limiting over UDP: identical responses per second to one client prefix
     /// (per response class and name; see docs/limits.md). 0 turns it off.
     #[arg(long, env = "STACKDNS_RRL_RATE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=65534))]
@@ -237,7 +242,9 @@ impl std::fmt::Debug for CookieSecret {
 
 fn cookie_secret(text: &str) -> Result<CookieSecret, String> {
     let text = text.trim();
-    let bytes: Option<Vec<u8>> = text.len().is_multiple_of(2)
+    let bytes: Option<Vec<u8>> = text
+        .len()
+        .is_multiple_of(2)
         .then(|| {
             (0..text.len())
                 .step_by(2)
@@ -260,6 +267,26 @@ fn on_off(text: &str) -> Result<bool, String> {
         "off" | "false" | "no" => Ok(false),
         _ => Err(format!("{text:?} is neither on nor off")),
     }
+}
+
+/// A retention like `7d`, `12h`, `30m` or `90s` (a bare number is seconds), at least a second.
+fn retention(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 7d, 12h, 30m or 90s");
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 'd')) => (&text[..at], 86_400),
+        Some((at, 'h')) => (&text[..at], 3_600),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 's')) => (&text[..at], 1),
+        _ => (text, 1),
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&s| s >= 1)
+        .ok_or_else(bad)?;
+    Ok(Duration::from_secs(seconds))
 }
 
 fn positive(text: &str) -> Result<usize, String> {

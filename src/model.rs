@@ -229,6 +229,11 @@ pub struct Container {
     /// its agent drains it); a name reported by a node nobody placed it on never does.
     #[serde(default)]
     pub placed: bool,
+    /// When it stopped (seconds since the Unix epoch), for a tombstone: kept for
+    /// `--tombstone-retention`, then removed, its generation kept in its node's floor.
+    /// `None` while it runs, and for tombstones stored before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<u64>,
 }
 
 fn yes() -> bool {

@@ -79,6 +79,7 @@ pub struct Server {
     /// The `--metrics-addr` listener, if any.
     metrics: Option<tokio::task::JoinHandle<()>>,
     leases: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
     notifiers: Vec<tokio::task::JoinHandle<()>>,
     writer: std::thread::JoinHandle<()>,
 }
@@ -190,6 +191,11 @@ impl Server {
             control.serials(),
             cancel.clone(),
         );
+        let sweeper = tokio::spawn(sweep_tombstones(
+            control.clone(),
+            args.tombstone_retention,
+            cancel.clone(),
+        ));
         let leases = tokio::spawn(check_leases(
             control,
             args.node_ttl(),
@@ -205,6 +211,7 @@ impl Server {
             api,
             metrics,
             leases,
+            sweeper,
             notifiers,
             writer,
         })
@@ -224,6 +231,7 @@ impl Server {
             let _ = api.await;
         }
         let _ = self.leases.await;
+        let _ = self.sweeper.await;
         if let Some(metrics) = self.metrics {
             let _ = metrics.await;
         }
@@ -246,6 +254,41 @@ pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes tombstones older than `retention`, checking a quarter of a retention apart (at
+/// least every hour, at most every second), and at once again while a sweep found a full batch.
+async fn sweep_tombstones(control: Control, retention: Duration, cancel: CancellationToken) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match control.sweep_tombstones(retention).await {
+                Ok(swept) => {
+                    if swept.removed > 0 || swept.stamped > 0 {
+                        tracing::info!(
+                            removed = swept.removed,
+                            stamped = swept.stamped,
+                            retention_s = retention.as_secs(),
+                            "old tombstones removed; their generations stay in their nodes' floors"
+                        );
+                    }
+                    if swept.removed + swept.stamped < crate::control::SWEEP_BATCH || cancel.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tombstone sweep failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// The connection limits of every listener, with the total caps fitted to the process's

@@ -59,8 +59,9 @@ pub use crate::model::Applied;
 pub use auth::{Caller, Principal, generate_token, hash_token, same_secret};
 pub use changes::Effect;
 pub use error::ControlError;
+pub use ops::SWEEP_BATCH;
 pub use ops::StackSubmission;
-pub use state::{MAX_GENERATION, NodeSpec, ReplaceSummary, Report};
+pub use state::{MAX_GENERATION, NodeSpec, ReplaceSummary, Report, Swept};
 pub use views::{
     Fleet, NodeAssignments, NodeRegistered, NodeStatus, Placed, PlacedContainer, ServiceStatus, StackApplied,
     StackStatus, Work,

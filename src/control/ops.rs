@@ -10,13 +10,17 @@ use super::auth::{Caller, generate_token, hash_token};
 use super::changes::Effect;
 use super::error::ControlError;
 use super::stacks::service_specs;
-use super::state::{NodeSpec, ReplaceSummary, Report, require_admin};
+use super::state::{NodeSpec, ReplaceSummary, Report, Swept, require_admin};
 use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
 use super::{Committed, Control};
 use crate::model::{Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::placement::Change;
 use crate::stackfile::Stackfile;
 use crate::store::StackRecord;
+
+/// Most tombstones one sweep removes, so that a backlog (a first sweep after an upgrade, a
+/// mass stop a week ago) is cleared in many small writer batches instead of one long one.
+pub const SWEEP_BATCH: usize = 10_000;
 
 /// A Stackfile as a user submitted it, already parsed.
 #[derive(Debug, Clone)]
@@ -150,6 +154,19 @@ impl Control {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] tombstones that stopped more than `retention` ago (see
+    /// [`State::sweep_tombstones`](super::state::State::sweep_tombstones)).
+    pub async fn sweep_tombstones(&self, retention: Duration) -> Result<Swept, ControlError> {
+        self.run(move |ctx| {
+            let now = super::state::unix_now();
+            Ok(ctx
+                .state
+                .sweep_tombstones(retention, now, SWEEP_BATCH, ctx.changes))
+        })
+        .await
+        .map(|committed| committed.value)
     }
 }
 

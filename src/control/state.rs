@@ -99,6 +99,24 @@ pub struct State {
     pub default_limits: Limits,
     /// Declared stacks and where placement put their containers.
     stacks: Stacks,
+    /// Per node, the highest generation of its containers whose tombstones were removed
+    /// (see [`State::sweep_tombstones`]).
+    floors: HashMap<Label, u64>,
+}
+
+/// Seconds since the Unix epoch: when a container stopped.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a sweep of old tombstones did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub removed: usize,
+    /// Tombstones stored without a stop time, given one now.
+    pub stamped: usize,
 }
 
 impl State {
@@ -134,6 +152,7 @@ impl State {
         }
         // Collected in bulk (sorted once, then built in one pass), not by a million inserts.
         state.containers = containers.into_iter().map(Held).collect();
+        state.floors = loaded.floors.into_iter().collect();
         state.user_tokens = loaded.user_tokens.into_iter().collect();
         state.user_limits = loaded.user_limits.into_iter().collect();
         state
@@ -235,6 +254,67 @@ impl State {
         changes.services.insert(c.service_key());
         changes.ops.push(Op::PutContainer(c.clone()));
         self.containers.replace(Held(c));
+    }
+
+    /// Removes the tombstones that stopped more than `retention` before `now` (Unix seconds),
+    /// at most `max` of them, first raising the floor of each one's node to its generation, so
+    /// a late report from before its stop is still refused ([`State::check_floor`]). Tombstones
+    /// stored without a stop time get `now`, so they go one retention later.
+    pub fn sweep_tombstones(
+        &mut self,
+        retention: Duration,
+        now: u64,
+        max: usize,
+        changes: &mut Changes,
+    ) -> Swept {
+        let cutoff = now.saturating_sub(retention.as_secs());
+        let mut expired = Vec::new();
+        let mut unstamped = Vec::new();
+        for c in self.containers().filter(|c| !c.running) {
+            if expired.len() + unstamped.len() >= max {
+                break;
+            }
+            match c.stopped_at {
+                Some(at) if at <= cutoff => expired.push(c.key.clone()),
+                Some(_) => {}
+                None => unstamped.push(c.key.clone()),
+            }
+        }
+        let swept = Swept {
+            removed: expired.len(),
+            stamped: unstamped.len(),
+        };
+        for key in unstamped {
+            if let Some(mut c) = self.container(&key).cloned() {
+                c.stopped_at = Some(now);
+                self.store_container(c, changes);
+            }
+        }
+        let mut raised = BTreeMap::new();
+        for key in expired {
+            let Some(Held(c)) = self.containers.take(&key) else {
+                continue;
+            };
+            self.unindex(&c);
+            let floor = self.floors.entry(c.node.clone()).or_insert(0);
+            if c.generation > *floor {
+                *floor = c.generation;
+                raised.insert(c.node.clone(), c.generation);
+            }
+            changes.containers.insert(c.key.clone());
+            changes.services.insert(c.service_key());
+            changes.ops.push(Op::DeleteContainer(c.key));
+        }
+        for (node, floor) in raised {
+            changes.ops.push(Op::PutFloor(node, floor));
+        }
+        swept
+    }
+
+    /// The highest floor of any node: placement starts a name with no record above it, so
+    /// that its assignment passes every node's floor.
+    pub fn highest_floor(&self) -> Option<u64> {
+        self.floors.values().copied().max()
     }
 
     /// Every service with a name in DNS: those with known containers, then the declared ones
@@ -571,6 +651,7 @@ impl State {
         let running: Vec<Container> = self.running_on(name).cloned().collect();
         for mut c in running {
             c.running = false;
+            c.stopped_at = Some(unix_now());
             self.store_container(c, changes);
         }
         changes.ops.push(Op::DeleteNode(name.clone()));

@@ -11,8 +11,9 @@
 //! u8 address kind (0 none, 4, 6), then 4 or 16 bytes
 //! u16 port count, then per port: u16 container port, u8 flags (1 host port, 2 udp), u16 host port
 //! u64 generation
-//! u8 flags (1 running, 2 ready, 4 placed, 8 detail follows)
+//! u8 flags (1 running, 2 ready, 4 placed, 8 detail follows, 16 stop time follows)
 //! [u16 length, UTF-8 bytes]                   the detail, if flagged
+//! [u64 seconds since the Unix epoch]          when it stopped, if flagged (schema 3)
 //! ```
 //!
 //! All integers are big-endian. A row that starts with `{` is the JSON of earlier versions.
@@ -30,6 +31,7 @@ const RUNNING: u8 = 1;
 const READY: u8 = 2;
 const PLACED: u8 = 4;
 const DETAIL: u8 = 8;
+const STOPPED_AT: u8 = 16;
 
 /// Why bytes are not a container record.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,7 @@ pub fn encode_container(c: &Container, out: &mut Vec<u8>) -> Result<(), CodecErr
         (c.ready, READY),
         (c.placed, PLACED),
         (c.detail.is_some(), DETAIL),
+        (c.stopped_at.is_some(), STOPPED_AT),
     ] {
         if set {
             flags |= bit;
@@ -100,6 +103,9 @@ pub fn encode_container(c: &Container, out: &mut Vec<u8>) -> Result<(), CodecErr
         let len = u16::try_from(detail.len()).map_err(|_| CodecError::TooLong("detail"))?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(detail.as_bytes());
+    }
+    if let Some(at) = c.stopped_at {
+        out.extend_from_slice(&at.to_be_bytes());
     }
     Ok(())
 }
@@ -161,7 +167,7 @@ pub fn decode_container(bytes: &[u8]) -> Result<Container, CodecError> {
             .map_err(|_| CodecError::Truncated("generation"))?,
     );
     let flags = r.u8("flags")?;
-    if flags & !(RUNNING | READY | PLACED | DETAIL) != 0 {
+    if flags & !(RUNNING | READY | PLACED | DETAIL | STOPPED_AT) != 0 {
         return Err(CodecError::Code {
             field: "flags",
             code: flags,
@@ -171,6 +177,14 @@ pub fn decode_container(bytes: &[u8]) -> Result<Container, CodecError> {
         let len = r.u16("detail")?;
         let text = r.take(usize::from(len), "detail")?;
         Some(String::from_utf8(text.to_vec()).map_err(|_| CodecError::Detail)?)
+    } else {
+        None
+    };
+    let stopped_at = if flags & STOPPED_AT != 0 {
+        let at = r.take(8, "stop time")?;
+        Some(u64::from_be_bytes(
+            at.try_into().map_err(|_| CodecError::Truncated("stop time"))?,
+        ))
     } else {
         None
     };
@@ -188,6 +202,7 @@ pub fn decode_container(bytes: &[u8]) -> Result<Container, CodecError> {
         ready: flags & READY != 0,
         detail,
         placed: flags & PLACED != 0,
+        stopped_at,
     })
 }
 
@@ -259,6 +274,7 @@ mod tests {
             ready: false,
             detail: Some("health check failed: connection refused".into()),
             placed: true,
+            stopped_at: None,
         }
     }
 
@@ -282,6 +298,14 @@ mod tests {
             ..container()
         };
         assert_eq!(decode_container(&encoded(&plain)).expect("decodes"), plain);
+        let tombstone = Container {
+            stopped_at: Some(1_800_000_000),
+            ..plain.clone()
+        };
+        assert_eq!(
+            decode_container(&encoded(&tombstone)).expect("decodes"),
+            tombstone
+        );
         let none = Container {
             address: None,
             ..plain.clone()
@@ -292,7 +316,10 @@ mod tests {
 
     #[test]
     fn every_damaged_record_is_an_error() {
-        let bytes = encoded(&container());
+        let bytes = encoded(&Container {
+            stopped_at: Some(1_800_000_000),
+            ..container()
+        });
         for cut in 0..bytes.len() {
             assert!(decode_container(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -78,6 +78,9 @@ pub enum Op {
     DeleteAssignment(ContainerKey),
     /// The assignment index after this commit (see `control::stacks`).
     AssignmentIndex(u64),
+    /// A node's generation floor: the highest generation of its containers whose tombstones
+    /// were removed after their retention.
+    PutFloor(Label, u64),
 }
 
 /// A stack as stored: the Stackfile as the user sent it, as it was read (what agents run:
@@ -139,4 +142,6 @@ pub struct Loaded {
     pub journal: Vec<(u32, Vec<u8>)>,
     /// The zone fingerprint the journal was computed with.
     pub fingerprint: Option<u64>,
+    /// Generation floors by node (see [`Op::PutFloor`]).
+    pub floors: Vec<(Label, u64)>,
 }

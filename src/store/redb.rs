@@ -2,7 +2,7 @@
 //!
 //! This header is the one description of the schema; `docs/` points here.
 //!
-//! # Schema (version 2)
+//! # Schema (version 3)
 //!
 //! | table        | key                         | value                                  |
 //! |--------------|-----------------------------|----------------------------------------|
@@ -15,6 +15,7 @@
 //! | `stacks`     | `"<user>/<stack>"`          | JSON of [`StackRecord`]                |
 //! | `assignments`| `"<user>/<stack>/<name>"`   | JSON of [`Assignment`](crate::model::Assignment): where placement put a container |
 //! | `journal`    | serial (u64) a difference leads to | the difference's bytes (`snapshot::journal`), oldest trimmed first |
+//! | `floors`     | node name                   | u64: the highest generation of the node's containers whose tombstones were removed (`--tombstone-retention`); a report of an unknown container from the node at or below it is stale |
 //!
 //! `zone_fingerprint` is a hash of the zone file and the record policy that the stored journal
 //! was computed with. A different fingerprint at start-up means the stored zone can no longer
@@ -22,9 +23,10 @@
 //!
 //! Values are JSON so a record can be read with any tool and new optional fields can be added
 //! without a migration, except containers: there are as many as everything else together, so
-//! they take a compact binary form (schema 2). A schema-1 database opens as schema 2 and its
+//! they take a compact binary form (schema 2). A schema-1 database opens as schema 3 and its
 //! JSON rows are rewritten as their containers change; older versions of stackdns then refuse
-//! it. Keys are labels joined by `/`, which a label cannot contain.
+//! it. Schema 3 adds the `floors` table and the stop time of a tombstone (a flag and a field of
+//! the binary form, which schema 2 readers would refuse). Keys are labels joined by `/`, which a label cannot contain.
 //!
 //! # Update protocol
 //!
@@ -53,8 +55,9 @@ const USER_LIMITS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_lim
 const STACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("stacks");
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const FLOORS: TableDefinition<&str, u64> = TableDefinition::new("floors");
 
-const SCHEMA_VERSION: u64 = 2;
+const SCHEMA_VERSION: u64 = 3;
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SERIAL: &str = "serial";
 const KEY_FINGERPRINT: &str = "zone_fingerprint";
@@ -105,8 +108,8 @@ impl RedbStore {
                         known: SCHEMA_VERSION,
                     });
                 }
-                // Schema 1 differs only in how containers are written, and those rows stay
-                // readable: from now on the file is schema 2.
+                // Schemas 1 and 2 differ only in how containers are written and in a table
+                // that starts empty; their rows stay readable: from now on the file is schema 3.
                 _ => {
                     meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db)?;
                 }
@@ -119,6 +122,7 @@ impl RedbStore {
             txn.open_table(STACKS).map_err(db)?;
             txn.open_table(ASSIGNMENTS).map_err(db)?;
             txn.open_table(JOURNAL).map_err(db)?;
+            txn.open_table(FLOORS).map_err(db)?;
         }
         txn.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -183,7 +187,18 @@ impl Store for RedbStore {
             })?;
             journal.push((serial, bytes.value().to_vec()));
         }
+        let mut floors = Vec::new();
+        for row in txn.open_table(FLOORS).map_err(db)?.iter().map_err(db)? {
+            let (name, floor) = row.map_err(db)?;
+            let node = Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
+                table: "floors",
+                key: name.value().to_owned(),
+                source: e.into(),
+            })?;
+            floors.push((node, floor.value()));
+        }
         Ok(Loaded {
+            floors,
             serial,
             nodes,
             containers,
@@ -212,6 +227,7 @@ impl Store for RedbStore {
             let mut user_limits = txn.open_table(USER_LIMITS).map_err(db)?;
             let mut stacks = txn.open_table(STACKS).map_err(db)?;
             let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
+            let mut floors = txn.open_table(FLOORS).map_err(db)?;
             let mut record = Vec::with_capacity(128);
             for op in ops {
                 match op {
@@ -278,6 +294,9 @@ impl Store for RedbStore {
                     }
                     Op::AssignmentIndex(index) => {
                         meta.insert(KEY_ASSIGNMENT_INDEX, *index).map_err(db)?;
+                    }
+                    Op::PutFloor(node, floor) => {
+                        floors.insert(node.as_str(), *floor).map_err(db)?;
                     }
                 }
             }
@@ -387,12 +406,18 @@ mod tests {
             ready: true,
             detail: None,
             placed: false,
+            stopped_at: None,
         };
         {
             let store = RedbStore::open(&path, 1 << 20).expect("open");
             store
                 .commit(Batch {
-                    ops: &[Op::PutNode(node.clone()), Op::PutContainer(container.clone())],
+                    ops: &[
+                        Op::PutNode(node.clone()),
+                        Op::PutContainer(container.clone()),
+                        Op::PutFloor(label("node-gone"), 3),
+                        Op::PutFloor(label("node-gone"), 9),
+                    ],
                     serial: 42,
                     journal: JournalWrite::Keep,
                 })
@@ -403,6 +428,7 @@ mod tests {
         assert_eq!(loaded.serial, 42);
         assert_eq!(loaded.nodes, vec![node]);
         assert_eq!(loaded.containers, vec![container.clone()]);
+        assert_eq!(loaded.floors, vec![(label("node-gone"), 9)]);
         store
             .commit(Batch {
                 ops: &[
@@ -418,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn schema_1_json_rows_are_read_and_the_file_becomes_schema_2() {
+    fn schema_1_json_rows_are_read_and_the_file_becomes_schema_3() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db.redb");
         let json = r#"{"key":{"user":"u","stack":"s","name":"web-1"},"node":"n1","service":"web","address":null,"ports":[{"container_port":80,"host_port":8080,"protocol":"tcp"}],"generation":3,"running":true}"#;
@@ -457,7 +483,7 @@ mod tests {
         let db = Database::create(&path).expect("reopen raw");
         let txn = db.begin_read().expect("read");
         let meta = txn.open_table(META).expect("meta");
-        assert_eq!(meta.get(KEY_SCHEMA).expect("get").map(|v| v.value()), Some(2));
+        assert_eq!(meta.get(KEY_SCHEMA).expect("get").map(|v| v.value()), Some(3));
         let containers = txn.open_table(CONTAINERS).expect("containers");
         let row = containers.get("u/s/web-1").expect("get").expect("row");
         assert_eq!(row.value().first(), Some(&1), "binary, version 1");

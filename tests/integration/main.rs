@@ -10,6 +10,7 @@ mod durability;
 mod edge;
 mod fleet;
 mod leases;
+mod retention;
 mod rrl;
 mod scenario;
 mod secondary;

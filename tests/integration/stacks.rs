@@ -405,3 +405,41 @@ async fn every_node_services_follow_nodes_as_they_join_and_leave() {
     let (_, view) = s.call("GET", STACK, Some(ADMIN), None).await;
     assert_eq!(placed(&view).len(), 1, "a deleted node's copy goes: {view}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_placed_again_after_its_tombstone_went_starts_above_the_floor() {
+    let s = Server::start(&["--tombstone-retention", "1s"]);
+    let t = s.add_node("node-do", "10.0.0.1").await;
+    let one = "web:\n  image: 'honeniq/quickstart-ruby:latest'\n";
+    let generation = |body: &Value| body["assignments"][0]["generation"].as_u64();
+    let (status, body) = put_stack(&s, ADMIN, one, "").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(run_assigned(&s, "node-do", &t).await, 1);
+    let (_, first) = s
+        .call("GET", "/v1/nodes/node-do/assignments", Some(&t), None)
+        .await;
+    assert_eq!(generation(&first), Some(1), "{first}");
+    // The stack goes; its agent stops the container: a tombstone at generation 1 on node-do.
+    assert_eq!(s.call("DELETE", STACK, Some(ADMIN), None).await.0, 200);
+    let path = "/v1/nodes/node-do/containers/honeniq/quickstart-ruby/web-1";
+    let (status, body) = s.call("DELETE", path, Some(&t), None).await;
+    assert_eq!(status, 200, "{body}");
+    let cont = "web-1.quickstart-ruby.honeniq.cont.cluster.test.";
+    let gone = || {
+        s.dns()
+            .query(cont, hickory_proto::rr::RecordType::A)
+            .metadata
+            .response_code
+            == hickory_proto::op::ResponseCode::NXDomain
+    };
+    assert!(eventually(Duration::from_secs(10), gone), "the tombstone stayed");
+    // Declared again, the name starts above the node's floor, and its report is accepted.
+    let (status, body) = put_stack(&s, ADMIN, one, "").await;
+    assert_eq!(status, 201, "{body}");
+    let (_, again) = s
+        .call("GET", "/v1/nodes/node-do/assignments", Some(&t), None)
+        .await;
+    assert_eq!(generation(&again), Some(2), "{again}");
+    assert_eq!(run_assigned(&s, "node-do", &t).await, 1);
+    assert_eq!(s.dns().a(cont), vec!["10.0.0.1"]);
+}

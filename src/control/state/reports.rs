@@ -65,7 +65,7 @@ impl State {
         }
         self.check_ownership(node, key, ready)?;
         let Some(stored) = self.container(key) else {
-            return Ok(());
+            return self.check_floor(node, key, generation);
         };
         let same_place = stored.running && &stored.node == node;
         if generation < stored.generation || (generation == stored.generation && !same_place) {
@@ -81,6 +81,33 @@ impl State {
             });
         }
         Ok(())
+    }
+
+    /// A container with no record, reported by `node` at or below the node's floor: its record
+    /// may have been a tombstone removed after its retention, so the report may be from before
+    /// the stop. Only its assignment itself (to this node at this generation) gets through:
+    /// placement gives new names generations above every floor, and an assignment made before
+    /// the floor rose is still the current one.
+    fn check_floor(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
+        let Some(&floor) = self.floors.get(node) else {
+            return Ok(());
+        };
+        let assigned_here = self
+            .stacks
+            .assignment(key)
+            .is_some_and(|a| &a.node == node && a.generation == generation);
+        if generation > floor || assigned_here {
+            return Ok(());
+        }
+        Err(ControlError::StaleGeneration {
+            container: key.to_string(),
+            stored: floor,
+            reported: generation,
+            detail: format!(
+                "node {node} ran containers up to generation {floor} whose tombstones were removed \
+                 after their retention; a container new to the server must come with a higher generation"
+            ),
+        })
     }
 
     /// Whether `node` still holds the running record of `key` at `generation`: it may take it
@@ -183,6 +210,7 @@ impl State {
             ready: report.ready,
             detail: report.detail,
             placed: assigned || was_placed,
+            stopped_at: None,
         };
         let effect = match self.container(&container.key) {
             Some(old) if *old == container => return (container, Effect::Unchanged),
@@ -247,6 +275,9 @@ impl State {
             return Ok((stopped, Effect::Unchanged));
         }
         let mut stopped = stored.clone();
+        if stored.running || stored.stopped_at.is_none() {
+            stopped.stopped_at = Some(super::unix_now());
+        }
         stopped.running = false;
         stopped.ready = false;
         stopped.generation = generation;
@@ -287,6 +318,7 @@ impl State {
         let mut summary = ReplaceSummary::default();
         for mut c in gone {
             c.running = false;
+            c.stopped_at = Some(super::unix_now());
             self.store_container(c, changes);
             summary.stopped += 1;
         }

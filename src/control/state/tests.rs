@@ -181,3 +181,84 @@ fn deleting_a_node_keeps_tombstones() {
             .is_err()
     );
 }
+
+#[test]
+fn old_tombstones_go_and_their_node_floor_keeps_fencing() {
+    let now = Instant::now();
+    let mut s = state(now);
+    let mut changes = Changes::default();
+    let retention = Duration::from_secs(60);
+    for (name, generation) in [("web-1", 3), ("web-2", 7)] {
+        s.put_container(&label("a"), key(name), report(generation), now, &mut changes)
+            .expect("put");
+        s.delete_container(&label("a"), &key(name), None, None, now, &mut changes)
+            .expect("stop");
+    }
+    let stopped = s
+        .container(&key("web-1"))
+        .and_then(|c| c.stopped_at)
+        .expect("a stop time");
+    // Within the retention: kept.
+    let swept = s.sweep_tombstones(retention, stopped + 59, 100, &mut changes);
+    assert_eq!(swept, Swept::default());
+    // After it, at most `max` per sweep.
+    let swept = s.sweep_tombstones(retention, stopped + 61, 1, &mut changes);
+    assert_eq!(swept.removed, 1);
+    let swept = s.sweep_tombstones(retention, stopped + 61, 100, &mut changes);
+    assert_eq!(swept.removed, 1);
+    assert!(s.container(&key("web-1")).is_none() && s.container(&key("web-2")).is_none());
+    assert!(
+        changes
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::PutFloor(n, 7) if n.as_str() == "a"))
+    );
+    assert_eq!(s.highest_floor(), Some(7));
+    // Late reports of either, or of a name new to the server, from node a at or below 7: stale.
+    for (name, generation) in [("web-1", 3), ("web-2", 7), ("web-9", 1)] {
+        let refused = s.put_container(&label("a"), key(name), report(generation), now, &mut changes);
+        assert!(
+            matches!(refused, Err(ControlError::StaleGeneration { stored: 7, .. })),
+            "{name}"
+        );
+    }
+    // Above the floor, or from another node: a new container.
+    s.put_container(&label("a"), key("web-1"), report(8), now, &mut changes)
+        .expect("above the floor");
+    s.put_container(&label("b"), key("web-2"), report(1), now, &mut changes)
+        .expect("node b has no floor");
+}
+
+#[test]
+fn tombstones_stored_without_a_stop_time_get_one_and_go_a_retention_later() {
+    let now = Instant::now();
+    let mut s = state(now);
+    let mut changes = Changes::default();
+    s.put_container(&label("a"), key("web-1"), report(2), now, &mut changes)
+        .expect("put");
+    let mut legacy = s.container(&key("web-1")).cloned().expect("web-1");
+    legacy.running = false;
+    legacy.stopped_at = None;
+    s.store_container(legacy, &mut changes);
+    let retention = Duration::from_secs(60);
+    let swept = s.sweep_tombstones(retention, 1_000_000, 100, &mut changes);
+    assert_eq!(
+        swept,
+        Swept {
+            removed: 0,
+            stamped: 1
+        }
+    );
+    assert_eq!(
+        s.container(&key("web-1")).and_then(|c| c.stopped_at),
+        Some(1_000_000)
+    );
+    let swept = s.sweep_tombstones(retention, 1_000_061, 100, &mut changes);
+    assert_eq!(
+        swept,
+        Swept {
+            removed: 1,
+            stamped: 0
+        }
+    );
+}
