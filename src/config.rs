@@ -195,7 +195,7 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKDNS_RRL_TABLE_SIZE", default_value_t = 262_144, value_parser = positive)]
     pub rrl_table_size: usize,
     /// DNS cookies (RFC 7873, RFC 9018 server cookies): `on` or `off`.
-    #[arg(long, env = "STACKDNS_COOKIES", default_value = "on", value_parser = on_off)]
+    #[arg(long, env = "STACKDNS_COOKIES", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     pub cookies: bool,
     /// Master secret of the server cookies, hex, 16 bytes or more: give every server of a
     /// zone the same one so that each accepts the others' cookies. Default: random at start.
@@ -326,5 +326,41 @@ impl ServeArgs {
         self.udp_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, 64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["stackdns", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(args) => Ok(*args),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn cookies_and_retention_take_their_values() {
+        assert!(serve(&[]).expect("defaults").cookies);
+        assert!(!serve(&["--cookies", "off"]).expect("off").cookies);
+        assert!(!serve(&["--cookies=off"]).expect("off").cookies);
+        assert!(serve(&["--cookies", "maybe"]).is_err());
+        let retention = |text| serve(&["--tombstone-retention", text]).map(|a| a.tombstone_retention);
+        assert_eq!(retention("7d").expect("7d"), Duration::from_secs(7 * 86_400));
+        assert_eq!(retention("90").expect("90"), Duration::from_secs(90));
+        for bad in ["0s", "1w", "-1d", "d", ""] {
+            assert!(retention(bad).is_err(), "{bad:?}");
+        }
+        let secret = serve(&["--cookie-secret", "00112233445566778899aabbccddeeff"]).expect("16 bytes");
+        assert!(secret.cookie_secret.is_some());
+        assert!(serve(&["--cookie-secret", "0011"]).is_err(), "too short");
+        assert!(
+            serve(&["--cookie-secret", "zz112233445566778899aabbccddeeff"]).is_err(),
+            "not hex"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
 /// `?index=N&wait=30s` of a blocking query.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BlockingParams {
+pub(super) struct BlockingParams {
     #[serde(default)]
     index: u64,
     #[serde(default, deserialize_with = "wait")]

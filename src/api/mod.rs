@@ -14,6 +14,8 @@
 mod assignments;
 mod auth;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 mod nodes;
 mod query;
@@ -198,10 +200,21 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: the writer answers, so writes will be accepted.
+/// Ready: the writer answers and can commit, so writes will be accepted. After a failed
+/// commit this retries the commit that rebuilds the zone, so it turns ready again by itself
+/// once the disk takes writes again.
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
-    let serial = state.control.ready().await?.serial;
-    Ok(format!("ready serial={serial}\n"))
+    match state.control.ready().await {
+        Ok(done) => Ok(format!("ready serial={}\n", done.serial)),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("writes are refused: {e}; DNS answers the last published zone"),
+            ))
+        }
+    }
 }
 
 /// `GET /v1/info`, for any valid token: the zone, where DNS answers, the TTLs.
@@ -314,14 +327,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let message = e.to_string();
-            let code = if message.starts_with("unknown field") {
-                "unknown_field"
-            } else {
-                "invalid_json"
-            };
-            ApiError::bad_request(code, format!("request body: {message}"))
-        })
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body as [`JsonBody`] reads it, with its errors.
+fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let message = e.to_string();
+        let code = if message.starts_with("unknown field") {
+            "unknown_field"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, format!("request body: {message}"))
+    })
 }

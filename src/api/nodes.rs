@@ -59,7 +59,7 @@ fn check_ports(ports: &[Port]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn node_spec(req: NodeRequest) -> Result<NodeSpec, ApiError> {
+pub(super) fn node_spec(req: NodeRequest) -> Result<NodeSpec, ApiError> {
     let tags = req
         .tags
         .iter()
@@ -197,7 +197,7 @@ async fn heartbeat(
     })
 }
 
-fn container_key(user: &str, stack: &str, name: &str) -> Result<ContainerKey, ApiError> {
+pub(super) fn container_key(user: &str, stack: &str, name: &str) -> Result<ContainerKey, ApiError> {
     Ok(ContainerKey {
         user: Label::parse("user", user)?,
         stack: Label::parse("stack", stack)?,
@@ -208,7 +208,7 @@ fn container_key(user: &str, stack: &str, name: &str) -> Result<ContainerKey, Ap
 /// Longest `detail` an agent may attach to a report.
 const MAX_DETAIL: usize = 200;
 
-fn check_detail(detail: Option<&str>) -> Result<(), ApiError> {
+pub(super) fn check_detail(detail: Option<&str>) -> Result<(), ApiError> {
     match detail {
         Some(d) if d.chars().count() > MAX_DETAIL || d.chars().any(char::is_control) => {
             Err(ApiError::bad_request(
@@ -220,7 +220,7 @@ fn check_detail(detail: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-fn report(
+pub(super) fn report(
     service: &str,
     address: Option<&str>,
     ports: Vec<Port>,
@@ -273,12 +273,12 @@ async fn put_container(
 /// `DELETE …/containers/{user}/{stack}/{container}?generation=N&detail=…`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StopParams {
+pub(super) struct StopParams {
     #[serde(default)]
     generation: Option<u64>,
     /// Why it stopped ("exited with status 1"), shown by `stack ps`.
     #[serde(default)]
-    detail: Option<String>,
+    pub(super) detail: Option<String>,
 }
 
 async fn delete_container(

@@ -26,7 +26,7 @@ pub fn router() -> Router<AppState> {
 /// `?dry_run=true` and nothing else.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DryRun {
+pub(super) struct DryRun {
     #[serde(default, deserialize_with = "query::flag")]
     dry_run: bool,
 }

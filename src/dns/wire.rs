@@ -260,7 +260,8 @@ pub fn name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
         match len & 0xC0 {
             0x00 if len == 0 => return Some(pos + 1),
             0x00 => pos += 1 + len as usize,
-            0xC0 => return Some(pos + 2),
+            // A pointer is two bytes; one cut off by the end of the packet is no name.
+            0xC0 => return packet.get(pos + 1).map(|_| pos + 2),
             _ => return None,
         }
     }
@@ -273,8 +274,8 @@ fn skip_record(buf: &[u8], start: usize) -> Option<Skipped> {
         1 => true,
         // A pointer must point backwards (RFC 1035 §4.1.4), here at a root label.
         2 if buf[start] & 0xC0 == 0xC0 => {
-            let target = usize::from(u16::from_be_bytes([buf[start] & 0x3F, buf[start + 1]]));
-            target < start && buf[target] == 0
+            let target = usize::from(u16::from_be_bytes([buf[start] & 0x3F, *buf.get(start + 1)?]));
+            target < start && buf.get(target) == Some(&0)
         }
         _ => false,
     };
@@ -417,6 +418,21 @@ mod tests {
         assert!(malformed(&[0, 10, 0, 8, 1, 2]), "an option past the RDATA");
         assert!(malformed(&[0, 10]), "half an option header");
         assert_eq!(parse(&opt(&[])).expect("parses").cookie, None);
+    }
+
+    #[test]
+    fn a_pointer_cut_off_by_the_end_of_the_packet_is_malformed() {
+        // Found by fuzzing (fuzz/corpus/dns_handler/regression-pointer-at-end): an additional
+        // record whose owner is the first byte of a pointer, and the packet ends there.
+        let mut buf = query(b"\x00", 1, &[0xC0], 1);
+        assert!(matches!(parse(&buf), Err(Reject::Malformed { .. })));
+        buf.push(0x0C);
+        assert!(
+            matches!(parse(&buf), Err(Reject::Malformed { .. })),
+            "no type after it"
+        );
+        assert_eq!(name_end(&[0xC0], 0), None);
+        assert_eq!(name_end(&[0xC0, 0x0C], 0), Some(2));
     }
 
     #[test]

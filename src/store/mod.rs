@@ -11,6 +11,7 @@
 //! plus the few defined here; zone differences travel as opaque bytes the store never reads.
 
 pub mod codec;
+pub mod faults;
 pub mod redb;
 
 use crate::model::{Assignment, Container, ContainerKey, Label, Limits, Node, ServiceSpec};
@@ -56,6 +57,8 @@ pub enum StoreError {
     },
     #[error("database operation failed: {0}")]
     Database(#[from] ::redb::Error),
+    #[error("the database is closed after a failure and could not be opened again")]
+    Closed,
 }
 
 /// One change, applied in order inside a commit.

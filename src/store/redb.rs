@@ -83,245 +83,313 @@ pub const DEFAULT_CACHE_MB: usize = 8;
 
 /// The database file, opened.
 pub struct RedbStore {
-    db: Database,
+    path: std::path::PathBuf,
+    cache_bytes: usize,
+    /// Only the writer uses the store; the lock is for the reopen below, never contended.
+    db: std::sync::Mutex<Opened>,
+}
+
+struct Opened {
+    /// `None` after a reopen failed.
+    db: Option<Database>,
+    /// An operation failed: redb refuses every later one after an I/O error (`PreviousIo`)
+    /// until the file is opened again, so it is, before the next commit or load.
+    reopen: bool,
 }
 
 impl RedbStore {
     /// Opens (or creates) the database file, with `cache_bytes` of page cache, and checks its
     /// schema version.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let database = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                source: Box::new(e),
-            })?;
-        let txn = database.begin_write().map_err(db)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db)?;
-            let found = meta.get(KEY_SCHEMA).map_err(db)?.map(|v| v.value());
-            match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::NewerSchema {
-                        found: v,
-                        known: SCHEMA_VERSION,
-                    });
-                }
-                // Schemas 1 and 2 differ only in how containers are written and in a table
-                // that starts empty; their rows stay readable: from now on the file is schema 3.
-                _ => {
-                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db)?;
-                }
-            }
-            txn.open_table(NODES).map_err(db)?;
-            txn.open_table(CONTAINERS).map_err(db)?;
-            txn.open_table(LOST).map_err(db)?;
-            txn.open_table(USER_TOKENS).map_err(db)?;
-            txn.open_table(USER_LIMITS).map_err(db)?;
-            txn.open_table(STACKS).map_err(db)?;
-            txn.open_table(ASSIGNMENTS).map_err(db)?;
-            txn.open_table(JOURNAL).map_err(db)?;
-            txn.open_table(FLOORS).map_err(db)?;
-        }
-        txn.commit().map_err(db)?;
-        Ok(Self { db: database })
+        let db = open_database(path, cache_bytes)?;
+        Ok(Self {
+            path: path.to_owned(),
+            cache_bytes,
+            db: std::sync::Mutex::new(Opened {
+                db: Some(db),
+                reopen: false,
+            }),
+        })
     }
+
+    /// Runs `f` on the database, opening it again first if the last operation failed; a
+    /// failure of `f` marks it for reopening.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut opened = self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if opened.reopen || opened.db.is_none() {
+            // The old handle goes first: it holds the file's lock.
+            opened.db = None;
+            opened.db = Some(open_database(&self.path, self.cache_bytes)?);
+            opened.reopen = false;
+            tracing::info!(path = %self.path.display(), "database opened again after a failure");
+        }
+        let Some(db) = opened.db.as_ref() else {
+            return Err(StoreError::Closed);
+        };
+        let result = f(db);
+        if result.is_err() {
+            opened.reopen = true;
+        }
+        result
+    }
+}
+
+/// Opens the file (through the fault-injecting backend if `STACKDNS_STORAGE_FAULTS` is set,
+/// see [`faults`](super::faults)) and brings its schema up to date.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let open_error = |e: ::redb::DatabaseError| StoreError::Open {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    };
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    let database = match std::env::var_os(super::faults::CONTROL_ENV) {
+        None => builder.create(path).map_err(open_error)?,
+        Some(control) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| open_error(e.into()))?;
+            let backend = super::faults::FaultyBackend::new(file, control.into()).map_err(open_error)?;
+            builder.create_with_backend(backend).map_err(open_error)?
+        }
+    };
+    let txn = database.begin_write().map_err(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db)?;
+        let found = meta.get(KEY_SCHEMA).map_err(db)?.map(|v| v.value());
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    found: v,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            // Schemas 1 and 2 differ only in how containers are written and in a table
+            // that starts empty; their rows stay readable: from now on the file is schema 3.
+            Some(v) if v == SCHEMA_VERSION => {}
+            _ => {
+                meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db)?;
+            }
+        }
+        txn.open_table(NODES).map_err(db)?;
+        txn.open_table(CONTAINERS).map_err(db)?;
+        txn.open_table(LOST).map_err(db)?;
+        txn.open_table(USER_TOKENS).map_err(db)?;
+        txn.open_table(USER_LIMITS).map_err(db)?;
+        txn.open_table(STACKS).map_err(db)?;
+        txn.open_table(ASSIGNMENTS).map_err(db)?;
+        txn.open_table(JOURNAL).map_err(db)?;
+        txn.open_table(FLOORS).map_err(db)?;
+    }
+    txn.commit().map_err(db)?;
+    Ok(database)
 }
 
 impl Store for RedbStore {
     /// Reads every record.
     fn load(&self) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let meta = txn.open_table(META).map_err(db)?;
-        let serial = meta.get(KEY_SERIAL).map_err(db)?.map_or(0, |v| v.value()) as u32;
-        let fingerprint = meta.get(KEY_FINGERPRINT).map_err(db)?.map(|v| v.value());
-        let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes", json)?;
-        let containers = read_all(&txn.open_table(CONTAINERS).map_err(db)?, "containers", container)?;
-        let mut lost = Vec::new();
-        for row in txn.open_table(LOST).map_err(db)?.iter().map_err(db)? {
-            let (name, _) = row.map_err(db)?;
-            lost.push(
-                Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
-                    table: "lost",
-                    key: name.value().to_owned(),
-                    source: e.into(),
-                })?,
-            );
-        }
-        let assignment_index = meta
-            .get(KEY_ASSIGNMENT_INDEX)
-            .map_err(db)?
-            .map_or(0, |v| v.value());
-        let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks", json)?;
-        let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments", json)?;
-        let mut user_limits = Vec::new();
-        for row in txn.open_table(USER_LIMITS).map_err(db)?.iter().map_err(db)? {
-            let (user, value) = row.map_err(db)?;
-            let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
-                table: "user_limits",
-                key: user.value().to_owned(),
-                source,
-            };
-            let name = Label::parse("user", user.value()).map_err(|e| corrupt(e.into()))?;
-            let limits = serde_json::from_slice(value.value()).map_err(|e| corrupt(e.into()))?;
-            user_limits.push((name, limits));
-        }
-        let mut user_tokens = Vec::new();
-        for row in txn.open_table(USER_TOKENS).map_err(db)?.iter().map_err(db)? {
-            let (hash, user) = row.map_err(db)?;
-            let user = Label::parse("user", user.value()).map_err(|e| StoreError::Corrupt {
-                table: "user_tokens",
-                key: hash.value().to_owned(),
-                source: e.into(),
-            })?;
-            user_tokens.push((hash.value().to_owned(), user));
-        }
-        let mut journal = Vec::new();
-        for row in txn.open_table(JOURNAL).map_err(db)?.iter().map_err(db)? {
-            let (serial, bytes) = row.map_err(db)?;
-            let serial = u32::try_from(serial.value()).map_err(|_| StoreError::Corrupt {
-                table: "journal",
-                key: serial.value().to_string(),
-                source: "the key is not a 32-bit serial".into(),
-            })?;
-            journal.push((serial, bytes.value().to_vec()));
-        }
-        let mut floors = Vec::new();
-        for row in txn.open_table(FLOORS).map_err(db)?.iter().map_err(db)? {
-            let (name, floor) = row.map_err(db)?;
-            let node = Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
-                table: "floors",
-                key: name.value().to_owned(),
-                source: e.into(),
-            })?;
-            floors.push((node, floor.value()));
-        }
-        Ok(Loaded {
-            floors,
-            serial,
-            nodes,
-            containers,
-            lost,
-            user_tokens,
-            user_limits,
-            stacks,
-            assignments,
-            assignment_index,
-            journal,
-            fingerprint,
-        })
+        self.with(load)
     }
 
     /// Applies the batch's ops, journal change and serial in one durable transaction.
     fn commit(&self, batch: Batch<'_>) -> Result<(), StoreError> {
-        let Batch { ops, serial, journal } = batch;
-        let mut txn = self.db.begin_write().map_err(db)?;
-        txn.set_durability(Durability::Immediate).map_err(db)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db)?;
-            let mut nodes = txn.open_table(NODES).map_err(db)?;
-            let mut containers = txn.open_table(CONTAINERS).map_err(db)?;
-            let mut lost = txn.open_table(LOST).map_err(db)?;
-            let mut user_tokens = txn.open_table(USER_TOKENS).map_err(db)?;
-            let mut user_limits = txn.open_table(USER_LIMITS).map_err(db)?;
-            let mut stacks = txn.open_table(STACKS).map_err(db)?;
-            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
-            let mut floors = txn.open_table(FLOORS).map_err(db)?;
-            let mut record = Vec::with_capacity(128);
-            for op in ops {
-                match op {
-                    Op::PutNode(node) => {
-                        nodes
-                            .insert(node.name.as_str(), encode("node", node)?.as_slice())
-                            .map_err(db)?;
-                    }
-                    Op::DeleteNode(name) => {
-                        nodes.remove(name.as_str()).map_err(db)?;
-                    }
-                    Op::PutContainer(c) => {
-                        record.clear();
-                        codec::encode_container(c, &mut record).map_err(|e| StoreError::Corrupt {
-                            table: "containers",
-                            key: container_key(&c.key),
-                            source: e.into(),
-                        })?;
-                        containers
-                            .insert(container_key(&c.key).as_str(), record.as_slice())
-                            .map_err(db)?;
-                    }
-                    Op::DeleteContainer(key) => {
-                        containers.remove(container_key(key).as_str()).map_err(db)?;
-                    }
-                    Op::SetLost(node, true) => {
-                        lost.insert(node.as_str(), ()).map_err(db)?;
-                    }
-                    Op::SetLost(node, false) => {
-                        lost.remove(node.as_str()).map_err(db)?;
-                    }
-                    Op::PutUserToken(hash, user) => {
-                        user_tokens.insert(hash.as_str(), user.as_str()).map_err(db)?;
-                    }
-                    Op::DeleteUserTokens(user) => {
-                        user_tokens.retain(|_, u| u != user.as_str()).map_err(db)?;
-                    }
-                    Op::PutStack(record) => {
-                        stacks
-                            .insert(
-                                stack_key(&record.user, &record.stack).as_str(),
-                                encode("stack", record)?.as_slice(),
-                            )
-                            .map_err(db)?;
-                    }
-                    Op::DeleteStack(user, stack) => {
-                        stacks.remove(stack_key(user, stack).as_str()).map_err(db)?;
-                    }
-                    Op::PutUserLimits(user, limits) => {
-                        user_limits
-                            .insert(user.as_str(), encode("user limits", limits)?.as_slice())
-                            .map_err(db)?;
-                    }
-                    Op::PutAssignment(a) => {
-                        assignments
-                            .insert(
-                                container_key(&a.container).as_str(),
-                                encode("assignment", a)?.as_slice(),
-                            )
-                            .map_err(db)?;
-                    }
-                    Op::DeleteAssignment(key) => {
-                        assignments.remove(container_key(key).as_str()).map_err(db)?;
-                    }
-                    Op::AssignmentIndex(index) => {
-                        meta.insert(KEY_ASSIGNMENT_INDEX, *index).map_err(db)?;
-                    }
-                    Op::PutFloor(node, floor) => {
-                        floors.insert(node.as_str(), *floor).map_err(db)?;
-                    }
-                }
-            }
-            let mut table = txn.open_table(JOURNAL).map_err(db)?;
-            match journal {
-                JournalWrite::Keep => {}
-                JournalWrite::Append { to, diff, keep_from } => {
-                    table.insert(u64::from(to), diff).map_err(db)?;
-                    while table
-                        .first()
-                        .map_err(db)?
-                        .is_some_and(|(serial, _)| serial.value() < u64::from(keep_from))
-                    {
-                        table.pop_first().map_err(db)?;
-                    }
-                }
-                JournalWrite::Reset { fingerprint } => {
-                    table.retain(|_, _| false).map_err(db)?;
-                    meta.insert(KEY_FINGERPRINT, fingerprint).map_err(db)?;
-                }
-            }
-            meta.insert(KEY_SERIAL, u64::from(serial)).map_err(db)?;
-        }
-        txn.commit().map_err(db)
+        self.with(|database| commit(database, batch))
     }
+}
+
+fn load(database: &Database) -> Result<Loaded, StoreError> {
+    let txn = database.begin_read().map_err(db)?;
+    let meta = txn.open_table(META).map_err(db)?;
+    let serial = meta.get(KEY_SERIAL).map_err(db)?.map_or(0, |v| v.value()) as u32;
+    let fingerprint = meta.get(KEY_FINGERPRINT).map_err(db)?.map(|v| v.value());
+    let nodes = read_all(&txn.open_table(NODES).map_err(db)?, "nodes", json)?;
+    let containers = read_all(&txn.open_table(CONTAINERS).map_err(db)?, "containers", container)?;
+    let mut lost = Vec::new();
+    for row in txn.open_table(LOST).map_err(db)?.iter().map_err(db)? {
+        let (name, _) = row.map_err(db)?;
+        lost.push(
+            Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
+                table: "lost",
+                key: name.value().to_owned(),
+                source: e.into(),
+            })?,
+        );
+    }
+    let assignment_index = meta
+        .get(KEY_ASSIGNMENT_INDEX)
+        .map_err(db)?
+        .map_or(0, |v| v.value());
+    let stacks = read_all(&txn.open_table(STACKS).map_err(db)?, "stacks", json)?;
+    let assignments = read_all(&txn.open_table(ASSIGNMENTS).map_err(db)?, "assignments", json)?;
+    let mut user_limits = Vec::new();
+    for row in txn.open_table(USER_LIMITS).map_err(db)?.iter().map_err(db)? {
+        let (user, value) = row.map_err(db)?;
+        let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt {
+            table: "user_limits",
+            key: user.value().to_owned(),
+            source,
+        };
+        let name = Label::parse("user", user.value()).map_err(|e| corrupt(e.into()))?;
+        let limits = serde_json::from_slice(value.value()).map_err(|e| corrupt(e.into()))?;
+        user_limits.push((name, limits));
+    }
+    let mut user_tokens = Vec::new();
+    for row in txn.open_table(USER_TOKENS).map_err(db)?.iter().map_err(db)? {
+        let (hash, user) = row.map_err(db)?;
+        let user = Label::parse("user", user.value()).map_err(|e| StoreError::Corrupt {
+            table: "user_tokens",
+            key: hash.value().to_owned(),
+            source: e.into(),
+        })?;
+        user_tokens.push((hash.value().to_owned(), user));
+    }
+    let mut journal = Vec::new();
+    for row in txn.open_table(JOURNAL).map_err(db)?.iter().map_err(db)? {
+        let (serial, bytes) = row.map_err(db)?;
+        let serial = u32::try_from(serial.value()).map_err(|_| StoreError::Corrupt {
+            table: "journal",
+            key: serial.value().to_string(),
+            source: "the key is not a 32-bit serial".into(),
+        })?;
+        journal.push((serial, bytes.value().to_vec()));
+    }
+    let mut floors = Vec::new();
+    for row in txn.open_table(FLOORS).map_err(db)?.iter().map_err(db)? {
+        let (name, floor) = row.map_err(db)?;
+        let node = Label::parse("node", name.value()).map_err(|e| StoreError::Corrupt {
+            table: "floors",
+            key: name.value().to_owned(),
+            source: e.into(),
+        })?;
+        floors.push((node, floor.value()));
+    }
+    Ok(Loaded {
+        floors,
+        serial,
+        nodes,
+        containers,
+        lost,
+        user_tokens,
+        user_limits,
+        stacks,
+        assignments,
+        assignment_index,
+        journal,
+        fingerprint,
+    })
+}
+
+fn commit(database: &Database, batch: Batch<'_>) -> Result<(), StoreError> {
+    let Batch { ops, serial, journal } = batch;
+    let mut txn = database.begin_write().map_err(db)?;
+    txn.set_durability(Durability::Immediate).map_err(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db)?;
+        let mut nodes = txn.open_table(NODES).map_err(db)?;
+        let mut containers = txn.open_table(CONTAINERS).map_err(db)?;
+        let mut lost = txn.open_table(LOST).map_err(db)?;
+        let mut user_tokens = txn.open_table(USER_TOKENS).map_err(db)?;
+        let mut user_limits = txn.open_table(USER_LIMITS).map_err(db)?;
+        let mut stacks = txn.open_table(STACKS).map_err(db)?;
+        let mut assignments = txn.open_table(ASSIGNMENTS).map_err(db)?;
+        let mut floors = txn.open_table(FLOORS).map_err(db)?;
+        let mut record = Vec::with_capacity(128);
+        for op in ops {
+            match op {
+                Op::PutNode(node) => {
+                    nodes
+                        .insert(node.name.as_str(), encode("node", node)?.as_slice())
+                        .map_err(db)?;
+                }
+                Op::DeleteNode(name) => {
+                    nodes.remove(name.as_str()).map_err(db)?;
+                }
+                Op::PutContainer(c) => {
+                    record.clear();
+                    codec::encode_container(c, &mut record).map_err(|e| StoreError::Corrupt {
+                        table: "containers",
+                        key: container_key(&c.key),
+                        source: e.into(),
+                    })?;
+                    containers
+                        .insert(container_key(&c.key).as_str(), record.as_slice())
+                        .map_err(db)?;
+                }
+                Op::DeleteContainer(key) => {
+                    containers.remove(container_key(key).as_str()).map_err(db)?;
+                }
+                Op::SetLost(node, true) => {
+                    lost.insert(node.as_str(), ()).map_err(db)?;
+                }
+                Op::SetLost(node, false) => {
+                    lost.remove(node.as_str()).map_err(db)?;
+                }
+                Op::PutUserToken(hash, user) => {
+                    user_tokens.insert(hash.as_str(), user.as_str()).map_err(db)?;
+                }
+                Op::DeleteUserTokens(user) => {
+                    user_tokens.retain(|_, u| u != user.as_str()).map_err(db)?;
+                }
+                Op::PutStack(record) => {
+                    stacks
+                        .insert(
+                            stack_key(&record.user, &record.stack).as_str(),
+                            encode("stack", record)?.as_slice(),
+                        )
+                        .map_err(db)?;
+                }
+                Op::DeleteStack(user, stack) => {
+                    stacks.remove(stack_key(user, stack).as_str()).map_err(db)?;
+                }
+                Op::PutUserLimits(user, limits) => {
+                    user_limits
+                        .insert(user.as_str(), encode("user limits", limits)?.as_slice())
+                        .map_err(db)?;
+                }
+                Op::PutAssignment(a) => {
+                    assignments
+                        .insert(
+                            container_key(&a.container).as_str(),
+                            encode("assignment", a)?.as_slice(),
+                        )
+                        .map_err(db)?;
+                }
+                Op::DeleteAssignment(key) => {
+                    assignments.remove(container_key(key).as_str()).map_err(db)?;
+                }
+                Op::AssignmentIndex(index) => {
+                    meta.insert(KEY_ASSIGNMENT_INDEX, *index).map_err(db)?;
+                }
+                Op::PutFloor(node, floor) => {
+                    floors.insert(node.as_str(), *floor).map_err(db)?;
+                }
+            }
+        }
+        let mut table = txn.open_table(JOURNAL).map_err(db)?;
+        match journal {
+            JournalWrite::Keep => {}
+            JournalWrite::Append { to, diff, keep_from } => {
+                table.insert(u64::from(to), diff).map_err(db)?;
+                while table
+                    .first()
+                    .map_err(db)?
+                    .is_some_and(|(serial, _)| serial.value() < u64::from(keep_from))
+                {
+                    table.pop_first().map_err(db)?;
+                }
+            }
+            JournalWrite::Reset { fingerprint } => {
+                table.retain(|_, _| false).map_err(db)?;
+                meta.insert(KEY_FINGERPRINT, fingerprint).map_err(db)?;
+            }
+        }
+        meta.insert(KEY_SERIAL, u64::from(serial)).map_err(db)?;
+    }
+    txn.commit().map_err(db)
 }
 
 fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {

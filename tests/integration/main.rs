@@ -8,6 +8,7 @@ mod dns;
 mod docker;
 mod durability;
 mod edge;
+mod faults;
 mod fleet;
 mod leases;
 mod retention;

@@ -37,18 +37,29 @@ impl Server {
 
     /// Starts a server on `data` (kept by the caller); `admin_env` sets STACKDNS_ADMIN_TOKEN.
     pub fn start_in(data: &Path, extra: &[&str], admin_env: bool) -> Server {
-        Server::launch(data, extra, admin_env, None)
+        Server::launch(data, extra, admin_env, None, &[])
+    }
+
+    /// Starts a server on `data` with extra environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(data, extra, true, None, env)
     }
 
     /// Starts a server with a fresh data dir under an open-file limit of `nofile`.
     pub fn start_with_nofile(nofile: u64, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = Server::launch(&dir.path().join("data"), extra, true, Some(nofile));
+        let mut server = Server::launch(&dir.path().join("data"), extra, true, Some(nofile), &[]);
         server._dir = Some(dir);
         server
     }
 
-    fn launch(data: &Path, extra: &[&str], admin_env: bool, nofile: Option<u64>) -> Server {
+    fn launch(
+        data: &Path,
+        extra: &[&str],
+        admin_env: bool,
+        nofile: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
         let binary = env!("CARGO_BIN_EXE_stackdns");
         let mut cmd = match nofile {
@@ -78,6 +89,7 @@ impl Server {
         if admin_env {
             cmd.env("STACKDNS_ADMIN_TOKEN", ADMIN);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn stackdns");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
