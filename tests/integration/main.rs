@@ -11,6 +11,7 @@ mod edge;
 mod faults;
 mod fleet;
 mod leases;
+mod props;
 mod retention;
 mod rrl;
 mod scenario;
