@@ -208,10 +208,10 @@ pub struct ServeArgs {
     /// answered 429 and closed.
     #[arg(long, env = "STACKDNS_API_MAX_CONNS_PER_CLIENT", default_value_t = 200, value_parser = positive)]
     pub api_max_conns_per_client: usize,
-    /// Milliseconds a client has to send a request's headers, the idle time of a kept-alive
-    /// connection before them included.
-    #[arg(long, env = "STACKDNS_API_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub api_header_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's headers (the idle time of a kept-alive
+    /// connection before them included), and again its body.
+    #[arg(long, env = "STACKDNS_API_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_read_timeout_ms: u64,
     /// Most API requests served at once (blocking queries aside); more are answered 503.
     #[arg(long, env = "STACKDNS_API_MAX_REQUESTS", default_value_t = 1024, value_parser = positive)]
     pub api_max_requests: usize,

@@ -119,8 +119,8 @@ impl Drop for Ticket {
     }
 }
 
-/// Descriptors kept for everything that is not an accepted connection: the database, the UDP
-/// sockets, NOTIFY sockets, a zone transfer's thread, the log, and some slack.
+/// Descriptors kept for everything that is not an admitted connection: the database, the UDP
+/// sockets, NOTIFY sockets, refused API connections lingering (at most 64), the log, slack.
 pub const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// Raises the soft descriptor limit to the hard one and lowers the listeners' total caps, in

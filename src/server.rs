@@ -163,6 +163,7 @@ impl Server {
             max_container_memory_mb: args.max_container_memory_mb,
             requests: std::sync::Arc::new(tokio::sync::Semaphore::new(args.api_max_requests)),
             dns_stats: dns.stats.clone(),
+            read_timeout: Duration::from_millis(args.api_read_timeout_ms),
         };
         let metrics = match args.metrics_addr.0 {
             Some(addr) => {
@@ -260,13 +261,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
 /// least every hour, at most every second), and at once again while a sweep found a full batch.
 async fn sweep_tombstones(control: Control, retention: Duration, cancel: CancellationToken) {
     let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    periodically(every, &cancel, || async {
         loop {
             match control.sweep_tombstones(retention).await {
                 Ok(swept) => {
@@ -288,6 +283,24 @@ async fn sweep_tombstones(control: Control, retention: Duration, cancel: Cancell
                 }
             }
         }
+    })
+    .await;
+}
+
+/// Runs `tick` every `period` until `cancel` fires; a tick that comes late is not made up.
+async fn periodically<F: std::future::Future<Output = ()>>(
+    period: Duration,
+    cancel: &CancellationToken,
+    mut tick: impl FnMut() -> F,
+) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        tick().await;
     }
 }
 
@@ -320,7 +333,7 @@ impl EdgeLimits {
                  (LimitNOFILE=, ulimit -n) or lower --api-max-connections and --dns-tcp-max-connections"
             );
         }
-        let header_timeout = Duration::from_millis(args.api_header_timeout_ms);
+        let header_timeout = Duration::from_millis(args.api_read_timeout_ms);
         let capped = |total: usize, per_client: usize| Caps {
             total,
             per_client: per_client.min(total),
@@ -343,17 +356,12 @@ impl EdgeLimits {
 }
 
 async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    periodically(every, &cancel, || async {
         if let Err(e) = control.expire_leases(ttl).await {
             tracing::warn!(error = %e, "lease check failed");
         }
-    }
+    })
+    .await;
 }
 
 /// What every DNS transport's handler shares: transfer rules, cookies, rate limiting.

@@ -32,21 +32,9 @@ pub fn container(body: &[u8]) -> bool {
 
 /// `PUT /v1/nodes/{node}/containers`.
 pub fn container_list(body: &[u8]) -> bool {
-    let Ok(list) = decode_json::<ContainerListRequest>(body) else {
-        return false;
-    };
-    list.containers.into_iter().all(|c| {
-        nodes::container_key(&c.user, &c.stack, &c.name).is_ok()
-            && nodes::report(
-                &c.service,
-                c.address.as_deref(),
-                c.ports,
-                c.generation,
-                c.ready,
-                c.detail,
-            )
-            .is_ok()
-    })
+    decode_json::<ContainerListRequest>(body)
+        .and_then(nodes::list_reports)
+        .is_ok()
 }
 
 /// `PATCH /v1/stacks/{user}/{stack}/services/{service}`.

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  connection (listener.rs: connection caps, header deadline)
-//!  request -> declared size checked -> request slot (or 503) -> body limit -> Caller (bearer token, auth.rs) -> handler: path, query and body
+//!  request -> declared size checked -> body read within the read deadline -> request slot
+//!          (or 503) -> Caller (bearer token, auth.rs) -> handler: path, query and body
 //!          validated into model types -> Control::<operation>(caller, ..) (authorizes, runs on
 //!          the writer) -> Committed{value, serial} once durable and visible in DNS
 //!          -> render.rs: view -> response body (types.rs) -> JSON
@@ -62,6 +63,8 @@ pub struct AppState {
     pub max_container_memory_mb: u64,
     /// One permit per request being served (blocking queries excepted): beyond it, 503.
     pub requests: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How long a request's body may take to arrive (`--api-read-timeout-ms`).
+    pub read_timeout: Duration,
     /// The DNS listeners' counters.
     pub dns_stats: crate::dns::DnsStats,
 }
@@ -82,15 +85,16 @@ pub fn router(state: AppState) -> Router {
         .merge(nodes::router())
         .merge(users::router())
         .merge(stacks::router())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_for_admin))
         .route("/v1/info", get(info))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
+        // Probes are never refused for load: a busy server is alive, and says whether it is ready.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
         // Blocking queries wait longer than any other request may take, by design; each holds
         // a connection, which the listener's caps bound.
         .merge(assignments::router())
@@ -103,13 +107,41 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the request if a request slot is free, else answers 503 at once: a queue in front of
-/// the single writer would only turn overload into timeouts.
+/// Reads the body within the read deadline, then serves the request if a request slot is free,
+/// else answers 503 at once: a queue in front of the single writer would only turn overload
+/// into timeouts. The body comes first so that a client trickling one cannot hold a slot.
 async fn bounded(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(state.read_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await;
+    let body = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            return if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                too_large().into_response()
+            } else {
+                ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}"))
+                    .into_response()
+            };
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    state.read_timeout.as_millis()
+                ),
+            )
+            .into_response();
+        }
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
     let Ok(_slot) = state.requests.try_acquire() else {
         let mut refused = axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -301,15 +301,9 @@ async fn delete_container(
     })
 }
 
-async fn replace_containers(
-    State(app): State<AppState>,
-    caller: Caller,
-    Path(node): Path<String>,
-    JsonBody(req): JsonBody<ContainerListRequest>,
-) -> Reply<ContainerListResponse> {
-    let node = Label::parse("node", &node)?;
-    let reports = req
-        .containers
+/// The items of an anti-entropy list, validated; the first bad one refuses the list.
+pub(super) fn list_reports(req: ContainerListRequest) -> Result<Vec<(ContainerKey, Report)>, ApiError> {
+    req.containers
         .into_iter()
         .map(|c| {
             let key = container_key(&c.user, &c.stack, &c.name)?;
@@ -325,7 +319,17 @@ async fn replace_containers(
                 )?,
             ))
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect()
+}
+
+async fn replace_containers(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+    JsonBody(req): JsonBody<ContainerListRequest>,
+) -> Reply<ContainerListResponse> {
+    let node = Label::parse("node", &node)?;
+    let reports = list_reports(req)?;
     let done = app.control.replace_containers(caller, node, reports).await?;
     let (s, running) = done.value;
     ok(ContainerListResponse {

@@ -267,6 +267,8 @@ impl State {
         max: usize,
         changes: &mut Changes,
     ) -> Swept {
+        // Stop times are whole seconds: strictly before the cutoff keeps every tombstone at
+        // least `retention`.
         let cutoff = now.saturating_sub(retention.as_secs());
         let mut expired = Vec::new();
         let mut unstamped = Vec::new();
@@ -275,7 +277,7 @@ impl State {
                 break;
             }
             match c.stopped_at {
-                Some(at) if at <= cutoff => expired.push(c.key.clone()),
+                Some(at) if at < cutoff => expired.push(c.key.clone()),
                 Some(_) => {}
                 None => unstamped.push(c.key.clone()),
             }
@@ -296,9 +298,10 @@ impl State {
                 continue;
             };
             self.unindex(&c);
-            let floor = self.floors.entry(c.node.clone()).or_insert(0);
-            if c.generation > *floor {
-                *floor = c.generation;
+            // Stored whenever it is new or higher, a floor of 0 included: memory and the
+            // database must agree after a restart.
+            if self.floors.get(&c.node).is_none_or(|&floor| c.generation > floor) {
+                self.floors.insert(c.node.clone(), c.generation);
                 raised.insert(c.node.clone(), c.generation);
             }
             changes.containers.insert(c.key.clone());
@@ -311,10 +314,9 @@ impl State {
         swept
     }
 
-    /// The highest floor of any node: placement starts a name with no record above it, so
-    /// that its assignment passes every node's floor.
-    pub fn highest_floor(&self) -> Option<u64> {
-        self.floors.values().copied().max()
+    /// A node's floor, if tombstones of its containers were removed.
+    pub fn floor(&self, node: &Label) -> Option<u64> {
+        self.floors.get(node).copied()
     }
 
     /// Every service with a name in DNS: those with known containers, then the declared ones

@@ -59,7 +59,8 @@ pub struct RrlCounters {
 
 pub struct Rrl {
     config: RrlConfig,
-    /// Per slot: key tag (32 bits) | second (16 bits) | responses counted in it (16 bits).
+    /// Per slot: key tag (24 bits) | second, modulo 256 (8 bits) | responses counted in it
+    /// (32 bits, so the slip sequence never stalls at a ceiling).
     table: Box<[AtomicU64]>,
     mask: usize,
     hasher: foldhash::fast::RandomState,
@@ -120,17 +121,17 @@ impl Rrl {
     /// Counts one response in `bucket` during `second`; returns the count so far.
     fn count(&self, bucket: u64, second: u64) -> u32 {
         let slot = &self.table[bucket as usize & self.mask];
-        let tag = bucket >> 32;
-        let now = second & 0xFFFF;
+        let tag = bucket >> 40;
+        let now = second & 0xFF;
         let mut current = slot.load(Ordering::Relaxed);
         loop {
-            let same = current >> 32 == tag && (current >> 16) & 0xFFFF == now;
+            let same = current >> 40 == tag && (current >> 32) & 0xFF == now;
             let count = if same {
-                (current & 0xFFFF).saturating_add(1).min(0xFFFF)
+                (current & 0xFFFF_FFFF).saturating_add(1).min(0xFFFF_FFFF)
             } else {
                 1
             };
-            let next = (tag << 32) | (now << 16) | count;
+            let next = (tag << 40) | (now << 32) | count;
             match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return count as u32,
                 Err(seen) => current = seen,
@@ -266,6 +267,18 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(rrl.verdict(ip("192.0.2.200"), &answer), Send);
         }
+    }
+
+    #[test]
+    fn the_slip_sequence_goes_on_past_sixty_five_thousand() {
+        let rrl = rrl(1, 2);
+        let answer = reply(b"\x03web\x00", 0, 1);
+        let bucket = rrl.bucket(ip("192.0.2.1"), &answer);
+        for _ in 0..70_000 {
+            rrl.count(bucket, 0);
+        }
+        assert_eq!(rrl.count(bucket, 0), 70_001);
+        assert_eq!(rrl.count(bucket, 1), 1, "a new second starts over");
     }
 
     #[test]

@@ -407,7 +407,7 @@ async fn every_node_services_follow_nodes_as_they_join_and_leave() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_name_placed_again_after_its_tombstone_went_starts_above_the_floor() {
+async fn a_name_placed_again_after_its_tombstone_went_passes_the_floor() {
     let s = Server::start(&["--tombstone-retention", "1s"]);
     let t = s.add_node("node-do", "10.0.0.1").await;
     let one = "web:\n  image: 'honeniq/quickstart-ruby:latest'\n";
@@ -433,13 +433,17 @@ async fn a_name_placed_again_after_its_tombstone_went_starts_above_the_floor() {
             == hickory_proto::op::ResponseCode::NXDomain
     };
     assert!(eventually(Duration::from_secs(10), gone), "the tombstone stayed");
-    // Declared again, the name starts above the node's floor, and its report is accepted.
+    // Declared again, the name starts over at generation 1, at the node's floor: the floor
+    // lets the assignment itself through, and nothing else at or below it.
     let (status, body) = put_stack(&s, ADMIN, one, "").await;
     assert_eq!(status, 201, "{body}");
     let (_, again) = s
         .call("GET", "/v1/nodes/node-do/assignments", Some(&t), None)
         .await;
-    assert_eq!(generation(&again), Some(2), "{again}");
+    assert_eq!(generation(&again), Some(1), "{again}");
+    let stale = json!({"service": "web", "generation": 0});
+    let (status, body) = s.report("node-do", &t, "web-1", stale).await;
+    assert_eq!(status, 409, "{body}");
     assert_eq!(run_assigned(&s, "node-do", &t).await, 1);
     assert_eq!(s.dns().a(cont), vec!["10.0.0.1"]);
 }

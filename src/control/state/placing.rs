@@ -30,10 +30,9 @@ impl State {
         let nodes = self.placement_nodes();
         let containers = &self.containers;
         // Names that lived before start above their last generation, so stale reports stay
-        // fenced; a name with no record starts above every node's floor (the generations of
-        // tombstones removed after their retention), so no node refuses its reports.
-        let floor = self.highest_floor();
-        let retired = |key: &ContainerKey| containers.get(key).map(|held| held.0.generation).or(floor);
+        // fenced. (A name whose tombstone was removed starts again at 1: its node's floor lets
+        // the assignment itself through, and refuses any other report at or below it.)
+        let retired = |key: &ContainerKey| containers.get(key).map(|held| held.0.generation);
         (self.stacks.plan(nodes, &retired, change, explain)).map_err(ControlError::from)
     }
 

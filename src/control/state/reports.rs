@@ -85,11 +85,10 @@ impl State {
 
     /// A container with no record, reported by `node` at or below the node's floor: its record
     /// may have been a tombstone removed after its retention, so the report may be from before
-    /// the stop. Only its assignment itself (to this node at this generation) gets through:
-    /// placement gives new names generations above every floor, and an assignment made before
-    /// the floor rose is still the current one.
+    /// the stop. Only its assignment itself (to this node at exactly this generation) gets
+    /// through: a name placed again after its tombstone went starts over at 1.
     fn check_floor(&self, node: &Label, key: &ContainerKey, generation: u64) -> Result<(), ControlError> {
-        let Some(&floor) = self.floors.get(node) else {
+        let Some(floor) = self.floor(node) else {
             return Ok(());
         };
         let assigned_here = self
@@ -275,8 +274,11 @@ impl State {
             return Ok((stopped, Effect::Unchanged));
         }
         let mut stopped = stored.clone();
-        if stored.running || stored.stopped_at.is_none() {
+        // A new stop (of a running container, or of a newer life of a stopped one) is dated
+        // now and belongs to the node that stopped it, whose floor it raises once swept.
+        if stored.running || generation > stored.generation || stored.stopped_at.is_none() {
             stopped.stopped_at = Some(super::unix_now());
+            stopped.node = node.clone();
         }
         stopped.running = false;
         stopped.ready = false;
