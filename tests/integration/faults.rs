@@ -127,8 +127,19 @@ fn a_read_only_data_directory_is_a_clear_error_at_start_and_stays_as_it_was() {
     let before = std::fs::read(&db).expect("the database");
     read_only(&data);
 
-    let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-    let binary = env!("CARGO_BIN_EXE_stackdns");
+    // The binary and the zone file are copied next to the data, so that nobody can reach them
+    // wherever the checkout is (under /root, say).
+    let zone = dir.path().join("cluster.test.zone");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone"),
+        &zone,
+    )
+    .expect("zone");
+    let binary = dir.path().join("stackdns");
+    std::fs::copy(env!("CARGO_BIN_EXE_stackdns"), &binary).expect("binary");
+    for path in [&zone, &binary] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
     let root = nix_is_root();
     let mut cmd = if root {
         let mut cmd = std::process::Command::new("setpriv");
