@@ -267,12 +267,7 @@ def main(argv=None):
                   args.trials, seed, acked, sum(len(n.model) for n in nodes), doubt_applied, doubt_lost))
         return 0
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        L.stop_process(proc)
         log.close()
         if work:
             shutil.rmtree(work, ignore_errors=True)

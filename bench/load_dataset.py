@@ -74,6 +74,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -663,6 +664,17 @@ EXPECTED_ERRORS = (Fatal, ApiError, DnsError, OSError, http.client.HTTPException
 # =============================================================================================
 # serve
 # =============================================================================================
+
+def stop_process(proc, grace=30):
+    """SIGTERM, then SIGKILL if `proc` is still there after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 
 def free_tcp_port(host):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

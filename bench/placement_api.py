@@ -113,11 +113,7 @@ def main(argv=None):
         row("stack rm of the same, DELETE", down)
         return 0
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        L.stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
 
 

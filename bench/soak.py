@@ -215,12 +215,7 @@ def main(argv=None):
         return 1 if checker.wrong or not visible else 0
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            L.stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

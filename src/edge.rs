@@ -22,13 +22,19 @@ pub enum Client {
 
 impl Client {
     pub fn of(ip: IpAddr) -> Self {
-        match ip {
+        match canonical(ip) {
             IpAddr::V4(v4) => Self::V4(u32::from(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::V4(u32::from(v4)),
-                None => Self::V6((u128::from(v6) >> 64) as u64),
-            },
+            IpAddr::V6(v6) => Self::V6((u128::from(v6) >> 64) as u64),
         }
+    }
+}
+
+/// A peer's address as it is itself: an IPv4-mapped IPv6 address (a dual-stack socket's view
+/// of an IPv4 client) is the IPv4 address, for every rule keyed by address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 

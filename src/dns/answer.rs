@@ -211,18 +211,40 @@ pub fn bad_cookie(out: &mut Vec<u8>, dnssec_ok: bool, cookie: &[u8]) {
     if out.len() < HEADER_LEN {
         return;
     }
-    let has_question = u16::from_be_bytes([out[4], out[5]]) == 1;
-    let end = if has_question {
-        HEADER_LEN + question_len(out)
-    } else {
-        HEADER_LEN
-    };
-    out.truncate(end);
+    keep_question(out);
     out[2] &= !((flag::AA | flag::TC) >> 8) as u8;
     out[3] = (out[3] & 0xF0) | (super::cookie::BADCOOKIE & 0xF) as u8;
-    out[6..12].fill(0);
     write_opt(out, super::cookie::BADCOOKIE, dnssec_ok, cookie);
     out[11] = 1;
+}
+
+/// Cuts a reply down to its header and its question (if it has one), every record count zero:
+/// what a truncated answer, an RRL slip and a BADCOOKIE start from.
+pub fn keep_question(out: &mut Vec<u8>) {
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    let end = question_end(out).unwrap_or(HEADER_LEN);
+    out.truncate(end);
+    out[4..6].copy_from_slice(&u16::from(end > HEADER_LEN).to_be_bytes());
+    out[6..12].fill(0);
+}
+
+/// Where the one question of a reply ends (the name is uncompressed: nothing precedes it);
+/// `None` if QDCOUNT is not 1 or the question runs past the end.
+pub fn question_end(reply: &[u8]) -> Option<usize> {
+    if reply.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = usize::from(*reply.get(pos)?);
+        pos += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    (pos + 4 <= reply.len()).then_some(pos + 4)
 }
 
 /// Answers an in-zone name; returns the response code.
@@ -273,18 +295,8 @@ fn resolve(snapshot: &Snapshot, msg: &mut Message<'_>, rel: &[u8], qtype: u16, s
 
 /// Drops everything after the question and sets TC: the client must retry over TCP.
 fn truncate(msg: &mut Message<'_>) {
-    let question_end = HEADER_LEN + question_len(msg.out);
-    msg.out.truncate(question_end);
-    msg.out[6..12].fill(0);
+    keep_question(msg.out);
     msg.set_flags(flag::TC);
-}
-
-fn question_len(out: &[u8]) -> usize {
-    let mut pos = HEADER_LEN;
-    while out[pos] != 0 {
-        pos += 1 + out[pos] as usize;
-    }
-    pos + 1 + 4 - HEADER_LEN
 }
 
 /// Writes an RRset and its additional records; `false` if the RRset itself does not fit.

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hmac::{Hmac, Mac};
@@ -61,7 +61,7 @@ pub struct Reply {
 impl Cookies {
     /// Cookies under `master` (several servers given the same one accept each other's).
     pub fn new(master: [u8; 32]) -> Self {
-        let period = period_of(now());
+        let period = period_of(super::unix_now());
         Self {
             secrets: ArcSwap::from_pointee(secrets_of(&master, period)),
             master,
@@ -71,7 +71,7 @@ impl Cookies {
     /// Checks the COOKIE option data `option` (8 bytes, or 16 to 40: `wire::parse` checked)
     /// from `peer` and makes the option of the reply.
     pub fn reply(&self, option: &[u8], peer: IpAddr) -> Reply {
-        self.reply_at(option, peer, now())
+        self.reply_at(option, peer, super::unix_now())
     }
 
     fn reply_at(&self, option: &[u8], peer: IpAddr, now: u64) -> Reply {
@@ -129,12 +129,6 @@ fn period_of(now: u64) -> u64 {
     now / ROTATION.as_secs()
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The server cookie of RFC 9018 §4.2 for `client` from `peer`, made at `timestamp`.
 fn server_cookie(secret: &[u8; 16], client: &[u8], timestamp: u32, peer: IpAddr) -> [u8; SERVER_COOKIE_LEN] {
     let mut cookie = [0u8; SERVER_COOKIE_LEN];
@@ -144,7 +138,7 @@ fn server_cookie(secret: &[u8; 16], client: &[u8], timestamp: u32, peer: IpAddr)
     let mut input = [0u8; 32];
     input[..8].copy_from_slice(client);
     input[8..16].copy_from_slice(&cookie[..8]);
-    let len = match canonical(peer) {
+    let len = match crate::edge::canonical(peer) {
         IpAddr::V4(v4) => {
             input[16..20].copy_from_slice(&v4.octets());
             20
@@ -170,14 +164,6 @@ fn valid_at(secret: &[u8; 16], client: &[u8], server: &[u8], peer: IpAddr, now: 
     let fresh = age <= LIFETIME || age.wrapping_neg() <= AHEAD;
     // The reserved bytes are part of the hash input; we always make them zero.
     fresh && server_cookie(secret, client, timestamp, peer) == server
-}
-
-/// The address as the client sees itself: an IPv4-mapped IPv6 address is the IPv4 one.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

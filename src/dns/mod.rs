@@ -61,6 +61,13 @@ pub enum DnsError {
     Thread(std::io::Error),
 }
 
+/// Seconds since the Unix epoch, for TSIG's time check and the cookies' timestamps.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How many ports to try when asked for port 0 and the UDP port's TCP twin is taken.
 const PORT_ATTEMPTS: usize = 32;
 

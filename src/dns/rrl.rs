@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
+use super::answer;
 use super::wire::{HEADER_LEN, rcode};
 
 /// How RRL is set up (`--rrl-*`).
@@ -96,10 +97,7 @@ impl Rrl {
 
     /// Whether `peer` may have `reply` now, counting it.
     pub fn verdict(&self, peer: IpAddr, reply: &[u8]) -> Verdict {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
+        let peer = crate::edge::canonical(peer);
         if self.config.rate == 0 || self.config.whitelist.iter().any(|net| net.contains(&peer)) {
             return Verdict::Send;
         }
@@ -178,21 +176,13 @@ fn classify(reply: &[u8]) -> Class {
     }
 }
 
-/// The question name (wire form, uncompressed: the question comes first) and type of a reply.
+/// The question name (wire form) and type of a reply.
 fn question(reply: &[u8]) -> Option<(&[u8], u16)> {
-    if reply.get(4..6)? != [0, 1] {
-        return None;
-    }
-    let mut pos = HEADER_LEN;
-    loop {
-        let len = usize::from(*reply.get(pos)?);
-        pos += 1 + len;
-        if len == 0 {
-            break;
-        }
-    }
-    let qtype = u16::from_be_bytes([*reply.get(pos)?, *reply.get(pos + 1)?]);
-    Some((&reply[HEADER_LEN..pos], qtype))
+    let end = answer::question_end(reply)?;
+    Some((
+        &reply[HEADER_LEN..end - 4],
+        u16::from_be_bytes([reply[end - 4], reply[end - 3]]),
+    ))
 }
 
 fn mask32(prefix: u8) -> u32 {
@@ -207,13 +197,9 @@ fn mask128(prefix: u8) -> u128 {
 
 /// Rewrites the reply in `out` as the slip of RRL: the header and question alone, TC set.
 pub fn slip(out: &mut Vec<u8>) {
-    let end = question(out).map_or(HEADER_LEN.min(out.len()), |(name, _)| HEADER_LEN + name.len() + 4);
-    out.truncate(end);
+    answer::keep_question(out);
     if out.len() >= HEADER_LEN {
         out[2] |= 0x02; // TC
-        let qdcount = u16::from(end > HEADER_LEN);
-        out[4..6].copy_from_slice(&qdcount.to_be_bytes());
-        out[6..12].fill(0);
     }
 }
 

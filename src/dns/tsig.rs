@@ -8,8 +8,6 @@
 //! [`wire::parse`](super::wire::parse) has already found the record (the last of the
 //! additional section); this module reads its fields from there and never walks the packet.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -121,13 +119,7 @@ struct Found<'p> {
 /// Checks the TSIG record that `wire::parse` found at `at` in `packet` against `keys`, at the
 /// current time. A record whose fields do not exactly fill its RDATA is `Malformed`.
 pub fn check(keys: &[Key], packet: &[u8], at: RecordAt) -> Check {
-    check_at(keys, packet, at, now())
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    check_at(keys, packet, at, super::unix_now())
 }
 
 fn check_at(keys: &[Key], packet: &[u8], at: RecordAt, now: u64) -> Check {

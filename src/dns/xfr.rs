@@ -33,10 +33,7 @@ pub struct TransferAcl {
 
 impl TransferAcl {
     pub fn allows(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
+        let peer = crate::edge::canonical(peer);
         self.allow.iter().any(|net| net.contains(&peer))
     }
 }
