@@ -225,6 +225,27 @@ pub struct ServeArgs {
     /// send an answer (Knot's `tcp-io-timeout`); a connection waits up to 10 s for a message.
     #[arg(long, env = "STACKDNS_DNS_TCP_IO_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dns_tcp_io_timeout_ms: u64,
+    /// DNS over TLS listen address (RFC 7858; zone transfers over TLS 1.3 too, RFC 9103), e.g.
+    /// 0.0.0.0:853. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "STACKDNS_DOT", value_name = "ADDR:PORT")]
+    pub dot: Option<SocketAddr>,
+    /// DNS over HTTPS listen address (RFC 8484, HTTP/2, path /dns-query), e.g. 0.0.0.0:443.
+    #[arg(long, env = "STACKDNS_DOH", value_name = "ADDR:PORT")]
+    pub doh: Option<SocketAddr>,
+    /// DNS over QUIC listen address (RFC 9250, UDP), e.g. 0.0.0.0:853.
+    #[arg(long, env = "STACKDNS_DOQ", value_name = "ADDR:PORT")]
+    pub doq: Option<SocketAddr>,
+    /// PEM certificate chain (server certificate first) of the DoT, DoH and DoQ listeners;
+    /// read again on SIGHUP.
+    #[arg(long, env = "STACKDNS_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; read again on SIGHUP.
+    #[arg(long, env = "STACKDNS_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// A name the certificate must cover (the name clients authenticate, e.g. the server's NS
+    /// name); checked at start-up and on every reload.
+    #[arg(long, env = "STACKDNS_TLS_NAME", value_name = "NAME")]
+    pub tls_name: Option<String>,
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,
@@ -320,6 +341,21 @@ impl ServeArgs {
 
     pub fn lease_check(&self) -> Duration {
         Duration::from_millis(self.lease_check_ms)
+    }
+
+    /// The certificate files, if any encrypted listener was asked for.
+    pub fn tls_files(&self) -> Result<Option<crate::dns::tls::CertFiles>, crate::dns::tls::TlsError> {
+        if self.dot.is_none() && self.doh.is_none() && self.doq.is_none() {
+            return Ok(None);
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::dns::tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                name: self.tls_name.clone(),
+            })),
+            _ => Err(crate::dns::tls::TlsError::Missing),
+        }
     }
 
     pub fn udp_workers(&self) -> usize {

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::ServeArgs;
 use crate::control::{Control, Publisher};
-use crate::dns::{DnsServer, zonefile};
+use crate::dns::tls::Certificates;
+use crate::dns::{DnsServer, Encrypted, zonefile};
 use crate::edge::Caps;
 use crate::snapshot::Policy;
 use crate::snapshot::journal::JournalLimits;
@@ -35,6 +36,8 @@ pub enum ServerError {
     Control(#[from] crate::control::StartError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error(transparent)]
+    Tls(#[from] crate::dns::tls::TlsError),
     #[error("cannot bind the API on {addr}: {source}")]
     BindApi {
         addr: SocketAddr,
@@ -73,6 +76,8 @@ pub enum ServerError {
 pub struct Server {
     pub dns_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// The certificate of the encrypted listeners, reloaded on SIGHUP.
+    pub certificates: Option<std::sync::Arc<Certificates>>,
     cancel: CancellationToken,
     dns: DnsServer,
     api: tokio::task::JoinHandle<()>,
@@ -100,6 +105,7 @@ impl Server {
         let admin_token_sha256 = crate::control::hash_token(&admin_token(args)?);
         // Read before anything is committed, so a bad key file changes nothing.
         let tsig_keys = tsig_keys(args)?;
+        let certificates = args.tls_files()?.map(Certificates::load).transpose()?;
 
         let policy = Policy {
             ttl: args.ttl,
@@ -137,9 +143,24 @@ impl Server {
             control.snapshots(),
             context,
             limits.dns_tcp,
+            Encrypted {
+                dot: args.dot,
+                doh: args.doh,
+                doq: args.doq,
+                certificates: certificates.clone(),
+            },
             cancel.clone(),
         )
         .await?;
+        if certificates.is_some() {
+            let shown = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+            tracing::info!(
+                "encrypted DNS listening dot={} doh={} doq={}",
+                shown(dns.dot),
+                shown(dns.doh),
+                shown(dns.doq)
+            );
+        }
 
         let listener =
             tokio::net::TcpListener::bind(args.api)
@@ -207,6 +228,7 @@ impl Server {
         Ok(Self {
             dns_addr: dns.addr,
             api_addr,
+            certificates,
             cancel,
             dns,
             api,
@@ -250,11 +272,27 @@ impl Server {
 pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
     let server = Server::start(&args).await?;
     tracing::info!("listening dns={} api={}", server.dns_addr, server.api_addr);
+    let reloads = tokio::spawn(reload_on_hangup(server.certificates.clone()));
     crate::signal::terminated().await;
+    reloads.abort();
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the TLS certificate again on each SIGHUP; a bad one is logged and the old one stays.
+async fn reload_on_hangup(certificates: Option<std::sync::Arc<Certificates>>) {
+    let mut hangups = crate::signal::hangups();
+    while hangups.next().await {
+        match &certificates {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(certificates) => match certificates.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!("SIGHUP: {e}; the certificate in use stays"),
+            },
+        }
+    }
 }
 
 /// Removes tombstones older than `retention`, checking a quarter of a retention apart (at

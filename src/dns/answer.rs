@@ -28,11 +28,26 @@ const MAX_CNAME_CHAIN: usize = 8;
 const CLASS_IN: u16 = 1;
 const CLASS_ANY: u16 = 255;
 
-/// The transport a query came over; it decides the size limit.
+/// The transport a query came over: it decides the size limit (only UDP truncates) and, in
+/// [`handler`](super::handler), whether a zone transfer may be streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Udp,
     Tcp,
+    /// DNS over TLS; zone transfers only over TLS 1.3 (RFC 9103 §7.1).
+    Tls {
+        tls13: bool,
+    },
+    /// One response per request, of any size: DNS over HTTPS or QUIC (no transfers).
+    Message,
+}
+
+impl Transport {
+    /// Only UDP truncates: the others carry messages of up to 64 KiB, and a client has no
+    /// bigger transport to retry on.
+    pub fn truncates(self) -> bool {
+        self == Transport::Udp
+    }
 }
 
 /// Per-worker buffers reused across queries.
@@ -67,7 +82,7 @@ struct Message<'o> {
     reserve: usize,
     /// Offset of the apex labels inside the question name, for SOA owners.
     apex_at: u16,
-    /// TCP: an RRset larger than a whole message is cut to a rotating subset rather than
+    /// Not UDP: an RRset larger than a whole message is cut to a rotating subset rather than
     /// truncated to nothing, since the client has no bigger transport to retry on.
     subset_ok: bool,
 }
@@ -155,7 +170,7 @@ pub fn answer(
     };
     let limit = match transport {
         Transport::Udp => udp_limit as usize,
-        Transport::Tcp => MAX_TCP_PAYLOAD,
+        _ => MAX_TCP_PAYLOAD,
     };
     let reserve = extra_reserve
         + if query.edns.is_some() {
@@ -171,7 +186,7 @@ pub fn answer(
         limit,
         reserve,
         apex_at,
-        subset_ok: transport == Transport::Tcp,
+        subset_ok: !transport.truncates(),
     };
 
     let ext_rcode = match (query.opcode, query.edns, rel) {

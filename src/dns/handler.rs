@@ -11,8 +11,9 @@
 //!    if its fields do not fill its RDATA exactly, else BADKEY, BADSIG or BADTIME as RFC 8945 §5.2 says;
 //!    once verified, every reply or transfer message is signed, with room kept for the record;
 //! 4. a transfer of the zone (AXFR/IXFR, class IN or ANY, EDNS version 0) from an allowed
-//!    address or with a valid signature: over TCP a [`TransferJob`] to stream; over UDP an
-//!    IXFR gets the increment if it fits one datagram, else the SOA alone (RFC 1995 §2);
+//!    address or with a valid signature: over TCP, or TLS 1.3 (RFC 9103), a [`TransferJob`]
+//!    to stream; over UDP an IXFR gets the increment if it fits one datagram, else the SOA
+//!    alone (RFC 1995 §2); over DoH, DoQ or TLS 1.2, REFUSED;
 //! 5. anything else: [`answer::answer`], which picks BADVERS, NOTIMP, REFUSED or the data;
 //!    a query with a COOKIE option gets one back (RFC 7873, [`cookie`](super::cookie)).
 //!
@@ -111,7 +112,10 @@ pub fn handle(
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let (outcome, proof) = respond(packet, peer, transport, snapshot, context, scratch, out);
+    let (outcome, proof, signer) = respond(packet, peer, transport, snapshot, context, scratch, out);
+    if let Some(mut signer) = signer {
+        signer.sign(out);
+    }
     let Some(rrl) = context.rrl.as_ref().filter(|_| transport == Transport::Udp) else {
         return outcome;
     };
@@ -132,7 +136,36 @@ pub fn handle(
     }
 }
 
-/// [`handle`] before rate limiting.
+/// What a transport that carries one response per request (DoH, DoQ) does after
+/// [`handle_message`].
+pub enum Single {
+    /// Send the reply written into `out`, signed by `signer` if the request was signed: the
+    /// transport encodes the message itself, and the signature must cover its encoding.
+    Reply(Option<Signer>),
+    /// Send nothing (not a query).
+    Drop,
+}
+
+/// [`handle`] for [`Transport::Message`]: the same decisions, but no rate limiting (the
+/// transport has a handshake, so the source is not spoofed), no transfers, and the signing
+/// left to the caller.
+pub fn handle_message(
+    packet: &[u8],
+    peer: IpAddr,
+    snapshot: &Arc<Snapshot>,
+    context: &Context,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> Single {
+    match respond(packet, peer, Transport::Message, snapshot, context, scratch, out) {
+        (Outcome::Reply, _, signer) => Single::Reply(signer),
+        // A transfer is not streamed over a single-message transport: `respond` refuses it.
+        (Outcome::Drop | Outcome::Transfer(_), ..) => Single::Drop,
+    }
+}
+
+/// [`handle`] before rate limiting and signing: the reply in `out` is to be signed by the
+/// returned signer, if any.
 fn respond(
     packet: &[u8],
     peer: IpAddr,
@@ -141,13 +174,13 @@ fn respond(
     context: &Context,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) -> (Outcome, Proof) {
+) -> (Outcome, Proof, Option<Signer>) {
     let acl = &context.acl;
     let mut proof = Proof::default();
     out.clear();
     let query = match wire::parse(packet) {
         Ok(query) => query,
-        Err(Reject::Drop) => return (Outcome::Drop, proof),
+        Err(Reject::Drop) => return (Outcome::Drop, proof, None),
         Err(Reject::Malformed { id, flags }) => {
             // The opcode says how the rest is laid out: under one we do not implement, the
             // message is not malformed as far as we know, it is simply not implemented.
@@ -157,19 +190,19 @@ fn respond(
                 rcode::NOTIMP
             };
             answer::header_only(out, id, flags, rcode);
-            return (Outcome::Reply, proof);
+            return (Outcome::Reply, proof, None);
         }
     };
-    let mut signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
+    let signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
         None | Some(Check::Unsigned) => None,
         Some(Check::Malformed) => {
             answer::header_only(out, query.id, query.flags, rcode::FORMERR);
-            return (Outcome::Reply, proof);
+            return (Outcome::Reply, proof, None);
         }
         Some(Check::Valid(signer)) => Some(signer),
         Some(Check::Refused(reply)) => {
             out.extend_from_slice(&reply);
-            return (Outcome::Reply, proof);
+            return (Outcome::Reply, proof, None);
         }
     };
     let reserve = signer.as_ref().map_or(0, Signer::reserve);
@@ -185,27 +218,24 @@ fn respond(
         && query.lower_qname() == &snapshot.apex[..]
         && (signer.is_some() || acl.allows(peer));
     match transport {
-        Transport::Tcp if transfer => {
+        Transport::Tcp | Transport::Tls { tls13: true } if transfer => {
             let job = TransferJob {
                 snapshot: Arc::clone(snapshot),
                 request: xfr::Request::new(packet, &query),
                 signer,
             };
-            return (Outcome::Transfer(Box::new(job)), proof);
+            return (Outcome::Transfer(Box::new(job)), proof, None);
         }
         Transport::Udp if transfer && query.qtype == rtype::IXFR => {
             ixfr_over_udp(snapshot, packet, &query, reserve, out);
         }
-        // AXFR over UDP is REFUSED like any transfer not taken here.
+        // AXFR over UDP is REFUSED like any transfer not taken here (over TLS 1.2, DoH, DoQ).
         _ => {
             let options = proof.cookie.as_ref().map_or(&[][..], |c| &c.option[..]);
             answer::answer(snapshot, &query, transport, reserve, options, scratch, out);
         }
     }
-    if let Some(signer) = signer.as_mut() {
-        signer.sign(out);
-    }
-    (Outcome::Reply, proof)
+    (Outcome::Reply, proof, signer)
 }
 
 /// IXFR over UDP (RFC 1995 §2): the increment itself when the journal has it and it fits one

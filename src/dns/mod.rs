@@ -1,12 +1,15 @@
 //! The authoritative DNS server: transports, query parsing and answer building.
 //!
-//! The only module that knows the DNS wire format or imports hickory (for the zone file).
+//! The only module that knows the DNS wire format or imports hickory (for the zone file, and
+//! hickory-server for the DoQ listener).
 //! It reads the published [`Snapshot`](crate::snapshot::Snapshot) and nothing else: it never
 //! touches the store and never waits for a writer.
 //!
 //! ```text
-//!  UDP worker threads (SO_REUSEPORT)        TCP tasks (tokio)
+//!  UDP worker threads (SO_REUSEPORT)        TCP and DoT tasks (tokio)
 //!     recv_from                               read length + message
+//!         |                                        |      DoH (hyper), DoQ (hickory-server):
+//!         |                                        |      handler::handle_message, one reply
 //!         |                                        |
 //!         +--> handler::handle(packet, peer, transport, &snapshot, ..) <--+
 //!                 |  wire::parse (once): header, question, OPT, where a TSIG sits
@@ -22,11 +25,14 @@
 
 pub mod answer;
 pub mod cookie;
+mod doh;
 pub mod handler;
+mod hickory;
 pub mod lookup;
 pub mod notify;
 pub mod rrl;
 mod tcp;
+pub mod tls;
 pub mod tsig;
 mod udp;
 pub mod wire;
@@ -40,6 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::SnapshotHandle;
@@ -57,8 +64,33 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind DNS over TLS on {addr}: {source}")]
+    BindDot {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind DNS over HTTPS on {addr}: {source}")]
+    BindDoh {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind DNS over QUIC on {addr}: {source}")]
+    BindDoq {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start a UDP worker thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// The encrypted listeners asked for (`--dot`, `--doh`, `--doq`) and the certificate they
+/// present; none without a certificate.
+#[derive(Default)]
+pub struct Encrypted {
+    pub dot: Option<SocketAddr>,
+    pub doh: Option<SocketAddr>,
+    pub doq: Option<SocketAddr>,
+    pub certificates: Option<Arc<tls::Certificates>>,
 }
 
 /// Seconds since the Unix epoch, for TSIG's time check and the cookies' timestamps.
@@ -113,21 +145,29 @@ impl DnsStats {
 pub struct DnsServer {
     /// The bound address (UDP and TCP share the port).
     pub addr: SocketAddr,
+    /// The bound DoT, DoH and DoQ addresses, if they were asked for.
+    pub dot: Option<SocketAddr>,
+    pub doh: Option<SocketAddr>,
+    pub doq: Option<SocketAddr>,
     pub stats: DnsStats,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     tcp: tokio::task::JoinHandle<()>,
+    /// The DoT and DoH accept loops.
+    stream_tasks: Vec<tokio::task::JoinHandle<()>>,
+    doq_listener: Option<hickory::Doq>,
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on `addr` (port 0 picks a free port, the same for both) and starts
-    /// `udp_workers` UDP threads and the TCP accept loop.
+    /// `udp_workers` UDP threads and the TCP accept loop, then the `encrypted` listeners.
     pub async fn start(
         addr: SocketAddr,
         udp_workers: usize,
         snapshots: SnapshotHandle,
         context: handler::Context,
         tcp_limits: TcpLimits,
+        encrypted: Encrypted,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
         let context = Arc::new(context);
@@ -150,13 +190,55 @@ impl DnsServer {
             workers.push(worker);
         }
         let stats = DnsStats(context.clone());
-        let tcp = tokio::spawn(tcp::serve(listener, snapshots, context, tcp_limits, cancel));
+        let (mut dot, mut doh, mut stream_tasks, mut doq_listener) = (None, None, Vec::new(), None);
+        if let Some(certificates) = &encrypted.certificates {
+            if let Some(addr) = encrypted.dot {
+                let error = |source| DnsError::BindDot { addr, source };
+                let listener = tcp::bind(addr).map_err(error)?;
+                dot = Some(listener.local_addr().map_err(error)?);
+                let acceptor = TlsAcceptor::from(Arc::new(certificates.server_config(&[tls::ALPN_DOT])));
+                stream_tasks.push(tokio::spawn(tcp::serve(
+                    listener,
+                    snapshots.clone(),
+                    context.clone(),
+                    tcp_limits,
+                    Some(acceptor),
+                    cancel.clone(),
+                )));
+            }
+            if let Some(addr) = encrypted.doh {
+                let error = |source| DnsError::BindDoh { addr, source };
+                let listener = tcp::bind(addr).map_err(error)?;
+                doh = Some(listener.local_addr().map_err(error)?);
+                let acceptor = TlsAcceptor::from(Arc::new(certificates.server_config(&doh::ALPN)));
+                stream_tasks.push(tokio::spawn(doh::serve(
+                    listener,
+                    acceptor,
+                    snapshots.clone(),
+                    context.clone(),
+                    tcp_limits.connections,
+                    cancel.clone(),
+                )));
+            }
+            if let Some(addr) = encrypted.doq {
+                let listener = hickory::Doq::start(addr, certificates, snapshots.clone(), context.clone())
+                    .await
+                    .map_err(|source| DnsError::BindDoq { addr, source })?;
+                doq_listener = Some(listener);
+            }
+        }
+        let tcp = tokio::spawn(tcp::serve(listener, snapshots, context, tcp_limits, None, cancel));
         Ok(Self {
             addr: bound,
+            dot,
+            doh,
+            doq: doq_listener.as_ref().map(|d| d.addr),
             stats,
             stop,
             workers,
             tcp,
+            stream_tasks,
+            doq_listener,
         })
     }
 
@@ -171,5 +253,11 @@ impl DnsServer {
         })
         .await;
         let _ = self.tcp.await;
+        for task in self.stream_tasks {
+            let _ = task.await;
+        }
+        if let Some(doq) = self.doq_listener {
+            doq.stop().await;
+        }
     }
 }

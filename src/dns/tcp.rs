@@ -10,13 +10,20 @@
 //!
 //! What a message gets is decided by [`handler::handle`]; this module writes the reply, or
 //! streams the zone transfer the handler hands back, built on a blocking thread.
+//!
+//! DNS over TLS (RFC 7858) and zone transfers over TLS (RFC 9103) are this same listener with a
+//! rustls handshake first: the same limits, pipelining and streamed transfers (which need TLS
+//! 1.3). It is ours rather than hickory-server's TLS listener because that one queues a
+//! request's messages, at most 32, until the handler returns, so a transfer of any size fails,
+//! and it has no per-client limits.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{Scratch, Transport};
@@ -28,6 +35,8 @@ use crate::snapshot::SnapshotHandle;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transfer's chunk must be taken by the reader within this long.
 const TRANSFER_WRITE_TIMEOUT: Duration = IDLE_TIMEOUT;
+/// A TLS handshake must be done within this long (it holds a connection's place meanwhile).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Transfer messages are written in chunks of about this many bytes...
 const TRANSFER_CHUNK: usize = 192 * 1024;
 /// ... with at most this many chunks built ahead of the writer.
@@ -101,12 +110,13 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections until `cancel` fires.
+/// Accepts connections until `cancel` fires; with `tls`, each begins with its handshake.
 pub async fn serve(
     listener: TcpListener,
     snapshots: SnapshotHandle,
     context: Arc<Context>,
     limits: TcpLimits,
+    tls: Option<TlsAcceptor>,
     cancel: CancellationToken,
 ) {
     let gate = Gate::new(limits.connections);
@@ -140,11 +150,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let (shared, cancel) = (shared.clone(), cancel.clone());
+        let (shared, cancel, tls) = (shared.clone(), cancel.clone(), tls.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                result = connection(stream, peer, &shared, ticket) => {
+                result = open(stream, peer, &shared, ticket, tls) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, %peer, "tcp connection ended");
                     }
@@ -154,8 +164,27 @@ pub async fn serve(
     }
 }
 
+/// Serves an accepted connection, after its TLS handshake with `tls`.
+async fn open(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+    ticket: Ticket,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let Some(acceptor) = tls else {
+        return connection(stream, Transport::Tcp, peer, shared, ticket).await;
+    };
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    connection(stream, Transport::Tls { tls13 }, peer, shared, ticket).await
+}
+
 /// Streams the zone transfer `job`.
-async fn transfer(job: TransferJob, stream: &mut TcpStream) -> std::io::Result<()> {
+async fn transfer<S: AsyncWrite + Unpin>(job: TransferJob, stream: &mut S) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let kind = job.kind();
     let serial = job.snapshot.serial;
@@ -200,13 +229,13 @@ async fn transfer(job: TransferJob, stream: &mut TcpStream) -> std::io::Result<(
 
 /// Serves one connection: wait for a message, answer it, repeat until EOF, the idle timeout,
 /// or eviction. `ticket` is the connection's place, parked in the idle list while it waits.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    transport: Transport,
     peer: std::net::SocketAddr,
     shared: &Shared,
     mut ticket: Ticket,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     let evicted = CancellationToken::new();
     let mut packet = Vec::new();
     let mut out = Vec::new();
@@ -240,7 +269,7 @@ async fn connection(
             handler::handle(
                 &packet,
                 peer.ip(),
-                Transport::Tcp,
+                transport,
                 &snapshot,
                 &shared.context,
                 &mut scratch,
@@ -257,8 +286,8 @@ async fn connection(
 }
 
 /// Writes one length-prefixed message with a single write.
-async fn write_frame(
-    stream: &mut TcpStream,
+async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     frame: &mut Vec<u8>,
     message: &[u8],
     timeout: Duration,
@@ -269,10 +298,18 @@ async fn write_frame(
     write_timed(stream, frame, timeout).await
 }
 
-/// Writes within `timeout`: a client that stops reading loses its connection instead of
-/// holding a place (and, for a transfer, a builder thread and a snapshot) for ever.
-async fn write_timed(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-    tokio::time::timeout(timeout, stream.write_all(bytes))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+/// Writes and flushes (TLS holds records back until then) within `timeout`: a client that
+/// stops reading loses its connection instead of holding a place (and, for a transfer, a
+/// builder thread and a snapshot) for ever.
+async fn write_timed<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }

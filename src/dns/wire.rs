@@ -267,6 +267,26 @@ pub fn name_end(packet: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
+/// The smallest TTL of a message's answer and authority records (for how long a DoH response
+/// may be cached, RFC 8484 §5.1); `None` if they hold none or the message does not parse.
+pub fn min_ttl(message: &[u8]) -> Option<u32> {
+    if message.len() < HEADER_LEN {
+        return None;
+    }
+    let mut pos = HEADER_LEN;
+    for _ in 0..section_count(message, 0) {
+        pos = name_end(message, pos)? + 4;
+    }
+    let records = section_count(message, 1) + section_count(message, 2);
+    let mut min = None;
+    for _ in 0..records {
+        let record = skip_record(message, pos)?;
+        min = Some(min.map_or(record.ttl, |m: u32| m.min(record.ttl)));
+        pos = record.next;
+    }
+    min
+}
+
 /// Steps over one resource record, checking that every length stays inside the packet.
 fn skip_record(buf: &[u8], start: usize) -> Option<Skipped> {
     let pos = name_end(buf, start)?;

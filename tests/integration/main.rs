@@ -20,3 +20,4 @@ mod seed;
 mod stacks;
 mod support;
 mod tenancy;
+mod transports;

@@ -1,0 +1,546 @@
+//! The encrypted transports against real clients: kdig over TLS, HTTPS (POST and GET) and
+//! QUIC gets what kdig over TCP gets; zone transfers over TLS (kdig, and a rustls client that
+//! is refused them over TLS 1.2); a certificate reloaded on SIGHUP; certificate problems stop
+//! the start with an error that names them. NSD as an XoT secondary is in `secondary.rs`.
+//!
+//! Needs `kdig` (Debian `knot-dnsutils`); skipped where absent unless STACKDNS_REQUIRE_PEERS=1.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// A CA and a server certificate it signed, as PEM files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    ca_cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// The name the test certificates are for.
+pub const TLS_NAME: &str = "ns1.cluster.test";
+
+impl Pki {
+    /// A CA and a certificate for [`TLS_NAME`] and 127.0.0.1, valid from yesterday for 30 days.
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stackdns test CA");
+        let ca_cert = params.self_signed(&ca_key).expect("CA certificate");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_cert.pem()).expect("write CA");
+        let mut pki = Pki {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            dir,
+            ca,
+            ca_cert,
+            issuer: rcgen::Issuer::new(params, ca_key),
+        };
+        pki.issue(&[TLS_NAME, "127.0.0.1"], -1, 30);
+        pki
+    }
+
+    /// Writes a new server certificate and key over `cert` and `key`, valid from `from` to
+    /// `to` days from now.
+    pub fn issue(&mut self, names: &[&str], from: i64, to: i64) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(from);
+        params.not_after = now + time::Duration::days(to);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(&self.cert, cert.pem() + &self.ca_cert.pem()).expect("write cert");
+        std::fs::write(&self.key, key.serialize_pem()).expect("write key");
+    }
+
+    /// The flags that give the server this certificate.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".to_owned(),
+            self.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.key.display().to_string(),
+        ]
+    }
+}
+
+/// `kdig`, or `None` (with a note) where it is absent and not required.
+pub fn kdig_binary() -> Option<PathBuf> {
+    let found = ["/usr/bin/kdig", "/usr/local/bin/kdig"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "kdig is required (STACKDNS_REQUIRE_PEERS=1): apt-get install knot-dnsutils"
+        );
+        eprintln!("kdig not installed: skipping (apt-get install knot-dnsutils)");
+    }
+    found
+}
+
+/// What kdig printed for one query, sections as sets (rotation reorders records).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: String,
+    pub truncated: bool,
+    pub answer: BTreeSet<String>,
+    pub authority: BTreeSet<String>,
+    pub additional: BTreeSet<String>,
+    /// Records of a transfer (kdig prints them in the answer section).
+    pub records: usize,
+}
+
+/// Runs kdig against `at` with `options` (e.g. `+tls`), asking for `name` and `rtype`.
+pub fn kdig(bin: &Path, at: SocketAddr, options: &[&str], name: &str, rtype: &str) -> Reply {
+    let output = Command::new(bin)
+        .arg(format!("@{}", at.ip()))
+        .args(["-p", &at.port().to_string()])
+        .args(["+timeout=3", "+retry=0"])
+        .args(options)
+        .args([name, rtype])
+        .output()
+        .expect("kdig runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut reply = Reply {
+        status: String::new(),
+        truncated: false,
+        answer: BTreeSet::new(),
+        authority: BTreeSet::new(),
+        additional: BTreeSet::new(),
+        records: 0,
+    };
+    let mut section = None;
+    for line in text.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            reply.status = rest.split(';').next().unwrap_or("").trim().to_owned();
+        } else if let Some(flags) = line.strip_prefix(";; Flags: ") {
+            reply.truncated = flags
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .any(|f| f == "tc");
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = Some(0);
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = Some(1);
+        } else if line.starts_with(";; ADDITIONAL SECTION") {
+            section = Some(2);
+        } else if line.trim().is_empty() || line.starts_with(";;") {
+            section = None;
+        } else if line.starts_with(';') {
+            // The question, echoed.
+        } else {
+            // Owner, TTL, class, type, data; the TTL of a svc record counts down in caches,
+            // not here, but keep the comparison to what identifies the record.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let record = match fields.as_slice() {
+                [owner, _ttl, class, rest @ ..] => format!("{owner} {class} {}", rest.join(" ")),
+                _ => line.to_owned(),
+            };
+            reply.records += 1;
+            match section {
+                Some(1) => reply.authority.insert(record),
+                Some(2) => reply.additional.insert(record),
+                _ => reply.answer.insert(record),
+            };
+        }
+    }
+    // A refused transfer prints its rcode as an error.
+    let errors = String::from_utf8_lossy(&output.stderr);
+    if let Some(rest) = errors.split("replied with error '").nth(1) {
+        reply.status = rest.split('\'').next().unwrap_or("").to_owned();
+    }
+    if reply.status.is_empty() && output.status.success() && reply.records > 0 {
+        // A transfer prints no header.
+        reply.status = "NOERROR".to_owned();
+    }
+    reply
+}
+
+/// The addresses the server logged for its encrypted listeners.
+pub fn encrypted(server: &Server) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("encrypted DNS listening"))
+        .unwrap_or_else(|| panic!("no encrypted listeners in:\n{log}"));
+    let addr = |key: &str| -> SocketAddr {
+        line.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    (addr("dot"), addr("doh"), addr("doq"))
+}
+
+/// A server with every encrypted listener on a free port and `extra` flags.
+pub fn start_encrypted(pki: &Pki, extra: &[&str]) -> Server {
+    let mut args: Vec<String> = pki.flags();
+    for flag in ["--dot", "--doh", "--doq"] {
+        args.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&args)
+}
+
+/// A node with `web` (three containers, host port 80) and `big` (120 containers: more
+/// addresses than a 1232-byte UDP answer holds).
+async fn populate(s: &Server) {
+    let token = s.add_node("node-1", "10.0.0.1").await;
+    for i in 1..=3 {
+        let body = json!({"service": "web", "address": format!("172.17.0.{i}"), "ports": [{"container_port": 80, "host_port": 32767 + i}], "generation": 1});
+        assert_eq!(s.report("node-1", &token, &format!("web-{i}"), body).await.0, 201);
+    }
+    for i in 1..=120 {
+        let body = json!({"service": "big", "address": format!("172.18.{}.{}", i / 200, i % 200 + 1), "generation": 1});
+        assert_eq!(s.report("node-1", &token, &format!("big-{i}"), body).await.0, 201);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kdig_over_tls_https_and_quic_gets_what_kdig_over_tcp_gets() {
+    let Some(bin) = kdig_binary() else { return };
+    let pki = Pki::new();
+    let s = start_encrypted(&pki, &[]);
+    populate(&s).await;
+    let (dot, doh, doq) = encrypted(&s);
+    let ca = format!("+tls-ca={}", pki.ca.display());
+    let host = format!("+tls-hostname={TLS_NAME}");
+    let svc = "quickstart-ruby.honeniq.svc.cluster.test";
+    let queries = [
+        (format!("web.{svc}"), "A"),
+        (format!("_80._tcp.web.{svc}"), "SRV"),
+        (format!("nope.{svc}"), "A"),
+        (format!("web.{svc}"), "TXT"),
+        (format!("big.{svc}"), "A"),
+    ];
+    for (name, rtype) in &queries {
+        let tcp = kdig(&bin, s.dns, &["+tcp"], name, rtype);
+        let udp = kdig(&bin, s.dns, &["+ignore"], name, rtype);
+        let transports: [(&str, SocketAddr, Vec<&str>); 4] = [
+            ("tls", dot, vec![&ca, &host]),
+            ("https (POST)", doh, vec!["+https", &ca, &host]),
+            ("https (GET)", doh, vec!["+https-get", &ca, &host]),
+            // kdig 3.2 crashes verifying a certificate over QUIC: opportunistic TLS there.
+            ("quic", doq, vec!["+quic"]),
+        ];
+        for (label, at, options) in &transports {
+            let got = kdig(&bin, *at, options, name, rtype);
+            assert_eq!(got, tcp, "{name} {rtype} over {label}");
+        }
+        if name.starts_with("big") {
+            assert!(udp.truncated, "the big answer does not fit UDP: {udp:?}");
+            assert_eq!(tcp.answer.len(), 120, "{tcp:?}");
+        } else {
+            assert_eq!(udp, tcp, "{name} {rtype}: UDP and TCP agree");
+        }
+    }
+    let nx = kdig(&bin, dot, &[&ca, &host], &format!("nope.{svc}"), "A");
+    assert_eq!(nx.status, "NXDOMAIN");
+    assert_eq!(nx.authority.len(), 1, "the SOA: {nx:?}");
+    let srv = kdig(&bin, doq, &["+quic"], &format!("_80._tcp.web.{svc}"), "SRV");
+    assert_eq!(srv.answer.len(), 3, "{srv:?}");
+    assert_eq!(srv.additional.len(), 3, "each target's address: {srv:?}");
+    for (at, options) in [
+        (doh, vec!["+https", &ca, &host, "+edns=1"]),
+        (doq, vec!["+quic", "+edns=1"]),
+    ] {
+        let badvers = kdig(&bin, at, &options, "cluster.test", "SOA");
+        // Over QUIC the reply goes through hickory's encoder: its extended rcode too.
+        assert_eq!(badvers.status, "BADVERS", "{options:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zone_transfers_go_over_tls_1_3_and_not_over_tls_1_2_https_or_quic() {
+    let Some(bin) = kdig_binary() else { return };
+    let pki = Pki::new();
+    let s = start_encrypted(&pki, &["--allow-transfer", "127.0.0.1/32"]);
+    populate(&s).await;
+    let (dot, doh, doq) = encrypted(&s);
+    let ca = format!("+tls-ca={}", pki.ca.display());
+    let host = format!("+tls-hostname={TLS_NAME}");
+
+    let tcp = kdig(&bin, s.dns, &["+tcp"], "cluster.test", "AXFR");
+    let tls = kdig(&bin, dot, &[&ca, &host], "cluster.test", "AXFR");
+    assert!(
+        tcp.records > 240,
+        "two records per container and more: {}",
+        tcp.records
+    );
+    assert_eq!(tls.answer, tcp.answer, "AXFR over TLS is AXFR over TCP");
+    assert_eq!(tls.records, tcp.records);
+
+    // An increment over TLS: one container more since the serial we knew.
+    let serial = s.dns().serial();
+    let token = s.add_node("node-2", "10.0.0.2").await;
+    let body = json!({"service": "web", "address": "172.17.0.9", "generation": 1});
+    assert_eq!(s.report("node-2", &token, "web-9", body).await.0, 201);
+    let ixfr = kdig(
+        &bin,
+        dot,
+        &[&ca, &host],
+        "cluster.test",
+        &format!("IXFR={serial}"),
+    );
+    assert!(
+        ixfr.answer.iter().any(|r| r.contains("172.17.0.9")),
+        "the increment holds the new address: {ixfr:?}"
+    );
+    assert!(
+        ixfr.records < 20,
+        "an increment, not the zone: {} records",
+        ixfr.records
+    );
+    assert!(eventually(Duration::from_secs(2), || s
+        .log()
+        .matches("kind=\"IXFR\"")
+        .count()
+        >= 1));
+
+    for (label, at, options) in [
+        ("https", doh, vec!["+https", &ca, &host]),
+        ("quic", doq, vec!["+quic"]),
+    ] {
+        let soa = kdig(&bin, at, &options, "cluster.test", &format!("IXFR={serial}"));
+        assert_eq!(soa.status, "REFUSED", "IXFR over {label}: {soa:?}");
+    }
+
+    // RFC 9103 §7.1: XoT needs TLS 1.3. A client held to TLS 1.2 gets answers, not the zone.
+    let ca_der = std::fs::read(&pki.ca).expect("CA");
+    for (version, expected) in [(&rustls::version::TLS12, 5u8), (&rustls::version::TLS13, 0)] {
+        let mut stream = tls_client(dot, &ca_der, version);
+        let reply = exchange(&mut stream, &query(0x2a, "cluster.test", 252));
+        assert_eq!(reply[3] & 0x0f, expected, "AXFR over {version:?}");
+        let reply = exchange(&mut stream, &query(0x2b, "cluster.test", 6));
+        assert_eq!(reply[3] & 0x0f, 0, "SOA over {version:?}, same connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_certificate_is_taken_on_sighup_and_a_bad_one_is_not() {
+    let Some(bin) = kdig_binary() else { return };
+    let mut pki = Pki::new();
+    let s = start_encrypted(&pki, &[]);
+    let (dot, ..) = encrypted(&s);
+    let ca = format!("+tls-ca={}", pki.ca.display());
+    let asks = |host: &str| {
+        let host = format!("+tls-hostname={host}");
+        kdig(&bin, dot, &[&ca, &host, "+tls"], "cluster.test", "SOA").status == "NOERROR"
+    };
+    assert!(asks(TLS_NAME));
+    assert!(
+        !asks("ns2.cluster.test"),
+        "the first certificate does not name ns2"
+    );
+
+    pki.issue(&["ns2.cluster.test"], -1, 30);
+    let hangup = |s: &Server| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(s.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    };
+    hangup(&s);
+    assert!(eventually(Duration::from_secs(5), || s
+        .log()
+        .contains("TLS certificate reloaded")));
+    assert!(asks("ns2.cluster.test"), "the new certificate is presented");
+
+    std::fs::write(&pki.key, "garbage").expect("break the key");
+    hangup(&s);
+    assert!(eventually(Duration::from_secs(5), || s
+        .log()
+        .contains("the certificate in use stays")));
+    assert!(
+        asks("ns2.cluster.test"),
+        "still serving with the last good certificate"
+    );
+}
+
+/// Runs `stackdns serve` with `extra`, which must fail to start; returns what it printed.
+fn start_fails(extra: &[String]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stackdns"))
+        .args([
+            "serve",
+            "--dns",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "off",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--zone-file")
+        .arg(zone)
+        .args(extra)
+        .env("STACKDNS_ADMIN_TOKEN", "t")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stopped = eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !stopped {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert!(stopped && !status.success(), "it started: {extra:?}\n{stderr}");
+    stderr
+}
+
+#[test]
+fn certificate_problems_stop_the_start_with_an_error_that_names_them() {
+    let mut pki = Pki::new();
+    let dot = ["--dot".to_owned(), "127.0.0.1:0".to_owned()];
+    let with = |more: &[&str], pki: &Pki| -> Vec<String> {
+        let mut args = dot.to_vec();
+        args.extend(pki.flags());
+        args.extend(more.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let cert = pki.cert.display().to_string();
+
+    let err = start_fails(&with(&["--tls-name", "ns9.cluster.test"], &pki));
+    assert!(
+        err.contains(&format!(
+            "TLS certificate {cert}: is for {TLS_NAME}, 127.0.0.1, not ns9.cluster.test"
+        )),
+        "{err}"
+    );
+    let err = start_fails(&dot);
+    assert!(
+        err.contains("--dot, --doh and --doq need --tls-cert and --tls-key"),
+        "{err}"
+    );
+    let missing = pki.dir.path().join("absent.pem").display().to_string();
+    let err = start_fails(
+        &[
+            &dot[..],
+            &[
+                "--tls-cert".to_owned(),
+                cert.clone(),
+                "--tls-key".to_owned(),
+                missing.clone(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(err.contains(&format!("TLS key {missing}: cannot read")), "{err}");
+
+    let other = Pki::new();
+    let mismatched = [
+        &dot[..],
+        &[
+            "--tls-cert".to_owned(),
+            cert.clone(),
+            "--tls-key".to_owned(),
+            other.key.display().to_string(),
+        ],
+    ]
+    .concat();
+    let err = start_fails(&mismatched);
+    assert!(err.contains("is not the key of the certificate in"), "{err}");
+
+    pki.issue(&[TLS_NAME], -30, -1);
+    let err = start_fails(&with(&[], &pki));
+    assert!(
+        err.contains(&format!("TLS certificate {cert}: expired on")),
+        "{err}"
+    );
+}
+
+/// A DNS query with `id` for `name` and `qtype`, class IN, no EDNS.
+fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+/// A blocking TLS connection to `at` trusting `ca_pem`, held to `version`, ALPN `dot`.
+fn tls_client(
+    at: SocketAddr,
+    ca_pem: &[u8],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("CA PEM")).expect("CA");
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"dot".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(TLS_NAME).expect("name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let tcp = std::net::TcpStream::connect(at).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// Sends one framed message and reads framed messages until the one with its ID (what is left
+/// of an earlier transfer comes first).
+fn exchange(stream: &mut impl ReadWrite, message: &[u8]) -> Vec<u8> {
+    let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).expect("send");
+    loop {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).expect("length");
+        let mut reply = vec![0; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut reply).expect("reply");
+        if reply[..2] == message[..2] {
+            return reply;
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
