@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
     let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKDNS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tower_http=warn,hickory_server=warn,rustls=error")
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,hickory_server=error,rustls=error")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             // Every error message already names its cause.
-            eprintln!("stackdns: {e:#}");
+            eprintln!("stackdns: {e}");
             std::process::ExitCode::FAILURE
         }
     }

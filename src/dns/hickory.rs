@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
+use hickory_server::proto::rr::rdata::TSIG;
+use hickory_server::proto::rr::{RData, Record};
 use hickory_server::proto::serialize::binary::{BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
@@ -122,7 +124,7 @@ async fn send<R: ResponseHandler>(
 ) -> Result<ResponseInfo, SendError> {
     let mut message = Message::from_vec(reply).map_err(|e| SendError::Decode(e.to_string()))?;
     // A TSIG error reply carries its record already, over a question hickory copies verbatim.
-    let carried = message.signature.take();
+    let carried = take_tsig(&mut message);
     // A header-only reply (FORMERR, NOTIMP, a TSIG error) has no question: keep it so.
     let empty = Queries::read(&mut BinDecoder::new(&[]), 0).map_err(|e| SendError::Encode(e.to_string()))?;
     let queries = if message.queries.is_empty() {
@@ -146,9 +148,8 @@ async fn send<R: ResponseHandler>(
             .destructive_emit(&mut BinEncoder::new(&mut signed))
             .map_err(|e| SendError::Encode(e.to_string()))?;
         signer.sign(&mut signed);
-        let signature = Message::from_vec(&signed)
-            .map_err(|e| SendError::Decode(e.to_string()))?
-            .take_signature()
+        let mut signed = Message::from_vec(&signed).map_err(|e| SendError::Decode(e.to_string()))?;
+        let signature = take_tsig(&mut signed)
             .ok_or_else(|| SendError::Decode("the signed reply has no TSIG".to_owned()))?;
         response.set_signature(signature);
     } else if let Some(signature) = carried {
@@ -158,4 +159,19 @@ async fn send<R: ResponseHandler>(
         .send_response(response)
         .await
         .map_err(|e| SendError::Net(e.to_string()))
+}
+
+/// The TSIG record at the end of `message`'s additional section, taken out of it: hickory
+/// (without its DNSSEC features) reads it as an ordinary record, but must write it last.
+fn take_tsig(message: &mut Message) -> Option<Box<Record<TSIG>>> {
+    if !matches!(message.additionals.last().map(|r| &r.data), Some(RData::TSIG(_))) {
+        return None;
+    }
+    let record = message.additionals.pop()?;
+    record
+        .map(|data| match data {
+            RData::TSIG(tsig) => Some(tsig),
+            _ => None,
+        })
+        .map(Box::new)
 }

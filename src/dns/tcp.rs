@@ -184,7 +184,11 @@ async fn open(
 }
 
 /// Streams the zone transfer `job`.
-async fn transfer<S: AsyncWrite + Unpin>(job: TransferJob, stream: &mut S) -> std::io::Result<()> {
+async fn transfer<S: AsyncWrite + Unpin>(
+    job: TransferJob,
+    transport: Transport,
+    stream: &mut S,
+) -> std::io::Result<()> {
     let started = std::time::Instant::now();
     let kind = job.kind();
     let serial = job.snapshot.serial;
@@ -222,6 +226,7 @@ async fn transfer<S: AsyncWrite + Unpin>(job: TransferJob, stream: &mut S) -> st
         signed,
         ms = started.elapsed().as_secs_f64() * 1e3,
         kind,
+        transport = if transport == Transport::Tcp { "tcp" } else { "tls" },
         "zone transfer served"
     );
     Ok(())
@@ -280,7 +285,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Outcome::Reply => write_frame(&mut stream, &mut frame, &out, shared.io_timeout).await?,
             // Not a query (a response, or shorter than a header): nothing sane to say.
             Outcome::Drop => return Ok(()),
-            Outcome::Transfer(job) => transfer(*job, &mut stream).await?,
+            Outcome::Transfer(job) => transfer(*job, transport, &mut stream).await?,
         }
     }
 }

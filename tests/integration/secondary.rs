@@ -266,18 +266,27 @@ async fn knot_transfers_with_tsig_only() {
     assert!(logged, "{}", s.log());
 }
 
-/// nsd on `port` as a secondary of `primary`, notified by it.
-fn start_nsd(bin: &Path, primary: std::net::SocketAddr, port: u16) -> Secondary {
+/// nsd on `port` as a secondary of `primary`, notified by it; with `tls` (a CA bundle and the
+/// name the primary's certificate must have), it transfers over TLS (RFC 9103).
+fn start_nsd(bin: &Path, primary: std::net::SocketAddr, port: u16, tls: Option<(&Path, &str)>) -> Secondary {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
+    let (bundle, auth, auth_name) = match tls {
+        None => (String::new(), String::new(), ""),
+        Some((ca, name)) => (
+            format!("  tls-cert-bundle: \"{}\"\n", ca.display()),
+            format!("tls-auth:\n  name: primary\n  auth-domain-name: \"{name}\"\n"),
+            " primary",
+        ),
+    };
     let conf = format!(
         "server:\n  ip-address: 127.0.0.1@{port}\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n\
          \x20 database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n\
          \x20 zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  username: \"\"\n\
-         \x20 chroot: \"\"\n  verbosity: 2\n  server-count: 1\n\
-         remote-control:\n  control-enable: no\n\
+         \x20 chroot: \"\"\n  verbosity: 2\n  server-count: 1\n{bundle}\
+         remote-control:\n  control-enable: no\n{auth}\
          zone:\n  name: cluster.test\n  zonefile: \"cluster.test.zone\"\n\
-         \x20 request-xfr: {}@{} NOKEY\n  allow-notify: 127.0.0.1 NOKEY\n",
+         \x20 request-xfr: {}@{} NOKEY{auth_name}\n  allow-notify: 127.0.0.1 NOKEY\n",
         primary.ip(),
         primary.port()
     );
@@ -312,7 +321,7 @@ async fn nsd_follows_by_notify_and_transfer() {
     s.report("node-do", &t_do, "web-1", web(1)).await;
     s.report("node-ec2", &t_ec2, "web-2", web(1)).await;
 
-    let nsd = start_nsd(&bin, s.dns, nsd_port);
+    let nsd = start_nsd(&bin, s.dns, nsd_port, None);
     let primary = s.dns();
     let dump = || std::fs::read_to_string(&nsd.log).unwrap_or_default();
     assert!(
@@ -340,6 +349,60 @@ async fn nsd_follows_by_notify_and_transfer() {
     assert!(
         logged,
         "NSD took the changes by incremental transfer:\n{}\n{}",
+        s.log(),
+        dump()
+    );
+}
+
+/// Zone transfers over TLS (RFC 9103) to a real secondary: NSD, given only the DoT port and the
+/// CA, takes the zone and then each change by IXFR over TLS 1.3.
+#[tokio::test(flavor = "multi_thread")]
+async fn nsd_follows_over_tls() {
+    let Some(bin) = peer("nsd", "nsd") else { return };
+    let pki = crate::transports::Pki::new();
+    let nsd_port = free_port();
+    let notify = format!("127.0.0.1:{nsd_port}");
+    let mut args = pki.flags();
+    args.extend(
+        [
+            "--dot",
+            "127.0.0.1:0",
+            "--allow-transfer",
+            "127.0.0.1/32",
+            "--notify",
+            &notify,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(&args);
+    let dot = crate::transports::listening(&s, "dot");
+    let token = s.add_node("node-do", "95.85.30.162").await;
+    s.report("node-do", &token, "web-1", web(1)).await;
+    s.report("node-do", &token, "web-2", web(1)).await;
+
+    let nsd = start_nsd(&bin, dot, nsd_port, Some((&pki.ca, crate::transports::TLS_NAME)));
+    let primary = s.dns();
+    let dump = || std::fs::read_to_string(&nsd.log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(15), || converged(&primary, &nsd.dns)),
+        "initial transfer over TLS:\n{}\n{}",
+        dump(),
+        s.log()
+    );
+    let body = json!({"service": "web", "address": "172.17.0.9", "generation": 1});
+    assert_eq!(s.report("node-do", &token, "web-3", body).await.0, 201);
+    assert!(
+        eventually(Duration::from_secs(3), || converged(&primary, &nsd.dns)),
+        "after a start:\n{}",
+        dump()
+    );
+    let logged = eventually(Duration::from_secs(2), || {
+        s.log().contains("kind=\"IXFR\"") && s.log().contains("transport=\"tls\"")
+    });
+    assert!(
+        logged,
+        "the change went by IXFR over TLS:\n{}\n{}",
         s.log(),
         dump()
     );

@@ -177,21 +177,27 @@ pub fn kdig(bin: &Path, at: SocketAddr, options: &[&str], name: &str, rtype: &st
     reply
 }
 
-/// The addresses the server logged for its encrypted listeners.
-pub fn encrypted(server: &Server) -> (SocketAddr, SocketAddr, SocketAddr) {
+/// The address the server logged for its encrypted listener `key` (`dot`, `doh`, `doq`).
+pub fn listening(server: &Server, key: &str) -> SocketAddr {
     let log = server.log();
     let line = log
         .lines()
         .find(|l| l.contains("encrypted DNS listening"))
         .unwrap_or_else(|| panic!("no encrypted listeners in:\n{log}"));
-    let addr = |key: &str| -> SocketAddr {
-        line.split(&format!("{key}="))
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{key} in {line}"))
-    };
-    (addr("dot"), addr("doh"), addr("doq"))
+    line.split(&format!("{key}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
+/// The DoT, DoH and DoQ addresses.
+pub fn encrypted(server: &Server) -> (SocketAddr, SocketAddr, SocketAddr) {
+    (
+        listening(server, "dot"),
+        listening(server, "doh"),
+        listening(server, "doq"),
+    )
 }
 
 /// A server with every encrypted listener on a free port and `extra` flags.
@@ -544,3 +550,51 @@ fn exchange(stream: &mut impl ReadWrite, message: &[u8]) -> Vec<u8> {
 
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_queries_get_signed_answers_over_every_transport() {
+    let Some(bin) = kdig_binary() else { return };
+    let pki = Pki::new();
+    let secret = "c3RhY2tkbnMgdGVzdCBzZWNyZXQgZm9yIFRTSUc=";
+    let key = format!("xfr-key:hmac-sha256:{secret}");
+    // No --allow-transfer: only the signature lets the transfer through.
+    let s = start_encrypted(&pki, &["--tsig-key", &key]);
+    populate(&s).await;
+    let (dot, doh, doq) = encrypted(&s);
+    let ca = format!("+tls-ca={}", pki.ca.display());
+    let host = format!("+tls-hostname={TLS_NAME}");
+    let signed = format!("-y hmac-sha256:xfr-key:{secret}");
+    let wrong = "-y hmac-sha256:xfr-key:d3Jvbmcgc2VjcmV0IGZvciBUU0lHIHRlc3Rpbmc=".to_owned();
+    let svc = "_80._tcp.web.quickstart-ruby.honeniq.svc.cluster.test";
+    for (label, at, options) in [
+        ("tcp", s.dns, vec!["+tcp"]),
+        ("tls", dot, vec![&ca, &host]),
+        ("https", doh, vec!["+https", &ca, &host]),
+        ("quic", doq, vec!["+quic"]),
+    ] {
+        // kdig checks the reply's MAC: a reply re-encoded after signing would fail here.
+        let mut with_key: Vec<&str> = signed.split(' ').collect();
+        with_key.extend(&options);
+        let reply = kdig(&bin, at, &with_key, svc, "SRV");
+        assert_eq!(reply.status, "NOERROR", "signed SRV over {label}: {reply:?}");
+        assert_eq!(reply.additional.len(), 3, "{label}: {reply:?}");
+        let mut bad: Vec<&str> = wrong.split(' ').collect();
+        bad.extend(&options);
+        assert_eq!(
+            kdig(&bin, at, &bad, svc, "SRV").status,
+            "BADSIG",
+            "wrong key over {label}"
+        );
+    }
+    let mut axfr: Vec<&str> = signed.split(' ').collect();
+    axfr.extend([ca.as_str(), host.as_str()]);
+    let zone = kdig(&bin, dot, &axfr, "cluster.test", "AXFR");
+    assert!(
+        zone.records > 240,
+        "a signed AXFR over TLS: {} records",
+        zone.records
+    );
+    assert!(eventually(Duration::from_secs(2), || s
+        .log()
+        .contains("signed=true")));
+}
