@@ -13,7 +13,7 @@
 //! | [`stackfile`] | Stackfiles (YAML/JSON) read into validated service definitions (pure) |
 //! | [`store`]     | the storage seam (`Store` trait) and the redb engine                  |
 //! | [`control`]   | the single writer: named operations, state, leases, group commit      |
-//! | [`dns`]       | one message handler, UDP/TCP transports, answers, AXFR/IXFR, NOTIFY; `lookup`, a stub lookup for `stackdns lookup` (only hickory user) |
+//! | [`dns`]       | one message handler; UDP, TCP, TLS, HTTPS and QUIC transports; answers, AXFR/IXFR (also over TLS), NOTIFY; `lookup`, a stub lookup for `stackdns lookup`; the only hickory user |
 //! | [`api`]       | the HTTP/JSON registration API (axum), its connection loop and request limits |
 //! | [`edge`]      | connection caps per client and in total, fitted to the descriptor limit |
 //! | [`client`]    | typed HTTP client over `api::types`, used by `cli` and `agent`        |

@@ -147,6 +147,7 @@ impl Server {
                 dot: args.dot,
                 doh: args.doh,
                 doq: args.doq,
+                connections: limits.encrypted,
                 certificates: certificates.clone(),
             },
             cancel.clone(),
@@ -348,6 +349,8 @@ struct EdgeLimits {
     api: api::listener::Limits,
     metrics: api::listener::Limits,
     dns_tcp: crate::dns::TcpLimits,
+    /// The DoT and DoH listeners' caps: TCP's, each, fitted with the others.
+    encrypted: Caps,
 }
 
 /// `/metrics` is scraped by a few Prometheus servers, not by clients.
@@ -360,8 +363,15 @@ impl EdgeLimits {
     fn fitted(args: &ServeArgs) -> Self {
         let (mut api_total, mut dns_total) = (args.api_max_connections, args.dns_tcp_max_connections);
         let mut metrics_total = METRICS_CONNECTIONS.total;
-        let (limit, lowered) =
-            crate::edge::fit_descriptors(&mut [&mut api_total, &mut dns_total, &mut metrics_total]);
+        let [mut dot_total, mut doh_total] =
+            [args.dot, args.doh].map(|listener| if listener.is_some() { dns_total } else { 0 });
+        let (limit, lowered) = crate::edge::fit_descriptors(&mut [
+            &mut api_total,
+            &mut dns_total,
+            &mut metrics_total,
+            &mut dot_total,
+            &mut doh_total,
+        ]);
         if lowered {
             tracing::warn!(
                 descriptor_limit = limit,
@@ -389,6 +399,8 @@ impl EdgeLimits {
                 connections: capped(dns_total, args.dns_tcp_max_per_client),
                 io_timeout: Duration::from_millis(args.dns_tcp_io_timeout_ms),
             },
+            // Both were asked for with TCP's cap, so both were scaled alike.
+            encrypted: capped(dot_total.max(doh_total), args.dns_tcp_max_per_client),
         }
     }
 }

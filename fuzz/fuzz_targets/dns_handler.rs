@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 use libfuzzer_sys::fuzz_target;
 use stackdns::dns::answer::{Scratch, Transport};
 use stackdns::dns::cookie::Cookies;
-use stackdns::dns::handler::{Context, Outcome, handle};
+use stackdns::dns::handler::{Context, Outcome, Single, handle, handle_message};
 use stackdns::dns::rrl::{Rrl, RrlConfig};
 use stackdns::dns::xfr::TransferAcl;
 use stackdns::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
@@ -103,10 +103,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&how, packet)) = data.split_first() else {
         return;
     };
-    let transport = if how & 1 == 0 {
-        Transport::Udp
-    } else {
-        Transport::Tcp
+    // Bit 0 and bit 7: UDP, TCP, DoH/DoQ (one message), TLS 1.2 (no transfers).
+    let transport = match (how & 1, how >> 7) {
+        (0, 0) => Transport::Udp,
+        (_, 0) => Transport::Tcp,
+        (0, _) => Transport::Message,
+        _ => Transport::Tls { tls13: false },
     };
     let peer: IpAddr = match (how >> 1) & 3 {
         0 => "127.0.0.1".parse().expect("ip"), // may transfer
@@ -115,6 +117,23 @@ fuzz_target!(|data: &[u8]| {
         _ => "2001:db8::1".parse().expect("ip"),
     };
     let mut out = Vec::new();
+    if transport == Transport::Message {
+        if let Single::Reply(signer) = handle_message(
+            packet,
+            peer,
+            &SNAPSHOT,
+            &CONTEXT,
+            &mut Scratch::default(),
+            &mut out,
+        ) {
+            assert!(out.len() >= 12, "a reply has a header");
+            if let Some(mut signer) = signer {
+                signer.sign(&mut out);
+            }
+            let _ = stackdns::dns::wire::min_ttl(&out);
+        }
+        return;
+    }
     let outcome = handle(
         packet,
         peer,

@@ -85,11 +85,12 @@ pub enum DnsError {
 
 /// The encrypted listeners asked for (`--dot`, `--doh`, `--doq`) and the certificate they
 /// present; none without a certificate.
-#[derive(Default)]
 pub struct Encrypted {
     pub dot: Option<SocketAddr>,
     pub doh: Option<SocketAddr>,
     pub doq: Option<SocketAddr>,
+    /// The DoT and DoH listeners' connection caps, each (DoQ has hickory's own).
+    pub connections: crate::edge::Caps,
     pub certificates: Option<Arc<tls::Certificates>>,
 }
 
@@ -197,11 +198,15 @@ impl DnsServer {
                 let listener = tcp::bind(addr).map_err(error)?;
                 dot = Some(listener.local_addr().map_err(error)?);
                 let acceptor = TlsAcceptor::from(Arc::new(certificates.server_config(&[tls::ALPN_DOT])));
+                let limits = TcpLimits {
+                    connections: encrypted.connections,
+                    ..tcp_limits
+                };
                 stream_tasks.push(tokio::spawn(tcp::serve(
                     listener,
                     snapshots.clone(),
                     context.clone(),
-                    tcp_limits,
+                    limits,
                     Some(acceptor),
                     cancel.clone(),
                 )));
@@ -216,7 +221,7 @@ impl DnsServer {
                     acceptor,
                     snapshots.clone(),
                     context.clone(),
-                    tcp_limits.connections,
+                    encrypted.connections,
                     cancel.clone(),
                 )));
             }
