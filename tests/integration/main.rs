@@ -20,4 +20,5 @@ mod seed;
 mod stacks;
 mod support;
 mod tenancy;
+mod tls_peers;
 mod transports;

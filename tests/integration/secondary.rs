@@ -1,4 +1,5 @@
-//! Real secondaries: Knot DNS takes the zone by transfer after NOTIFY and answers the same.
+//! Real secondaries: Knot DNS and NSD take the zone by transfer after NOTIFY and answer the
+//! same; NSD also over TLS (XoT, RFC 9103).
 //!
 //! Needs `knotd` (Debian package `knot`). Where it is not installed the test says so and
 //! passes, unless STACKDNS_REQUIRE_PEERS=1 (set by `.ci/run`, which installs it).
@@ -359,7 +360,7 @@ async fn nsd_follows_by_notify_and_transfer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nsd_follows_over_tls() {
     let Some(bin) = peer("nsd", "nsd") else { return };
-    let pki = crate::transports::Pki::new();
+    let pki = crate::tls_peers::Pki::new();
     let nsd_port = free_port();
     let notify = format!("127.0.0.1:{nsd_port}");
     let mut args = pki.flags();
@@ -376,12 +377,12 @@ async fn nsd_follows_over_tls() {
     );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let s = Server::start(&args);
-    let dot = crate::transports::listening(&s, "dot");
+    let dot = crate::tls_peers::listening(&s, "dot");
     let token = s.add_node("node-do", "95.85.30.162").await;
     s.report("node-do", &token, "web-1", web(1)).await;
     s.report("node-do", &token, "web-2", web(1)).await;
 
-    let nsd = start_nsd(&bin, dot, nsd_port, Some((&pki.ca, crate::transports::TLS_NAME)));
+    let nsd = start_nsd(&bin, dot, nsd_port, Some((&pki.ca, crate::tls_peers::TLS_NAME)));
     let primary = s.dns();
     let dump = || std::fs::read_to_string(&nsd.log).unwrap_or_default();
     assert!(
