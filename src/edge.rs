@@ -1,5 +1,6 @@
-//! Connection accounting on the network edges (the HTTP API and DNS over TCP): a cap per client
-//! and in total, and the descriptor budget those caps must fit in.
+//! Connection accounting on the network edges (the HTTP API, DNS over TCP, TLS and HTTPS): a cap
+//! per client and in total, the descriptor budget those caps must fit in, and the accept loop's
+//! one step they all share ([`accept`]).
 //!
 //! A listener asks its [`Gate`] before it serves a connection; the [`Ticket`] it gets back holds
 //! the connection's place until dropped. One client holding thousands of idle connections then
@@ -8,8 +9,34 @@
 //! at start-up by [`fit_descriptors`]).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The next connection on `listener`, or `None` once `cancel` fires. An accept error (out of
+/// descriptors or memory) is logged and waited out for 10 ms instead of spun on.
+pub async fn accept(
+    listener: &TcpListener,
+    cancel: &CancellationToken,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
 
 /// Who a cap counts against: an IPv4 address, or an IPv6 /64 (one subscriber's usual
 /// allocation, so stepping through addresses of one prefix does not multiply the cap).

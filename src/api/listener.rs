@@ -45,20 +45,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on the error.
-                tracing::warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::edge::accept(&listener, &cancel, "API").await {
         let ticket = match gate.admit(peer.ip()) {
             Ok(ticket) => ticket,
             Err(refused) => {

@@ -74,19 +74,7 @@ pub async fn serve(
         .keep_alive_interval(Some(super::tcp::IDLE_TIMEOUT))
         .keep_alive_timeout(Duration::from_secs(5));
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "DoH accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::edge::accept(&listener, &cancel, "DNS over HTTPS").await {
         let Ok(ticket) = gate.admit(peer.ip()) else {
             tracing::debug!(%peer, "DoH connection refused: over the connection caps");
             continue;

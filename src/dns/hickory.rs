@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode};
+use hickory_server::proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::TSIG;
 use hickory_server::proto::rr::{RData, Record};
 use hickory_server::proto::serialize::binary::{BinDecoder, BinEncoder};
@@ -82,22 +82,22 @@ impl RequestHandler for Adapter {
             )
         };
         let Single::Reply(signer) = single else {
-            return not_sent(request, 0);
+            return not_sent(request);
         };
         match send(request, &out, signer, &mut response_handle).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(error = %e, peer = %request.src(), "DoQ response not sent");
-                not_sent(request, 2)
+                not_sent(request)
             }
         }
     }
 }
 
-/// The summary hickory logs for a request that got no response.
-fn not_sent(request: &Request, rcode: u16) -> ResponseInfo {
+/// The summary hickory logs for a request that got no response (as hickory's own: SERVFAIL).
+fn not_sent(request: &Request) -> ResponseInfo {
     let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query);
-    metadata.response_code = rcode.into();
+    metadata.response_code = ResponseCode::ServFail;
     ResponseInfo::from(Header {
         metadata,
         counts: HeaderCounts::default(),

@@ -126,19 +126,12 @@ pub async fn serve(
         idle: Mutex::default(),
         io_timeout: limits.io_timeout,
     });
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "tcp accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    let what = if tls.is_some() {
+        "DNS over TLS"
+    } else {
+        "DNS over TCP"
+    };
+    while let Some((stream, peer)) = crate::edge::accept(&listener, &cancel, what).await {
         let admitted = match gate.admit(peer.ip()) {
             Err(Refused::Full) if shared.idle().evict_oldest() => gate.admit(peer.ip()),
             admitted => admitted,

@@ -149,20 +149,7 @@ fn a_read_only_data_directory_is_a_clear_error_at_start_and_stays_as_it_was() {
     } else {
         std::process::Command::new(binary)
     };
-    let output = cmd
-        .args([
-            "serve",
-            "--dns",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "off",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .arg("--zone-file")
-        .arg(&zone)
+    let output = serve_once(&mut cmd, &data, &zone)
         .env("STACKDNS_ADMIN_TOKEN", ADMIN)
         .output()
         .expect("run stackdns");

@@ -29,26 +29,6 @@ impl Drop for Secondary {
     }
 }
 
-fn find(binary: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(binary))
-        .find(|p| p.exists())
-}
-
-/// A peer's binary, or `None` (with a note) where it is absent and not required.
-fn peer(binary: &str, package: &str) -> Option<PathBuf> {
-    let found = find(binary);
-    if found.is_none() {
-        assert!(
-            std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "{binary} is required (STACKDNS_REQUIRE_PEERS=1): apt-get install {package}"
-        );
-        eprintln!("{binary} not installed: skipping this secondary test (apt-get install {package})");
-    }
-    found
-}
-
 fn knotd() -> Option<PathBuf> {
     peer("knotd", "knot")
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -393,4 +393,49 @@ pub fn read_all(stream: &mut TcpStream) -> String {
     let mut text = Vec::new();
     let _ = stream.read_to_end(&mut text);
     String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Where a peer's binary is installed, if it is.
+fn find(binary: &str) -> Option<PathBuf> {
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(binary))
+    .find(|p| p.exists())
+}
+
+/// A peer's binary, or `None` (with a note) where it is absent and not required.
+pub fn peer(binary: &str, package: &str) -> Option<PathBuf> {
+    let found = find(binary);
+    if found.is_none() {
+        assert!(
+            std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "{binary} is required (STACKDNS_REQUIRE_PEERS=1): apt-get install {package}"
+        );
+        eprintln!("{binary} not installed: skipping this test (apt-get install {package})");
+    }
+    found
+}
+
+/// `cmd` set to run `serve` on free ports without a metrics listener, on `data` and `zone`: for
+/// runs expected to end by themselves (a refused start).
+pub fn serve_once<'c>(cmd: &'c mut Command, data: &Path, zone: &Path) -> &'c mut Command {
+    cmd.args([
+        "serve",
+        "--dns",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "off",
+    ])
+    .arg("--data")
+    .arg(data)
+    .arg("--zone-file")
+    .arg(zone)
 }

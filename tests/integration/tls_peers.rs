@@ -78,18 +78,7 @@ impl Pki {
 
 /// `kdig`, or `None` (with a note) where it is absent and not required.
 pub fn kdig_binary() -> Option<PathBuf> {
-    let found = ["/usr/bin/kdig", "/usr/local/bin/kdig"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("STACKDNS_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "kdig is required (STACKDNS_REQUIRE_PEERS=1): apt-get install knot-dnsutils"
-        );
-        eprintln!("kdig not installed: skipping (apt-get install knot-dnsutils)");
-    }
-    found
+    peer("kdig", "knot-dnsutils")
 }
 
 /// What kdig printed for one query, sections as sets (rotation reorders records).

@@ -196,26 +196,17 @@ async fn a_new_certificate_is_taken_on_sighup_and_a_bad_one_is_not() {
 fn start_fails(extra: &[String]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stackdns"))
-        .args([
-            "serve",
-            "--dns",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "off",
-        ])
-        .arg("--data")
-        .arg(dir.path().join("data"))
-        .arg("--zone-file")
-        .arg(zone)
-        .args(extra)
-        .env("STACKDNS_ADMIN_TOKEN", "t")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = serve_once(
+        &mut Command::new(env!("CARGO_BIN_EXE_stackdns")),
+        &dir.path().join("data"),
+        &zone,
+    )
+    .args(extra)
+    .env("STACKDNS_ADMIN_TOKEN", "t")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     let stopped = eventually(Duration::from_secs(10), || {
         matches!(child.try_wait(), Ok(Some(_)))
     });
