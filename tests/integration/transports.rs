@@ -3,7 +3,8 @@
 //! is refused them over TLS 1.2); a certificate reloaded on SIGHUP; certificate problems stop
 //! the start with an error that names them. NSD as an XoT secondary is in `secondary.rs`.
 //!
-//! Needs `kdig` (Debian `knot-dnsutils`); skipped where absent unless STACKDNS_REQUIRE_PEERS=1.
+//! Needs `kdig` (Debian `knot-dnsutils`) and `curl`; skipped where absent unless
+//! STACKDNS_REQUIRE_PEERS=1.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -332,4 +333,85 @@ async fn signed_queries_get_signed_answers_over_every_transport() {
     assert!(eventually(Duration::from_secs(2), || s
         .log()
         .contains("signed=true")));
+}
+
+/// `curl` over HTTP/2 to the DoH listener: the status, and the headers.
+fn curl(at: SocketAddr, args: &[&str], path: &str) -> (String, String) {
+    let output = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .arg(format!("https://{at}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let status = text.lines().last().unwrap_or("").trim().to_owned();
+    (status, text.to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doh_answers_what_is_not_a_dns_query_with_a_status_that_says_why() {
+    let Some(_) = peer("curl", "curl") else { return };
+    let pki = Pki::new();
+    let s = start_encrypted(&pki, &[]);
+    let doh = listening(&s, "doh");
+    // cluster.test SOA, ID 0, base64url without padding.
+    let soa = "AAABAAABAAAAAAAAB2NsdXN0ZXIEdGVzdAAABgAB";
+    let (status, headers) = curl(doh, &[], &format!("/dns-query?dns={soa}"));
+    assert_eq!(status, "200", "{headers}");
+    assert!(
+        headers.contains("content-type: application/dns-message"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("cache-control: max-age=3600"),
+        "the SOA's TTL: {headers}"
+    );
+
+    let body = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(body.path(), vec![0u8; 70_000]).expect("write");
+    let big = format!("@{}", body.path().display());
+    for (args, path, expected) in [
+        (vec![], "/other", "404"),
+        (vec!["-X", "PUT"], "/dns-query", "405"),
+        (
+            vec!["--data-binary", "x", "-H", "content-type: text/plain"],
+            "/dns-query",
+            "415",
+        ),
+        (vec![], "/dns-query", "400"),
+        (vec![], "/dns-query?dns=***", "400"),
+        (
+            vec![
+                "--data-binary",
+                &big,
+                "-H",
+                "content-type: application/dns-message",
+            ],
+            "/dns-query",
+            "413",
+        ),
+        // A DNS response is not a query.
+        (
+            vec![],
+            "/dns-query?dns=AACAAAABAAAAAAAAB2NsdXN0ZXIEdGVzdAAABgAB",
+            "400",
+        ),
+    ] {
+        let (status, headers) = curl(doh, &args, path);
+        assert_eq!(status, expected, "{args:?} {path}: {headers}");
+        if expected == "405" {
+            assert!(headers.contains("allow: get, post"), "{headers}");
+        }
+    }
+    // The server still answers.
+    assert_eq!(curl(doh, &[], &format!("/dns-query?dns={soa}")).0, "200");
 }
