@@ -271,9 +271,11 @@ impl Server {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
+    // Before anything else, so a SIGHUP during start-up does not end the process either.
+    let hangups = crate::signal::hangups();
     let server = Server::start(&args).await?;
     tracing::info!("listening dns={} api={}", server.dns_addr, server.api_addr);
-    let reloads = tokio::spawn(reload_on_hangup(server.certificates.clone()));
+    let reloads = tokio::spawn(reload_on_hangup(hangups, server.certificates.clone()));
     crate::signal::terminated().await;
     reloads.abort();
     tracing::info!("shutting down");
@@ -283,8 +285,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
 }
 
 /// Reads the TLS certificate again on each SIGHUP; a bad one is logged and the old one stays.
-async fn reload_on_hangup(certificates: Option<std::sync::Arc<Certificates>>) {
-    let mut hangups = crate::signal::hangups();
+async fn reload_on_hangup(
+    mut hangups: crate::signal::Hangups,
+    certificates: Option<std::sync::Arc<Certificates>>,
+) {
     while hangups.next().await {
         match &certificates {
             None => tracing::info!("SIGHUP: no TLS certificate to reload"),

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,10 +21,11 @@ use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::answer::Scratch;
 use super::handler::{self, Context, Single};
@@ -39,6 +41,9 @@ const DNS_MESSAGE: &str = "application/dns-message";
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// Requests a connection may have in flight at once (HTTP/2 streams).
 const MAX_STREAMS: u32 = 100;
+/// A connection with no request in flight for this long is closed (one that never sends a
+/// request included); also the time for a handshake, a request's headers and a POST body.
+const IDLE_TIMEOUT: Duration = super::tcp::IDLE_TIMEOUT;
 
 /// What every connection shares.
 struct Shared {
@@ -48,7 +53,8 @@ struct Shared {
     io_timeout: Duration,
 }
 
-/// Accepts DoH connections until `cancel` fires, then lets open ones finish their requests.
+/// Accepts DoH connections until `cancel` fires, then lets open ones finish their requests
+/// (for at most [`IDLE_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -61,45 +67,146 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         snapshots,
         context,
-        io_timeout: super::tcp::IDLE_TIMEOUT,
+        io_timeout: IDLE_TIMEOUT,
     });
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.io_timeout);
+        .header_read_timeout(IDLE_TIMEOUT);
     http.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
-        // Pings find peers that went away; the caps bound the ones that stay.
-        .keep_alive_interval(Some(super::tcp::IDLE_TIMEOUT))
+        // Pings find peers that went away; the idle check closes the ones that stay silent.
+        .keep_alive_interval(Some(IDLE_TIMEOUT))
         .keep_alive_timeout(Duration::from_secs(5));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     while let Some((stream, peer)) = crate::edge::accept(&listener, &cancel, "DNS over HTTPS").await {
         let Ok(ticket) = gate.admit(peer.ip()) else {
             tracing::debug!(%peer, "DoH connection refused: over the connection caps");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, shared, http, watcher) =
-            (acceptor.clone(), shared.clone(), http.clone(), graceful.watcher());
-        tokio::spawn(async move {
+        let (acceptor, shared, http, cancel) =
+            (acceptor.clone(), shared.clone(), http.clone(), cancel.clone());
+        connections.spawn(async move {
             let Ok(Ok(stream)) = tokio::time::timeout(shared.io_timeout, acceptor.accept(stream)).await
             else {
                 tracing::debug!(%peer, "DoH TLS handshake failed or timed out");
                 return;
             };
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(request, peer, &shared).await) }
+            let activity = Arc::new(Activity::new());
+            let service = hyper::service::service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let (shared, busy) = (shared.clone(), activity.begin());
+                    async move {
+                        let response = respond(request, peer, &shared).await;
+                        drop(busy);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                }
             });
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
+            let connection = http.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = until_idle(connection, &activity, &cancel).await {
                 tracing::debug!(error = %e, %peer, "DoH connection ended");
             }
             drop(ticket);
         });
     }
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// When a connection last had a request in flight.
+struct Activity {
+    in_flight: AtomicUsize,
+    since: Instant,
+    /// Milliseconds after `since` when the last request ended.
+    last: AtomicU64,
+}
+
+/// A request in flight: the connection is busy until it is dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had no request in flight (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `connection` until it ends, or until it has had no request for [`IDLE_TIMEOUT`] (a
+/// client that never sends one included) or `cancel` fires: then it is asked to finish what it
+/// has, and dropped if that takes another [`IDLE_TIMEOUT`] (a client that stops reading).
+async fn until_idle<C, E>(connection: C, activity: &Activity, cancel: &CancellationToken) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>> + Closable,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = cancel.cancelled(), if closing.is_none() => {
+                connection.as_mut().close();
+                closing = Some(Instant::now());
+            }
+            _ = tick.tick() => match closing {
+                Some(since) if since.elapsed() >= IDLE_TIMEOUT => return Ok(()),
+                Some(_) => {}
+                None if activity.idle_for() >= IDLE_TIMEOUT => {
+                    connection.as_mut().close();
+                    closing = Some(Instant::now());
+                }
+                None => {}
+            },
+        }
+    }
+}
+
+/// A connection that can be asked to finish its requests and close.
+trait Closable {
+    fn close(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Closable for auto::Connection<'static, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    fn close(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// Answers one HTTP request.
@@ -159,6 +266,8 @@ async fn respond(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
     match single {
         Single::Drop => plain(StatusCode::BAD_REQUEST, "not a DNS query\n"),
         Single::Reply(signer) => {
+            // A signed reply is for the one client that holds the key: no shared cache.
+            let scope = if signer.is_some() { "private, " } else { "" };
             if let Some(mut signer) = signer {
                 signer.sign(&mut out);
             }
@@ -166,7 +275,7 @@ async fn respond(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
             let mut response = Response::new(Full::new(Bytes::from(out)));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-            if let Ok(value) = HeaderValue::from_str(&format!("max-age={max_age}")) {
+            if let Ok(value) = HeaderValue::from_str(&format!("{scope}max-age={max_age}")) {
                 headers.insert(CACHE_CONTROL, value);
             }
             response
@@ -181,6 +290,9 @@ fn query_message(query: Option<&str>) -> Result<Vec<u8>, &'static str> {
         .find(|(key, _)| key == "dns")
         .map(|(_, value)| value.into_owned())
         .ok_or("a GET needs the query in ?dns=<base64url>\n")?;
+    if value.len() > usize::from(u16::MAX).div_ceil(3) * 4 {
+        return Err("a DNS message is at most 65535 bytes\n");
+    }
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(value.trim_end_matches('='))
         .map_err(|_| "?dns= is not base64url\n")
@@ -215,5 +327,10 @@ mod tests {
         assert!(query_message(Some("dns=***")).is_err());
         assert!(query_message(None).is_err());
         assert!(query_message(Some("name=x")).is_err());
+        let huge = format!("dns={}", "A".repeat(87_400));
+        assert_eq!(
+            query_message(Some(&huge)),
+            Err("a DNS message is at most 65535 bytes\n")
+        );
     }
 }

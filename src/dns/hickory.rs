@@ -24,7 +24,7 @@ use super::tls::Certificates;
 use super::tsig::Signer;
 use crate::snapshot::SnapshotHandle;
 
-/// How long a DoQ connection may wait for a request (and a handshake may take).
+/// How long a DoQ connection may wait for a request (hickory's own 5 s bounds a handshake).
 const IDLE_TIMEOUT: Duration = super::tcp::IDLE_TIMEOUT;
 
 /// The running DoQ listener.

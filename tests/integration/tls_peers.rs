@@ -91,6 +91,8 @@ pub struct Reply {
     pub additional: BTreeSet<String>,
     /// Records of a transfer (kdig prints them in the answer section).
     pub records: usize,
+    /// kdig could not verify the reply's TSIG (it warns, and prints the reply all the same).
+    pub unverified: bool,
 }
 
 /// Runs kdig against `at` with `options` (e.g. `+tls`), asking for `name` and `rtype`.
@@ -111,6 +113,7 @@ pub fn kdig(bin: &Path, at: SocketAddr, options: &[&str], name: &str, rtype: &st
         authority: BTreeSet::new(),
         additional: BTreeSet::new(),
         records: 0,
+        unverified: false,
     };
     let mut section = None;
     for line in text.lines() {
@@ -151,6 +154,7 @@ pub fn kdig(bin: &Path, at: SocketAddr, options: &[&str], name: &str, rtype: &st
     }
     // A refused transfer prints its rcode as an error.
     let errors = String::from_utf8_lossy(&output.stderr);
+    reply.unverified = errors.contains("reply verification");
     if let Some(rest) = errors.split("replied with error '").nth(1) {
         reply.status = rest.split('\'').next().unwrap_or("").to_owned();
     }
@@ -210,11 +214,12 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     q
 }
 
-/// A blocking TLS connection to `at` trusting `ca_pem`, held to `version`, ALPN `dot`.
+/// A blocking TLS connection to `at` trusting `ca_pem`, held to `version`, offering `alpn`.
 pub fn tls_client(
     at: SocketAddr,
     ca_pem: &[u8],
     version: &'static rustls::SupportedProtocolVersion,
+    alpn: &[u8],
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -227,11 +232,11 @@ pub fn tls_client(
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-    config.alpn_protocols = vec![b"dot".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let name = rustls_pki_types::ServerName::try_from(TLS_NAME).expect("name");
     let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let tcp = std::net::TcpStream::connect(at).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
     rustls::StreamOwned::new(connection, tcp)
 }

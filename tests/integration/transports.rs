@@ -143,7 +143,7 @@ async fn zone_transfers_go_over_tls_1_3_and_not_over_tls_1_2_https_or_quic() {
     // RFC 9103 §7.1: XoT needs TLS 1.3. A client held to TLS 1.2 gets answers, not the zone.
     let ca_der = std::fs::read(&pki.ca).expect("CA");
     for (version, expected) in [(&rustls::version::TLS12, 5u8), (&rustls::version::TLS13, 0)] {
-        let mut stream = tls_client(dot, &ca_der, version);
+        let mut stream = tls_client(dot, &ca_der, version, b"dot");
         let reply = exchange(&mut stream, &query(0x2a, "cluster.test", 252));
         assert_eq!(reply[3] & 0x0f, expected, "AXFR over {version:?}");
         let reply = exchange(&mut stream, &query(0x2b, "cluster.test", 6));
@@ -313,6 +313,10 @@ async fn signed_queries_get_signed_answers_over_every_transport() {
         with_key.extend(&options);
         let reply = kdig(&bin, at, &with_key, svc, "SRV");
         assert_eq!(reply.status, "NOERROR", "signed SRV over {label}: {reply:?}");
+        assert!(
+            !reply.unverified,
+            "kdig could not verify the reply's TSIG over {label}"
+        );
         assert_eq!(reply.additional.len(), 3, "{label}: {reply:?}");
         let mut bad: Vec<&str> = wrong.split(' ').collect();
         bad.extend(&options);
@@ -414,4 +418,36 @@ async fn doh_answers_what_is_not_a_dns_query_with_a_status_that_says_why() {
     }
     // The server still answers.
     assert_eq!(curl(doh, &[], &format!("/dns-query?dns={soa}")).0, "200");
+}
+
+/// A DoH connection that never sends a request holds its place for the idle timeout (10 s),
+/// not for ever; meanwhile others are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_doh_connection_is_closed_after_the_idle_timeout() {
+    let pki = Pki::new();
+    let s = start_encrypted(&pki, &[]);
+    let doh = listening(&s, "doh");
+    let ca = std::fs::read(&pki.ca).expect("CA");
+    let opened = std::time::Instant::now();
+    let mut silent = tls_client(doh, &ca, &rustls::version::TLS13, b"h2");
+    // The handshake completes on the first read or write; then nothing is sent.
+    let mut byte = [0u8; 1];
+    let closed = loop {
+        match silent.read(&mut byte) {
+            Ok(0) => break true,
+            Ok(_) => continue, // the server's HTTP/2 SETTINGS and pings
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    let waited = opened.elapsed();
+    assert!(closed, "still open after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "closed after {waited:?}, expected about 10 s"
+    );
 }
