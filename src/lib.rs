@@ -21,7 +21,8 @@
 //! | [`agent`]     | the node agent: supervisors, reporter, runtimes; the API only through `client` |
 //! | [`config`]    | flags: `stackdns serve`, the agent and the client commands            |
 //! | [`server`]    | wiring, start-up and shutdown                                         |
-//! | [`signal`]    | waiting for SIGINT/SIGTERM (server and agent)                         |
+//! | [`signal`]    | waiting for SIGINT/SIGTERM (server and agent), and SIGHUP (reload)    |
+//! | [`systemd`]   | readiness and stopping notices to systemd (sd_notify, `Type=notify`)  |
 //!
 //! Dependencies point one way: `model` ← `scheme` ← `snapshot`; `model` ← `placement`;
 //! `model`, `stackfile` ← `store`; `store`, `placement`, `snapshot`, `stackfile` ← `control`
@@ -61,4 +62,5 @@ pub mod signal;
 pub mod snapshot;
 pub mod stackfile;
 pub mod store;
+pub mod systemd;
 pub mod zone;

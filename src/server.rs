@@ -276,7 +276,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServerError> {
     let server = Server::start(&args).await?;
     tracing::info!("listening dns={} api={}", server.dns_addr, server.api_addr);
     let reloads = tokio::spawn(reload_on_hangup(hangups, server.certificates.clone()));
+    crate::systemd::notify(&format!(
+        "READY=1\nSTATUS=serving DNS on {}, the API on {}",
+        server.dns_addr, server.api_addr
+    ));
     crate::signal::terminated().await;
+    crate::systemd::notify("STOPPING=1");
     reloads.abort();
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -19,6 +19,7 @@ mod secondary;
 mod seed;
 mod stacks;
 mod support;
+mod systemd;
 mod tenancy;
 mod tls_peers;
 mod transports;
