@@ -1,4 +1,9 @@
-//! Command-line flags and their environment variables, validated into a [`ServeConfig`].
+//! Command-line flags and their environment variables, validated into a [`ServeConfig`]; the
+//! optional configuration file of `serve` in [`file`].
+
+mod file;
+
+pub use file::{ConfigFileError, expand};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +70,10 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings, one key per flag (`ttl = 5`, `allow-transfer = ["10.0.0.0/8"]`);
+    /// a flag or an environment variable wins over the file's key.
+    #[arg(long, env = "STACKDNS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// DNS listen address, UDP and TCP (port 0 picks a free port).
     #[arg(long, env = "STACKDNS_DNS", default_value = "127.0.0.1:1053")]
     pub dns: SocketAddr,

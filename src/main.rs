@@ -13,7 +13,15 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
-    let cli = Cli::parse();
+    // `serve --config FILE`: the file's settings become flags before the command line's.
+    let args = match stackdns::config::expand(std::env::args_os().collect(), |name| std::env::var_os(name)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("stackdns: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKDNS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,tower_http=warn,hickory_server=error,rustls=error")
     });

@@ -3,6 +3,7 @@
 mod agent;
 mod api;
 mod cli;
+mod config;
 mod conformance;
 mod dns;
 mod docker;
