@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// a flag or an environment variable wins over the file's key.
     #[arg(long, env = "STACKDNS_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line); `STACKDNS_LOG` filters them.
+    #[arg(long, env = "STACKDNS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// DNS listen address, UDP and TCP (port 0 picks a free port).
     #[arg(long, env = "STACKDNS_DNS", default_value = "127.0.0.1:1053")]
     pub dns: SocketAddr,
@@ -258,6 +261,28 @@ pub struct ServeArgs {
     /// The largest `mem_limit` a Stackfile may ask for, MiB.
     #[arg(long, env = "STACKDNS_MAX_CONTAINER_MEMORY_MB", default_value_t = crate::stackfile::DEFAULT_MAX_MEMORY_MB)]
     pub max_container_memory_mb: u64,
+}
+
+/// `--log-format`: how log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
+
+impl Command {
+    /// The log format asked for (the server and the agent have the flag; other commands log
+    /// as text).
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Command::Serve(args) => args.log_format,
+            Command::Agent(args) => args.log_format,
+            _ => LogFormat::Text,
+        }
+    }
 }
 
 /// `--cookie-secret`: hashed to the 32 bytes the cookie secrets are derived from.

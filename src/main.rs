@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use stackdns::cli::Request;
-use stackdns::config::{Cli, Command};
+use stackdns::config::{Cli, Command, LogFormat};
 
 /// With `--features dhat-heap` (bench/README.md), every allocation is tracked and a heap
 /// profile is written to `dhat-heap.json` when the process exits.
@@ -25,11 +25,15 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STACKDNS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,tower_http=warn,hickory_server=error,rustls=error")
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.command.log_format() {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

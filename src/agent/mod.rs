@@ -55,6 +55,9 @@ pub enum RuntimeKind {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
+    /// Log lines as `text` or `json` (one object per line); `STACKDNS_LOG` filters them.
+    #[arg(long, env = "STACKDNS_LOG_FORMAT", value_enum, default_value_t = crate::config::LogFormat::Text)]
+    pub log_format: crate::config::LogFormat,
     /// API address(es), comma-separated.
     #[arg(long, env = "STACKDNS_API", default_value = "http://127.0.0.1:8053")]
     pub api: String,

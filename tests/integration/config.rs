@@ -77,3 +77,50 @@ fn an_unknown_key_stops_the_start_with_its_name() {
     );
     assert!(!dir.path().join("data").exists(), "nothing was created");
 }
+
+/// `log-format = "json"` from the file: every line stackdns writes is one JSON object.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("stackdns.toml");
+    std::fs::write(&file, "log-format = \"json\"\n").expect("write");
+    let zone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
+    let mut child = serve_once(
+        &mut Command::new(env!("CARGO_BIN_EXE_stackdns")),
+        &dir.path().join("data"),
+        &zone,
+    )
+    .arg("--config")
+    .arg(&file)
+    .env("STACKDNS_ADMIN_TOKEN", "t")
+    .env("STACKDNS_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("a line");
+        let done = line.contains("listening dns=");
+        lines.push(line);
+        if done || lines.len() > 100 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.last().is_some_and(|l| l.contains("listening dns=")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["timestamp"].is_string() && object["level"].is_string(),
+            "{line}"
+        );
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+}
