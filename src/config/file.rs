@@ -50,9 +50,11 @@ pub fn expand(
     args: Vec<OsString>,
     env: impl Fn(&OsStr) -> Option<OsString>,
 ) -> Result<Vec<OsString>, ConfigFileError> {
-    let Some(serve_at) = args.iter().position(|a| a == "serve") else {
+    // `serve` is the subcommand only in its place: `stackdns node add serve …` names a node.
+    let serve_at = 1;
+    if args.get(serve_at).is_none_or(|a| a != "serve") {
         return Ok(args);
-    };
+    }
     let given = &args[serve_at + 1..];
     let Some(path) = config_path(given).or_else(|| env(OsStr::new(CONFIG_ENV)).map(PathBuf::from)) else {
         return Ok(args);
@@ -251,6 +253,14 @@ mod tests {
     fn without_a_config_nothing_changes_and_the_sample_is_valid() {
         let plain = args(&["stackdns", "serve", "--ttl", "3"]);
         assert_eq!(expand(plain.clone(), |_| None).expect("no file"), plain);
+        // STACKDNS_CONFIG applies to the server only, not to a node that happens to be called serve.
+        let node = args(&["stackdns", "node", "add", "serve", "10.0.0.1"]);
+        let env = |name: &OsStr| (name == CONFIG_ENV).then(|| OsString::from("/nonexistent.toml"));
+        assert_eq!(expand(node.clone(), env).expect("not serve"), node);
+        assert!(
+            expand(args(&["stackdns", "serve"]), env).is_err(),
+            "serve reads it"
+        );
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/stackdns.toml");
         let out =
             expand(args(&["stackdns", "serve", "--config", sample]), |_| None).expect("the sample expands");
