@@ -49,8 +49,6 @@ const IDLE_TIMEOUT: Duration = super::tcp::IDLE_TIMEOUT;
 struct Shared {
     snapshots: SnapshotHandle,
     context: Arc<Context>,
-    /// For a TLS handshake, a request's headers, and a POST body.
-    io_timeout: Duration,
 }
 
 /// Accepts DoH connections until `cancel` fires, then lets open ones finish their requests
@@ -64,11 +62,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let gate = Gate::new(caps);
-    let shared = Arc::new(Shared {
-        snapshots,
-        context,
-        io_timeout: IDLE_TIMEOUT,
-    });
+    let shared = Arc::new(Shared { snapshots, context });
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
@@ -89,8 +83,7 @@ pub async fn serve(
         let (acceptor, shared, http, cancel) =
             (acceptor.clone(), shared.clone(), http.clone(), cancel.clone());
         connections.spawn(async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(shared.io_timeout, acceptor.accept(stream)).await
-            else {
+            let Ok(Ok(stream)) = tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(stream)).await else {
                 tracing::debug!(%peer, "DoH TLS handshake failed or timed out");
                 return;
             };
@@ -231,7 +224,7 @@ async fn respond(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
                 );
             }
             let body = Limited::new(request.into_body(), usize::from(u16::MAX));
-            match tokio::time::timeout(shared.io_timeout, body.collect()).await {
+            match tokio::time::timeout(IDLE_TIMEOUT, body.collect()).await {
                 Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time\n"),
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     return plain(

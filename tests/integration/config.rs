@@ -1,9 +1,6 @@
 //! `stackdns serve --config FILE` with the real binary: the file's keys take effect, the
 //! environment and flags win over them, and an unknown key stops the start with its name.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-
 use hickory_proto::rr::RecordType;
 
 use crate::support::*;
@@ -46,28 +43,9 @@ fn an_unknown_key_stops_the_start_with_its_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stackdns.toml");
     std::fs::write(&file, "ttl = 5\nallow-tranfser = [\"10.0.0.0/8\"]\n").expect("write");
-    let zone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-    let mut child = serve_once(
-        &mut Command::new(env!("CARGO_BIN_EXE_stackdns")),
-        &dir.path().join("data"),
-        &zone,
-    )
-    .arg("--config")
-    .arg(&file)
-    .env("STACKDNS_ADMIN_TOKEN", "t")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    let status = child.wait().expect("wait");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let config = file.display().to_string();
+    let (code, stderr) = start_fails(&dir.path().join("data"), &["--config", &config]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "config file {}: unknown key \"allow-tranfser\"",
@@ -85,20 +63,12 @@ fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("stackdns.toml");
     std::fs::write(&file, "log-format = \"json\"\n").expect("write");
-    let zone = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-    let mut child = serve_once(
-        &mut Command::new(env!("CARGO_BIN_EXE_stackdns")),
+    let config = file.display().to_string();
+    let mut child = spawn_once(
         &dir.path().join("data"),
-        &zone,
-    )
-    .arg("--config")
-    .arg(&file)
-    .env("STACKDNS_ADMIN_TOKEN", "t")
-    .env("STACKDNS_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn");
+        &["--config", &config],
+        &[("STACKDNS_LOG", "info")],
+    );
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = Vec::new();
     for line in std::io::BufReader::new(stderr).lines() {

@@ -439,3 +439,43 @@ pub fn serve_once<'c>(cmd: &'c mut Command, data: &Path, zone: &Path) -> &'c mut
     .arg("--zone-file")
     .arg(zone)
 }
+
+/// `stackdns serve` on `data` with the test zone, `extra` flags and `env`, as [`serve_once`]
+/// sets it up, the admin token given, stderr piped: for runs that end by themselves or are read
+/// line by line.
+pub fn spawn_once<S: AsRef<std::ffi::OsStr>>(data: &Path, extra: &[S], env: &[(&str, &str)]) -> Child {
+    let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
+    serve_once(&mut Command::new(env!("CARGO_BIN_EXE_stackdns")), data, &zone)
+        .args(extra)
+        .env("STACKDNS_ADMIN_TOKEN", ADMIN)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stackdns")
+}
+
+/// Runs [`spawn_once`], which must stop by itself within 10 s, unsuccessfully: its exit code
+/// and what it printed.
+pub fn start_fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    data: &Path,
+    extra: &[S],
+) -> (Option<i32>, String) {
+    let mut child = spawn_once(data, extra, &[]);
+    let stopped = eventually(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !stopped {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert!(stopped && !status.success(), "it started: {extra:?}\n{stderr}");
+    (status.code(), stderr)
+}

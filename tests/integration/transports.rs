@@ -8,8 +8,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -193,37 +192,10 @@ async fn a_new_certificate_is_taken_on_sighup_and_a_bad_one_is_not() {
     );
 }
 
-/// Runs `stackdns serve` with `extra`, which must fail to start; returns what it printed.
+/// Runs `stackdns serve` with `extra` on a fresh data directory; it must fail to start.
 fn start_fails(extra: &[String]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    let zone = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/cluster.test.zone");
-    let mut child = serve_once(
-        &mut Command::new(env!("CARGO_BIN_EXE_stackdns")),
-        &dir.path().join("data"),
-        &zone,
-    )
-    .args(extra)
-    .env("STACKDNS_ADMIN_TOKEN", "t")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    let stopped = eventually(Duration::from_secs(10), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !stopped {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read");
-    assert!(stopped && !status.success(), "it started: {extra:?}\n{stderr}");
-    stderr
+    crate::support::start_fails(&dir.path().join("data"), extra).1
 }
 
 #[test]
