@@ -53,6 +53,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod edge;
+pub mod metrics;
 pub mod model;
 pub mod name;
 pub mod placement;

@@ -24,6 +24,8 @@ const DEFAULT_ZONE_PATH: &str = "zones/cluster.test.zone";
 const ADMIN_TOKEN_ENV: &str = "STACKDNS_ADMIN_TOKEN";
 /// How long requests in flight may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Why the server could not start; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,8 @@ pub struct Server {
     api: tokio::task::JoinHandle<()>,
     /// The `--metrics-addr` listener, if any.
     metrics: Option<tokio::task::JoinHandle<()>>,
+    /// Folds histogram samples into their buckets.
+    upkeep: tokio::task::JoinHandle<()>,
     leases: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     notifiers: Vec<tokio::task::JoinHandle<()>>,
@@ -117,6 +121,7 @@ impl Server {
             args.db_cache_mb.saturating_mul(1 << 20),
         )?;
         let cancel = CancellationToken::new();
+        let metrics = crate::metrics::Metrics::new();
         let (control, writer) = Control::start(
             Box::new(store),
             Publisher {
@@ -133,10 +138,11 @@ impl Server {
                 max_stacks: args.default_max_stacks,
                 max_nodes: args.default_max_nodes,
             },
+            metrics.clone(),
             cancel.clone(),
         )?;
         let limits = EdgeLimits::fitted(args);
-        let context = dns_context(args, tsig_keys)?;
+        let context = dns_context(args, tsig_keys, &metrics)?;
         let dns = DnsServer::start(
             args.dns,
             args.udp_workers(),
@@ -187,7 +193,7 @@ impl Server {
             dns_stats: dns.stats.clone(),
             read_timeout: Duration::from_millis(args.api_read_timeout_ms),
         };
-        let metrics = match args.metrics_addr.0 {
+        let metrics_listener = match args.metrics_addr.0 {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -212,8 +218,19 @@ impl Server {
             &args.notify,
             control.snapshots(),
             control.serials(),
+            &metrics,
             cancel.clone(),
         );
+        let upkeep = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                periodically(METRICS_UPKEEP, &cancel, || {
+                    metrics.upkeep();
+                    std::future::ready(())
+                })
+                .await;
+            })
+        };
         let sweeper = tokio::spawn(sweep_tombstones(
             control.clone(),
             args.tombstone_retention,
@@ -233,7 +250,8 @@ impl Server {
             cancel,
             dns,
             api,
-            metrics,
+            metrics: metrics_listener,
+            upkeep,
             leases,
             sweeper,
             notifiers,
@@ -256,6 +274,7 @@ impl Server {
         }
         let _ = self.leases.await;
         let _ = self.sweeper.await;
+        let _ = self.upkeep.await;
         if let Some(metrics) = self.metrics {
             let _ = metrics.await;
         }
@@ -427,6 +446,7 @@ async fn check_leases(control: Control, ttl: Duration, every: Duration, cancel: 
 fn dns_context(
     args: &ServeArgs,
     tsig_keys: Vec<crate::dns::tsig::Key>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<crate::dns::handler::Context, ServerError> {
     let cookies = if args.cookies {
         let master = match &args.cookie_secret {
@@ -458,6 +478,8 @@ fn dns_context(
         },
         cookies,
         rrl,
+        counters: Default::default(),
+        metrics: metrics.clone(),
     })
 }
 

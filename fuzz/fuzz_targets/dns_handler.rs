@@ -12,6 +12,7 @@ use stackdns::dns::answer::{Scratch, Transport};
 use stackdns::dns::cookie::Cookies;
 use stackdns::dns::handler::{Context, Outcome, Single, handle, handle_message};
 use stackdns::dns::rrl::{Rrl, RrlConfig};
+use stackdns::dns::stats::Channel;
 use stackdns::dns::xfr::TransferAcl;
 use stackdns::model::{ContainerKey, Label, Port, Protocol, ServiceKey};
 use stackdns::snapshot::journal::JournalLimits;
@@ -97,6 +98,7 @@ static CONTEXT: LazyLock<Context> = LazyLock::new(|| Context {
         whitelist: vec!["192.0.2.0/24".parse().expect("net")],
         table_size: 1024,
     })),
+    ..Context::default()
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -121,9 +123,11 @@ fuzz_target!(|data: &[u8]| {
         if let Single::Reply(signer) = handle_message(
             packet,
             peer,
+            Channel::Https,
             &SNAPSHOT,
             &CONTEXT,
             &mut Scratch::default(),
+            CONTEXT.counters.shared(),
             &mut out,
         ) {
             assert!(out.len() >= 12, "a reply has a header");
@@ -141,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
         &SNAPSHOT,
         &CONTEXT,
         &mut Scratch::default(),
+        CONTEXT.counters.shared(),
         &mut out,
     );
     match outcome {

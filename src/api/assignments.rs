@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::types::AssignmentList;
-use super::{AppState, query, render};
+use super::{AppState, Routes, query, render};
 use crate::control::Caller;
 use crate::model::Label;
 
@@ -18,8 +18,8 @@ use crate::model::Label;
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// Routes that may wait up to [`MAX_WAIT`], outside the API's request timeout.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/nodes/{node}/assignments", get(assignments))
+pub fn routes() -> Routes {
+    Routes::new().route("/v1/nodes/{node}/assignments", get(assignments))
 }
 
 /// `?index=N&wait=30s` of a blocking query.

@@ -21,6 +21,7 @@ pub mod listener;
 mod nodes;
 mod query;
 mod render;
+mod sd;
 mod stacks;
 pub mod types;
 mod users;
@@ -79,27 +80,84 @@ impl AppState {
     }
 }
 
-/// The whole API, ready to serve.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(nodes::router())
-        .merge(users::router())
-        .merge(stacks::router())
+/// Routes and their paths: the router is built from these, and [`paths`] lists the same, so a
+/// test can hold the OpenAPI description to what is really routed.
+pub struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn route(mut self, path: &'static str, methods: axum::routing::MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+}
+
+/// Routes served only when a request slot is free.
+fn bounded_routes() -> Routes {
+    nodes::routes()
+        .merge(users::routes())
+        .merge(stacks::routes())
+        .merge(sd::routes())
         .route("/metrics", get(metrics_for_admin))
         .route("/v1/info", get(info))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
-        // Probes are never refused for load: a busy server is alive, and says whether it is ready.
+}
+
+/// Routes never refused for load: a busy server is alive, says whether it is ready, and
+/// describes itself.
+fn probe_routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+/// Every routed path of the API, in axum's `{param}` syntax (which OpenAPI shares).
+pub fn paths() -> Vec<&'static str> {
+    [bounded_routes(), probe_routes(), assignments::routes()]
+        .into_iter()
+        .flat_map(|r| r.paths)
+        .collect()
+}
+
+/// The OpenAPI 3.1 description of the whole API, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The whole API, ready to serve.
+pub fn router(state: AppState) -> Router {
+    bounded_routes()
+        .router
+        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
+        .merge(probe_routes().router)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
         // Blocking queries wait longer than any other request may take, by design; each holds
         // a connection, which the listener's caps bound.
-        .merge(assignments::router())
+        .merge(assignments::routes().router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn(declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::new())
@@ -287,7 +345,7 @@ pub fn metrics_router(state: AppState) -> Router {
 async fn metrics_for_admin(
     axum::extract::State(state): axum::extract::State<AppState>,
     caller: crate::control::Caller,
-) -> Result<String, ApiError> {
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     if caller != crate::control::Caller::Admin {
         return Err(ApiError::forbidden(
             "on the API's address /metrics needs the admin token; Prometheus scrapes --metrics-addr",
@@ -296,8 +354,14 @@ async fn metrics_for_admin(
     metrics(axum::extract::State(state)).await
 }
 
-/// Prometheus text format: zone and fleet gauges.
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Result<String, ApiError> {
+/// The content type of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Prometheus text format: zone and fleet gauges, the DNS counters, the control plane's
+/// metrics (docs/operations.md lists them all).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     let snapshot = state.control.snapshots().load_full();
     let crate::control::Fleet {
         nodes_live: live,
@@ -305,16 +369,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
         containers_running: running,
         containers_stopped: stopped,
     } = state.control.fleet().await?.value;
-    let rrl = match state.dns_stats.rrl() {
-        Some((slipped, dropped)) => format!(
-            "# HELP stackdns_rrl_responses_total UDP responses held back by response rate limiting.\n\
-             # TYPE stackdns_rrl_responses_total counter\n\
-             stackdns_rrl_responses_total{{action=\"slipped\"}} {slipped}\n\
-             stackdns_rrl_responses_total{{action=\"dropped\"}} {dropped}\n"
-        ),
-        None => String::new(),
-    };
-    Ok(format!(
+    let mut out = format!(
         "# HELP stackdns_zone_serial SOA serial of the published zone.\n\
          # TYPE stackdns_zone_serial gauge\nstackdns_zone_serial {}\n\
          # HELP stackdns_zone_names Names in the published zone, empty non-terminals included.\n\
@@ -322,10 +377,44 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
          # HELP stackdns_nodes Registered nodes by lease state.\n\
          # TYPE stackdns_nodes gauge\nstackdns_nodes{{state=\"live\"}} {live}\nstackdns_nodes{{state=\"lost\"}} {lost}\n\
          # HELP stackdns_containers Known containers by state.\n\
-         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n{rrl}",
+         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n",
         snapshot.serial,
         snapshot.len(),
-    ))
+    );
+    state.dns_stats.render(&mut out);
+    state.control.metrics().render(&mut out);
+    Ok(([(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], out))
+}
+
+/// Counts every request by route (the matched path template, so names in paths do not become
+/// label values), method and status.
+async fn track(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .control
+        .metrics()
+        .http_request(&route, method, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// A raw body (a Stackfile) within the size limit, with the API's 413.
@@ -374,4 +463,34 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::bad_request(code, format!("request body: {message}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The OpenAPI description names exactly the routed paths; `tests/integration/operations.rs`
+    /// checks the methods of each against the running server.
+    #[test]
+    fn the_openapi_description_has_every_routed_path_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        let described: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let routed: BTreeSet<&str> = super::paths().into_iter().collect();
+        assert_eq!(
+            routed.difference(&described).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "routed but not described"
+        );
+        assert_eq!(
+            described.difference(&routed).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "described but not routed"
+        );
+    }
 }

@@ -2,19 +2,19 @@
 
 use std::net::IpAddr;
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
 
 use super::error::ApiError;
 use super::types::*;
-use super::{AppState, JsonBody, query, render};
+use super::{AppState, JsonBody, Routes, query, render};
 use crate::control::{Caller, Effect, NodeRegistered, NodeSpec, Report};
 use crate::model::{ContainerKey, Label, Port};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/v1/nodes", get(list_nodes))
         .route(
             "/v1/nodes/{node}",

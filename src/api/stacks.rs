@@ -3,20 +3,20 @@
 //! Users see only their own stacks: any other user's stack answers 404, whether it exists or
 //! not, so nothing leaks about who runs what (decided in `control`).
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use axum::routing::{get, patch, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::types::*;
-use super::{AppState, JsonBody, RawBody, query, render};
+use super::{AppState, JsonBody, RawBody, Routes, query, render};
 use crate::control::{Caller, StackSubmission};
 use crate::model::{Label, ServiceKey};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/v1/stacks", get(list_all))
         .route("/v1/stacks/{user}", get(list))
         .route("/v1/stacks/{user}/{stack}", put(apply).get(show).delete(remove))

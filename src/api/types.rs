@@ -366,3 +366,14 @@ pub struct LimitsResponse {
     pub stacks: u32,
     pub serial: u32,
 }
+
+/// One target group of Prometheus HTTP service discovery (`GET /v1/sd/prometheus`): a
+/// container's published port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetGroup {
+    /// `address:port`, the one target.
+    pub targets: Vec<String>,
+    /// `user`, `stack`, `service`, `container`, `node`, and `__meta_stackdns_*` labels for
+    /// relabelling (the container port, the protocol, the container's name in DNS).
+    pub labels: BTreeMap<String, String>,
+}

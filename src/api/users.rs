@@ -1,18 +1,18 @@
 //! Users and their tokens: an admin issues a token that acts on one user's stacks only.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{post, put};
-use axum::{Json, Router};
 
 use super::error::ApiError;
 use super::types::{LimitsRequest, LimitsResponse, UserTokenResponse, UserTokensRevoked};
-use super::{AppState, JsonBody};
+use super::{AppState, JsonBody, Routes};
 use crate::control::Caller;
 use crate::model::Label;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/v1/users/{user}/tokens", post(issue).delete(revoke))
         .route("/v1/users/{user}/limits", put(set_limits).get(limits))
 }

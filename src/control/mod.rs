@@ -53,7 +53,7 @@ use crate::store::{Batch, JournalWrite, Store, StoreError};
 use crate::zone::Zone;
 use state::State;
 use wake::NodeWakers;
-use writer::{Ctx, Job, Writer};
+use writer::{Ctx, Job, Queued, Writer};
 
 pub use crate::model::Applied;
 pub use auth::{Caller, Principal, generate_token, hash_token, same_secret};
@@ -63,8 +63,8 @@ pub use ops::SWEEP_BATCH;
 pub use ops::StackSubmission;
 pub use state::{MAX_GENERATION, NodeSpec, ReplaceSummary, Report, Swept};
 pub use views::{
-    Fleet, NodeAssignments, NodeRegistered, NodeStatus, Placed, PlacedContainer, ServiceStatus, StackApplied,
-    StackStatus, Work,
+    Endpoint, EndpointFilter, Fleet, NodeAssignments, NodeRegistered, NodeStatus, Placed, PlacedContainer,
+    ServiceStatus, StackApplied, StackStatus, Work,
 };
 
 /// Requests waiting for the writer before senders have to wait too.
@@ -95,7 +95,7 @@ pub type TokenIndex = Arc<arc_swap::ArcSwap<HashMap<String, Principal>>>;
 /// Handle to the control plane; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     snapshots: SnapshotHandle,
     tokens: TokenIndex,
     /// The serial of the latest published snapshot, for whoever must react to it (NOTIFY).
@@ -104,6 +104,7 @@ pub struct Control {
     wakers: Arc<NodeWakers>,
     /// Fires when the server shuts down: blocking queries answer at once.
     shutdown: CancellationToken,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Fixed inputs of every snapshot.
@@ -129,6 +130,7 @@ impl Control {
         store: Box<dyn Store>,
         publisher: Publisher,
         default_limits: crate::model::Limits,
+        metrics: crate::metrics::Metrics,
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), StartError> {
         let mut loaded = store.load()?;
@@ -203,6 +205,7 @@ impl Control {
             tokens: tokens.clone(),
             rebuild: false,
             stale: false,
+            metrics: metrics.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
@@ -216,6 +219,7 @@ impl Control {
                 serials,
                 wakers,
                 shutdown,
+                metrics,
             },
             thread,
         ))
@@ -250,14 +254,27 @@ impl Control {
                 let _ = tx.send(outcome);
             })
         });
-        self.jobs.send(job).await.map_err(|_| ControlError::Stopped)?;
-        rx.await.map_err(|_| {
+        let queued = Queued {
+            at: std::time::Instant::now(),
+            job,
+        };
+        self.jobs.send(queued).await.map_err(|_| ControlError::Stopped)?;
+        let result = rx.await.map_err(|_| {
             // The job was dropped unanswered: the writer stopped, or the job panicked.
             if self.jobs.is_closed() {
                 ControlError::Stopped
             } else {
                 ControlError::Internal
             }
-        })?
+        })?;
+        if let Err(ControlError::Unplaceable { code, .. }) = &result {
+            self.metrics.placement_refused(code);
+        }
+        result
+    }
+
+    /// Where the control plane counts what it does.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 }

@@ -11,7 +11,10 @@ use super::changes::Effect;
 use super::error::ControlError;
 use super::stacks::service_specs;
 use super::state::{NodeSpec, ReplaceSummary, Report, Swept, require_admin};
-use super::views::{self, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied, StackStatus};
+use super::views::{
+    self, Endpoint, EndpointFilter, Fleet, NodeAssignments, NodeRegistered, NodeStatus, StackApplied,
+    StackStatus,
+};
 use super::{Committed, Control};
 use crate::model::{Container, ContainerKey, Label, Limits, Node, ServiceKey};
 use crate::placement::Change;
@@ -148,12 +151,9 @@ impl Control {
 
     /// Marks nodes lost whose lease lapsed; run periodically by the server itself.
     pub async fn expire_leases(&self, ttl: Duration) -> Result<(), ControlError> {
-        self.run(move |ctx| {
-            ctx.state.expire_leases(ctx.now, ttl, ctx.changes);
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+        self.run(move |ctx| Ok(ctx.state.expire_leases(ctx.now, ttl, ctx.changes)))
+            .await
+            .map(|lost| self.metrics().leases_expired(lost.value))
     }
 
     /// Removes up to [`SWEEP_BATCH`] tombstones that stopped more than `retention` ago (see
@@ -542,6 +542,30 @@ impl Control {
             let plan = ctx.state.plan(&change, false)?;
             ctx.state.apply_plan(&plan, ctx.changes);
             ctx.state.remove_stack(&user, &stack, ctx.changes)
+        })
+        .await
+    }
+}
+
+/// For monitoring: what a scraper should scrape.
+impl Control {
+    /// The endpoints of the running containers the caller may see (all for the admin, a
+    /// user's own for a user token) that `filter` matches, for Prometheus service discovery.
+    pub async fn endpoints(
+        &self,
+        caller: Caller,
+        filter: EndpointFilter,
+    ) -> Result<Committed<Vec<Endpoint>>, ControlError> {
+        self.run(move |ctx| {
+            if matches!(caller, Caller::Node { .. }) {
+                return Err(ControlError::Forbidden(
+                    "a node token cannot list endpoints; use the admin token or a user's token".to_owned(),
+                ));
+            }
+            let state = &*ctx.state;
+            Ok(views::endpoints(state, &filter, |user| {
+                state.may_act_for(&caller, user)
+            }))
         })
         .await
     }

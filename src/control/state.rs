@@ -686,16 +686,19 @@ impl State {
         Ok(())
     }
 
-    /// Marks nodes whose last heartbeat is older than `ttl` as lost.
-    pub fn expire_leases(&mut self, now: Instant, ttl: Duration, changes: &mut Changes) {
+    /// Marks nodes whose last heartbeat is older than `ttl` as lost; returns how many.
+    pub fn expire_leases(&mut self, now: Instant, ttl: Duration, changes: &mut Changes) -> u64 {
+        let mut lost = 0;
         for n in self.nodes.values_mut() {
             if n.live && now.saturating_duration_since(n.last_seen) > ttl {
+                lost += 1;
                 n.live = false;
                 changes.nodes.insert(n.node.name.clone());
                 changes.ops.push(Op::SetLost(n.node.name.clone(), true));
                 tracing::warn!(node = %n.node.name, ttl_s = ttl.as_secs_f64(), "node lease lapsed; node is lost and its containers leave DNS");
             }
         }
+        lost
     }
 }
 

@@ -142,6 +142,63 @@ pub fn node_status(state: &State, n: &NodeState, now: Instant) -> NodeStatus {
     }
 }
 
+/// A published port of a container that answers in DNS: where a scraper reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub container: ContainerKey,
+    pub service: Label,
+    pub node: Label,
+    /// The address DNS gives the container, and the port its SRV record names (the host port,
+    /// or the container port when it has no host port).
+    pub address: std::net::IpAddr,
+    pub port: u16,
+    pub container_port: u16,
+    pub protocol: crate::model::Protocol,
+}
+
+/// Which endpoints a caller asks for; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointFilter {
+    pub user: Option<Label>,
+    pub stack: Option<Label>,
+    pub service: Option<Label>,
+    pub container_port: Option<u16>,
+}
+
+/// Every endpoint of every container that answers in DNS (running, ready, on a live node,
+/// placed there), of the users `visible` allows, that `filter` matches; in container order.
+pub fn endpoints(state: &State, filter: &EndpointFilter, visible: impl Fn(&Label) -> bool) -> Vec<Endpoint> {
+    let matches = |want: &Option<Label>, have: &Label| want.as_ref().is_none_or(|w| w == have);
+    let mut out = Vec::new();
+    for c in state.containers() {
+        if !(matches(&filter.user, &c.key.user)
+            && matches(&filter.stack, &c.key.stack)
+            && matches(&filter.service, &c.service)
+            && visible(&c.key.user))
+        {
+            continue;
+        }
+        let Some(address) = state.live_address(c) else {
+            continue;
+        };
+        for p in &c.ports {
+            if filter.container_port.is_some_and(|want| want != p.container_port) {
+                continue;
+            }
+            out.push(Endpoint {
+                container: c.key.clone(),
+                service: c.service.clone(),
+                node: c.node.clone(),
+                address,
+                port: p.host_port.unwrap_or(p.container_port),
+                container_port: p.container_port,
+                protocol: p.protocol,
+            });
+        }
+    }
+    out
+}
+
 pub fn fleet(state: &State) -> Fleet {
     let nodes_live = state.nodes().filter(|n| n.live).count();
     let containers_running = state.containers().filter(|c| c.running).count();

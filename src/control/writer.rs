@@ -35,6 +35,12 @@ pub type Completion = Box<dyn FnOnce(Result<u32, ControlError>) + Send>;
 /// Runs on the writer against the state, and says how to answer once the batch is committed.
 pub type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Completion + Send>;
 
+/// A job and when it was queued, for the write→visible latency.
+pub struct Queued {
+    pub at: Instant,
+    pub job: Job,
+}
+
 /// The thread that owns the store and the state.
 pub struct Writer {
     pub store: Box<dyn Store>,
@@ -52,14 +58,18 @@ pub struct Writer {
     /// The state could not be reloaded after a failed commit, so it may hold changes the
     /// database does not: every write is refused until a reload succeeds.
     pub stale: bool,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Writer {
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Queued>) {
+        // When each write of the batch (a job that recorded a store op) was queued.
+        let mut writes = Vec::new();
         while let Some(first) = jobs.blocking_recv() {
             let mut changes = Changes::default();
             let mut completions = Vec::new();
             let mut panicked = false;
+            writes.clear();
             {
                 let mut ctx = Ctx {
                     state: &mut self.state,
@@ -67,12 +77,16 @@ impl Writer {
                     now: Instant::now(),
                 };
                 let mut next = Some(first);
-                while let Some(job) = next.take() {
+                while let Some(Queued { at, job }) = next.take() {
+                    let ops = ctx.changes.ops.len();
                     // A bug in one job must not take the writer down: the batch is dropped
                     // and the state reloaded from the store below.
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx))) {
                         Ok(complete) => completions.push(complete),
                         Err(_) => panicked = true,
+                    }
+                    if ctx.changes.ops.len() > ops {
+                        writes.push(at);
                     }
                     if completions.len() < MAX_BATCH {
                         next = jobs.try_recv().ok();
@@ -94,7 +108,14 @@ impl Writer {
             if !changes.nodes.is_empty() {
                 self.state.reconcile(&mut changes);
             }
-            let result = self.commit(changes);
+            let result = self.commit(changes, writes.len());
+            if result.is_ok() {
+                let published = Instant::now();
+                for at in &writes {
+                    self.metrics
+                        .write_visible(published.saturating_duration_since(*at));
+                }
+            }
             for complete in completions {
                 complete(result.clone());
             }
@@ -103,7 +124,8 @@ impl Writer {
     }
 
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
-    fn commit(&mut self, mut changes: Changes) -> Result<u32, ControlError> {
+    /// `writes` counts the batch's jobs that changed something.
+    fn commit(&mut self, mut changes: Changes, writes: usize) -> Result<u32, ControlError> {
         if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
         }
@@ -144,12 +166,16 @@ impl Writer {
             serial,
             journal,
         };
-        if let Err(e) = self.store.commit(batch) {
+        let committing = Instant::now();
+        let committed = self.store.commit(batch);
+        if let Err(e) = committed {
+            self.metrics.commit_failed();
             tracing::error!(error = %e, "commit failed; reloading state from the database");
             self.reload();
             self.rebuild = true;
             return Err(ControlError::Storage(Arc::new(e)));
         }
+        self.metrics.committed(writes, committing.elapsed());
         self.serial = serial;
         if nodes_changed || changes.tokens_changed || self.rebuild {
             self.tokens.store(Arc::new(self.state.token_index()));

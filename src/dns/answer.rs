@@ -148,7 +148,8 @@ impl Message<'_> {
 /// the size limit free (for a TSIG record), with `options` (whole EDNS options, a COOKIE) in
 /// its OPT record if the query had one. Every rcode the query itself decides is chosen here,
 /// BADVERS first (RFC 6891 §6.1.3), then NOTIMP, REFUSED outside the zone or class, REFUSED
-/// for a transfer the handler did not take, FORMERR for a question of type OPT.
+/// for a transfer the handler did not take, FORMERR for a question of type OPT. Returns the
+/// (extended) rcode.
 pub fn answer(
     snapshot: &Snapshot,
     query: &Query<'_>,
@@ -157,7 +158,7 @@ pub fn answer(
     options: &[u8],
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) {
+) -> u16 {
     out.clear();
     let keep = query.flags & (flag::RD | flag::CD | 0x7800);
     write_header(out, query.id, keep | flag::QR, rcode::NOERROR);
@@ -207,6 +208,7 @@ pub fn answer(
         write_opt(msg.out, ext_rcode, edns.dnssec_ok, options);
         msg.count(3, 1);
     }
+    ext_rcode
 }
 
 /// Appends our OPT record: the extended rcode's upper bits, DO echoed, `options` as given.

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::answer::Scratch;
 use super::handler::{self, Context, Single};
+use super::stats::Channel;
 use super::wire;
 use crate::edge::{Caps, Gate};
 use crate::snapshot::SnapshotHandle;
@@ -250,9 +251,11 @@ async fn respond(request: Request<Incoming>, peer: SocketAddr, shared: &Shared) 
         handler::handle_message(
             &packet,
             peer.ip(),
+            Channel::Https,
             &snapshot,
             &shared.context,
             &mut Scratch::default(),
+            shared.context.counters.shared(),
             &mut out,
         )
     };

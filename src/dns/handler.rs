@@ -27,6 +27,7 @@ use std::sync::Arc;
 use super::answer::{self, Scratch, Transport};
 use super::cookie::{self, Cookies};
 use super::rrl::{self, Rrl, Verdict};
+use super::stats::{self, Channel, Shard};
 use super::tsig::{self, Check, Signer};
 use super::wire::{self, OPCODE_QUERY, Query, Reject, rcode};
 use super::xfr::{self, TransferAcl};
@@ -88,11 +89,19 @@ pub struct Context {
     pub cookies: Option<Cookies>,
     /// `None`: no response rate limiting (`--rrl-rate 0`). UDP only.
     pub rrl: Option<Rrl>,
+    /// The answer path's counters; [`DnsServer::start`](super::DnsServer::start) gives each UDP
+    /// worker a shard.
+    pub counters: stats::DnsCounters,
+    /// Where transfers and NOTIFY outcomes are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What the request proved about its sender, for rate limiting.
-#[derive(Default)]
 struct Proof {
+    /// The question's type as [`stats::qtype_index`] counts it, and the reply's (extended)
+    /// rcode.
+    qtype: usize,
+    rcode: u16,
     /// The COOKIE option of the reply, if the query sent one, and whether its server cookie
     /// was valid.
     cookie: Option<cookie::Reply>,
@@ -103,6 +112,8 @@ struct Proof {
 /// Decides what `packet`, received from `peer` over `transport`, gets from `snapshot`: writes
 /// the reply into `out` (cleared first) and says what to do with it. Allocation-free for an
 /// unsigned query that is not a transfer; `scratch` is the caller's, reused across queries.
+/// The message and its reply are counted in `shard`.
+#[allow(clippy::too_many_arguments)]
 pub fn handle(
     packet: &[u8],
     peer: IpAddr,
@@ -110,30 +121,47 @@ pub fn handle(
     snapshot: &Arc<Snapshot>,
     context: &Context,
     scratch: &mut Scratch,
+    shard: &Shard,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let (outcome, proof, signer) = respond(packet, peer, transport, snapshot, context, scratch, out);
+    let channel = match transport {
+        Transport::Udp => Channel::Udp,
+        Transport::Tcp => Channel::Tcp,
+        Transport::Tls { .. } => Channel::Tls,
+        Transport::Message => Channel::Https,
+    };
+    let (outcome, mut proof, signer) = respond(packet, peer, transport, snapshot, context, scratch, out);
+    shard.request(channel, proof.qtype);
     if let Some(mut signer) = signer {
         signer.sign(out);
     }
-    let Some(rrl) = context.rrl.as_ref().filter(|_| transport == Transport::Udp) else {
-        return outcome;
-    };
-    let proven = proof.signed || proof.cookie.as_ref().is_some_and(|c| c.valid);
-    if !matches!(outcome, Outcome::Reply) || proven {
-        return outcome;
-    }
-    match rrl.verdict(peer, out) {
-        Verdict::Send => Outcome::Reply,
-        Verdict::Drop => Outcome::Drop,
-        Verdict::Slip => {
-            match &proof.cookie {
-                Some(cookie) => answer::bad_cookie(out, proof.dnssec_ok, &cookie.option),
-                None => rrl::slip(out),
+    let outcome = match context.rrl.as_ref().filter(|_| transport == Transport::Udp) {
+        Some(rrl)
+            if matches!(outcome, Outcome::Reply)
+                && !proof.signed
+                && !proof.cookie.as_ref().is_some_and(|c| c.valid) =>
+        {
+            match rrl.verdict(peer, out) {
+                Verdict::Send => Outcome::Reply,
+                Verdict::Drop => Outcome::Drop,
+                Verdict::Slip => {
+                    match &proof.cookie {
+                        Some(cookie) => {
+                            answer::bad_cookie(out, proof.dnssec_ok, &cookie.option);
+                            proof.rcode = cookie::BADCOOKIE;
+                        }
+                        None => rrl::slip(out),
+                    }
+                    Outcome::Reply
+                }
             }
-            Outcome::Reply
         }
+        _ => outcome,
+    };
+    if let Outcome::Reply = outcome {
+        shard.response(channel, proof.qtype, proof.rcode, out);
     }
+    outcome
 }
 
 /// What a transport that carries one response per request (DoH, DoQ) does after
@@ -148,19 +176,28 @@ pub enum Single {
 
 /// [`handle`] for [`Transport::Message`]: the same decisions, but no rate limiting (the
 /// transport has a handshake, so the source is not spoofed), no transfers, and the signing
-/// left to the caller.
+/// left to the caller. Counted in `shard` as having come over `channel`; the size counted is
+/// the reply's before the signature.
+#[allow(clippy::too_many_arguments)]
 pub fn handle_message(
     packet: &[u8],
     peer: IpAddr,
+    channel: Channel,
     snapshot: &Arc<Snapshot>,
     context: &Context,
     scratch: &mut Scratch,
+    shard: &Shard,
     out: &mut Vec<u8>,
 ) -> Single {
-    match respond(packet, peer, Transport::Message, snapshot, context, scratch, out) {
-        (Outcome::Reply, _, signer) => Single::Reply(signer),
+    let (outcome, proof, signer) = respond(packet, peer, Transport::Message, snapshot, context, scratch, out);
+    shard.request(channel, proof.qtype);
+    match outcome {
+        Outcome::Reply => {
+            shard.response(channel, proof.qtype, proof.rcode, out);
+            Single::Reply(signer)
+        }
         // A transfer is not streamed over a single-message transport: `respond` refuses it.
-        (Outcome::Drop | Outcome::Transfer(_), ..) => Single::Drop,
+        Outcome::Drop | Outcome::Transfer(_) => Single::Drop,
     }
 }
 
@@ -176,7 +213,13 @@ fn respond(
     out: &mut Vec<u8>,
 ) -> (Outcome, Proof, Option<Signer>) {
     let acl = &context.acl;
-    let mut proof = Proof::default();
+    let mut proof = Proof {
+        qtype: stats::QTYPE_NONE,
+        rcode: rcode::NOERROR,
+        cookie: None,
+        dnssec_ok: false,
+        signed: false,
+    };
     out.clear();
     let query = match wire::parse(packet) {
         Ok(query) => query,
@@ -190,18 +233,22 @@ fn respond(
                 rcode::NOTIMP
             };
             answer::header_only(out, id, flags, rcode);
+            proof.rcode = rcode;
             return (Outcome::Reply, proof, None);
         }
     };
+    proof.qtype = stats::qtype_index(query.qtype);
     let signer = match query.tsig.map(|at| tsig::check(&acl.keys, packet, at)) {
         None | Some(Check::Unsigned) => None,
         Some(Check::Malformed) => {
             answer::header_only(out, query.id, query.flags, rcode::FORMERR);
+            proof.rcode = rcode::FORMERR;
             return (Outcome::Reply, proof, None);
         }
         Some(Check::Valid(signer)) => Some(signer),
         Some(Check::Refused(reply)) => {
             out.extend_from_slice(&reply);
+            proof.rcode = reply.get(3).map_or(rcode::NOERROR, |b| u16::from(b & 0xF));
             return (Outcome::Reply, proof, None);
         }
     };
@@ -232,7 +279,7 @@ fn respond(
         // AXFR over UDP is REFUSED like any transfer not taken here (over TLS 1.2, DoH, DoQ).
         _ => {
             let options = proof.cookie.as_ref().map_or(&[][..], |c| &c.option[..]);
-            answer::answer(snapshot, &query, transport, reserve, options, scratch, out);
+            proof.rcode = answer::answer(snapshot, &query, transport, reserve, options, scratch, out);
         }
     }
     (Outcome::Reply, proof, signer)

@@ -20,6 +20,7 @@ use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
 use super::answer::Scratch;
 use super::handler::{self, Context, Single};
+use super::stats::Channel;
 use super::tls::Certificates;
 use super::tsig::Signer;
 use crate::snapshot::SnapshotHandle;
@@ -75,9 +76,11 @@ impl RequestHandler for Adapter {
             handler::handle_message(
                 request.as_slice(),
                 request.src().ip(),
+                Channel::Quic,
                 &snapshot,
                 &self.context,
                 &mut Scratch::default(),
+                self.context.counters.shared(),
                 &mut out,
             )
         };

@@ -31,6 +31,7 @@ mod hickory;
 pub mod lookup;
 pub mod notify;
 pub mod rrl;
+pub mod stats;
 mod tcp;
 pub mod tls;
 pub mod tsig;
@@ -131,14 +132,20 @@ fn bind(
 pub struct DnsStats(Arc<handler::Context>);
 
 impl DnsStats {
-    /// Responses rate limiting slipped (sent truncated, or BADCOOKIE) and dropped, if it is on.
-    pub fn rrl(&self) -> Option<(u64, u64)> {
-        self.0.rrl.as_ref().map(|rrl| {
-            (
-                rrl.counters.slipped.load(Ordering::Relaxed),
-                rrl.counters.dropped.load(Ordering::Relaxed),
-            )
-        })
+    /// Appends the answer path's counters, and rate limiting's if it is on, in Prometheus text
+    /// format.
+    pub fn render(&self, out: &mut String) {
+        self.0.counters.render(out);
+        if let Some(rrl) = &self.0.rrl {
+            let slipped = rrl.counters.slipped.load(Ordering::Relaxed);
+            let dropped = rrl.counters.dropped.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "# HELP stackdns_rrl_responses_total UDP responses held back by response rate limiting.\n\
+                 # TYPE stackdns_rrl_responses_total counter\n\
+                 stackdns_rrl_responses_total{{action=\"slipped\"}} {slipped}\n\
+                 stackdns_rrl_responses_total{{action=\"dropped\"}} {dropped}\n"
+            ));
+        }
     }
 }
 
@@ -171,8 +178,11 @@ impl DnsServer {
         encrypted: Encrypted,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
-        let context = Arc::new(context);
         let (sockets, listener) = bind(addr, udp_workers)?;
+        let context = Arc::new(handler::Context {
+            counters: stats::DnsCounters::new(sockets.len()),
+            ..context
+        });
         let bound = listener
             .local_addr()
             .map_err(|source| DnsError::BindTcp { addr, source })?;
@@ -185,7 +195,7 @@ impl DnsServer {
                 .name(format!("dns-udp-{i}"))
                 .spawn({
                     let context = context.clone();
-                    move || udp::serve(socket, snapshots, context, stop)
+                    move || udp::serve(socket, i, snapshots, context, stop)
                 })
                 .map_err(DnsError::Thread)?;
             workers.push(worker);

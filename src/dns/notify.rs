@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{HEADER_LEN, flag};
+use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotHandle};
 use crate::zone::rtype;
 
@@ -24,11 +25,13 @@ const ATTEMPTS: u32 = 5;
 const FIRST_TIMEOUT: Duration = Duration::from_millis(500);
 const OPCODE_NOTIFY: u16 = 4;
 
-/// Starts one notifier per secondary; they stop with `cancel`.
+/// Starts one notifier per secondary, counting each round's outcome in `metrics`; they stop
+/// with `cancel`.
 pub fn start(
     targets: &[SocketAddr],
     snapshots: SnapshotHandle,
     serials: watch::Receiver<u32>,
+    metrics: &Metrics,
     cancel: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     targets
@@ -38,6 +41,7 @@ pub fn start(
                 target,
                 snapshots.clone(),
                 serials.clone(),
+                metrics.clone(),
                 cancel.clone(),
             ))
         })
@@ -77,6 +81,7 @@ async fn notify_target(
     target: SocketAddr,
     snapshots: SnapshotHandle,
     mut serials: watch::Receiver<u32>,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
@@ -108,6 +113,7 @@ async fn notify_target(
         let snapshot = snapshots.load_full();
         let mut timeout = FIRST_TIMEOUT;
         let mut acked = false;
+        let mut refused = false;
         for attempt in 1..=ATTEMPTS {
             // A fresh random ID per send: an off-path spoofer cannot guess the acknowledgement.
             id = u16::from_be_bytes(rand_bytes());
@@ -136,6 +142,7 @@ async fn notify_target(
                                 // An answer, but a refusal: retrying will not change its mind.
                                 tracing::warn!(%target, rcode, serial = snapshot.serial, "secondary refused NOTIFY; check its notify ACL");
                                 acked = true;
+                                refused = true;
                                 break;
                             }
                             None => {}
@@ -149,9 +156,13 @@ async fn notify_target(
             tracing::debug!(%target, serial = snapshot.serial, attempt, "NOTIFY not acknowledged yet");
             timeout *= 2;
         }
-        if acked {
+        if refused {
+            metrics.notify(target, "refused");
+        } else if acked {
+            metrics.notify(target, "acknowledged");
             tracing::debug!(%target, serial = snapshot.serial, "NOTIFY acknowledged");
         } else if !pending {
+            metrics.notify(target, "unanswered");
             tracing::warn!(%target, serial = snapshot.serial, attempts = ATTEMPTS, "secondary did not acknowledge NOTIFY; it will pick the change up at its next refresh");
         }
     }

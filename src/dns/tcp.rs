@@ -180,6 +180,8 @@ async fn open(
 async fn transfer<S: AsyncWrite + Unpin>(
     job: TransferJob,
     transport: Transport,
+    peer: std::net::SocketAddr,
+    metrics: &crate::metrics::Metrics,
     stream: &mut S,
 ) -> std::io::Result<()> {
     let started = std::time::Instant::now();
@@ -207,11 +209,16 @@ async fn transfer<S: AsyncWrite + Unpin>(
         }
     });
     let mut bytes = 0usize;
+    let tls = transport != Transport::Tcp;
     while let Some(chunk) = chunks.recv().await {
         bytes += chunk.len();
-        write_timed(stream, &chunk, TRANSFER_WRITE_TIMEOUT).await?;
+        if let Err(e) = write_timed(stream, &chunk, TRANSFER_WRITE_TIMEOUT).await {
+            metrics.transfer(peer.ip(), kind, tls, serial, false);
+            return Err(e);
+        }
     }
     let records = producer.await.unwrap_or(0);
+    metrics.transfer(peer.ip(), kind, tls, serial, records > 0);
     tracing::info!(
         serial,
         records,
@@ -219,7 +226,7 @@ async fn transfer<S: AsyncWrite + Unpin>(
         signed,
         ms = started.elapsed().as_secs_f64() * 1e3,
         kind,
-        transport = if transport == Transport::Tcp { "tcp" } else { "tls" },
+        transport = if tls { "tls" } else { "tcp" },
         "zone transfer served"
     );
     Ok(())
@@ -271,6 +278,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 &snapshot,
                 &shared.context,
                 &mut scratch,
+                shared.context.counters.shared(),
                 &mut out,
             )
         };
@@ -278,7 +286,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Outcome::Reply => write_frame(&mut stream, &mut frame, &out, shared.io_timeout).await?,
             // Not a query (a response, or shorter than a header): nothing sane to say.
             Outcome::Drop => return Ok(()),
-            Outcome::Transfer(job) => transfer(*job, transport, &mut stream).await?,
+            Outcome::Transfer(job) => {
+                transfer(*job, transport, peer, &shared.context.metrics, &mut stream).await?;
+            }
         }
     }
 }

@@ -46,7 +46,15 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 /// Answers queries on `socket` until `stop` is set.
-pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, context: Arc<Context>, stop: Arc<AtomicBool>) {
+/// `worker` numbers the thread, for its counters' shard.
+pub fn serve(
+    socket: UdpSocket,
+    worker: usize,
+    snapshots: SnapshotHandle,
+    context: Arc<Context>,
+    stop: Arc<AtomicBool>,
+) {
+    let shard = context.counters.udp(worker);
     let mut packet = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(answer::MAX_UDP_PAYLOAD as usize);
     let mut scratch = Scratch::default();
@@ -77,6 +85,7 @@ pub fn serve(socket: UdpSocket, snapshots: SnapshotHandle, context: Arc<Context>
                 &snapshot,
                 &context,
                 &mut scratch,
+                shard,
                 &mut out,
             )
         }));

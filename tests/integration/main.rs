@@ -12,6 +12,7 @@ mod edge;
 mod faults;
 mod fleet;
 mod leases;
+mod operations;
 mod props;
 mod retention;
 mod rrl;

@@ -222,6 +222,24 @@ impl Server {
         self.call("PUT", &path, Some(token), Some(body)).await
     }
 
+    /// Where `--metrics-addr` listens (port 0 unless the test named one).
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .split("metrics listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("a metrics listener")
+            .to_owned()
+    }
+
+    /// `/metrics` from `--metrics-addr`, as Prometheus scrapes it.
+    pub async fn scrape(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr());
+        let resp = self.http.get(url).send().await.expect("scrape");
+        assert_eq!(resp.status(), 200);
+        resp.text().await.expect("metrics text")
+    }
+
     pub fn dns(&self) -> Dns {
         Dns { addr: self.dns }
     }

@@ -70,6 +70,7 @@ fn context(rrl: Option<u32>) -> Context {
                 table_size: 1024,
             })
         }),
+        ..Context::default()
     }
 }
 
@@ -128,6 +129,7 @@ fn run_in(
         snapshot,
         context,
         &mut Scratch::default(),
+        context.counters.shared(),
         &mut out,
     );
     (outcome, out)
