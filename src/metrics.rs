@@ -42,7 +42,7 @@ static METADATA: Metadata<'static> = Metadata::new("stackdns", Level::INFO, Some
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transferred {
     pub serial: u32,
-    /// `AXFR`, `IXFR`, or `IXFR (up to date)`, as the transfer log says it.
+    /// `AXFR`, `IXFR`, `IXFR (whole zone)` or `IXFR (up to date)`, as the transfer log says it.
     pub kind: &'static str,
     pub at: SystemTime,
 }
@@ -255,8 +255,15 @@ impl Metrics {
         }
     }
 
-    /// A round of NOTIFY to `secondary` ended with `outcome`.
-    pub fn notify(&self, secondary: SocketAddr, outcome: &'static str) {
+    /// Writes the NOTIFY series of `secondary` at zero, so that the first unanswered round is
+    /// an increase Prometheus can see.
+    pub fn notify_target(&self, secondary: SocketAddr) {
+        for outcome in ["acknowledged", "refused", "unanswered"] {
+            self.notify_counter(secondary, outcome).absolute(0);
+        }
+    }
+
+    fn notify_counter(&self, secondary: SocketAddr, outcome: &'static str) -> Counter {
         self.counter(
             NOTIFIES,
             vec![
@@ -264,7 +271,11 @@ impl Metrics {
                 Label::from_static_parts("outcome", outcome),
             ],
         )
-        .increment(1);
+    }
+
+    /// A round of NOTIFY to `secondary` ended with `outcome`.
+    pub fn notify(&self, secondary: SocketAddr, outcome: &'static str) {
+        self.notify_counter(secondary, outcome).increment(1);
     }
 
     /// What each secondary last transferred completely, by address.
@@ -295,7 +306,7 @@ mod tests {
         metrics.write_visible(Duration::from_micros(1500));
         metrics.committed(3, Duration::from_micros(700));
         metrics.leases_expired(2);
-        metrics.placement_refused("insufficient_capacity");
+        metrics.placement_refused("port_conflict");
         metrics.http_request("/v1/nodes", "GET", 200, Duration::from_millis(3));
         let secondary: IpAddr = "127.0.0.3".parse().expect("ip");
         metrics.transfer(secondary, "IXFR", true, 42, true);
@@ -310,7 +321,7 @@ mod tests {
             "stackdns_write_visible_seconds_count 1",
             "stackdns_commit_writes_bucket{le=\"5\"} 1",
             "stackdns_lease_expiries_total 2",
-            "stackdns_placement_refusals_total{code=\"insufficient_capacity\"} 1",
+            "stackdns_placement_refusals_total{code=\"port_conflict\"} 1",
             "stackdns_http_requests_total{route=\"/v1/nodes\",method=\"GET\",status=\"200\"} 1",
             "stackdns_http_request_duration_seconds_count{route=\"/v1/nodes\"} 1",
             "stackdns_dns_transfers_total{secondary=\"127.0.0.3\",kind=\"ixfr\",transport=\"tls\",result=\"complete\"} 1",

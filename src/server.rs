@@ -64,6 +64,8 @@ pub enum ServerError {
     AdminTokenRandom(getrandom::Error),
     #[error("DNS cookies: cannot generate a secret: {0}; pass --cookie-secret or --cookies off")]
     CookieRandom(getrandom::Error),
+    #[error("dashboard: cannot generate a session key: {0}")]
+    SessionRandom(getrandom::Error),
     #[error("TSIG key file {path}: {source}")]
     TsigKeyFileRead { path: PathBuf, source: std::io::Error },
     #[error("TSIG key file {path}, line {line}: {source}")]
@@ -191,6 +193,7 @@ impl Server {
             max_container_memory_mb: args.max_container_memory_mb,
             requests: std::sync::Arc::new(tokio::sync::Semaphore::new(args.api_max_requests)),
             dns_stats: dns.stats.clone(),
+            sessions: std::sync::Arc::new(api::Sessions::new().map_err(ServerError::SessionRandom)?),
             read_timeout: Duration::from_millis(args.api_read_timeout_ms),
         };
         let metrics_listener = match args.metrics_addr.0 {

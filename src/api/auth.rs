@@ -27,20 +27,26 @@ impl FromRequestParts<AppState> for Caller {
             .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let hashed = hash_token(token);
-        if same_secret(&hashed, &state.admin_token_sha256) {
-            return Ok(Caller::Admin);
-        }
-        match state.control.principal_of(&hashed) {
-            Some(Principal::Node(node)) => Ok(Caller::Node {
-                node,
-                token_sha256: hashed,
-            }),
-            Some(Principal::User(user)) => Ok(Caller::User {
-                user,
-                token_sha256: hashed,
-            }),
-            None => Err(ApiError::unauthorized("the bearer token is not known")),
-        }
+        caller_of(state, hash_token(token))
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not known"))
+    }
+}
+
+/// Whom the token with SHA-256 `hashed` belongs to, as of the last commit: the bearer token's
+/// check, and the dashboard's for the token behind a session (so revoking a token ends the
+/// sessions opened with it).
+pub fn caller_of(state: &AppState, hashed: String) -> Option<Caller> {
+    if same_secret(&hashed, &state.admin_token_sha256) {
+        return Some(Caller::Admin);
+    }
+    match state.control.principal_of(&hashed)? {
+        Principal::Node(node) => Some(Caller::Node {
+            node,
+            token_sha256: hashed,
+        }),
+        Principal::User(user) => Some(Caller::User {
+            user,
+            token_sha256: hashed,
+        }),
     }
 }

@@ -24,7 +24,10 @@ mod render;
 mod sd;
 mod stacks;
 pub mod types;
+mod ui;
 mod users;
+
+pub use ui::Sessions;
 
 use std::time::Duration;
 
@@ -68,6 +71,8 @@ pub struct AppState {
     pub read_timeout: Duration,
     /// The DNS listeners' counters.
     pub dns_stats: crate::dns::DnsStats,
+    /// The dashboard's logged-in sessions.
+    pub sessions: std::sync::Arc<Sessions>,
 }
 
 impl AppState {
@@ -146,6 +151,7 @@ async fn openapi() -> impl axum::response::IntoResponse {
 pub fn router(state: AppState) -> Router {
     bounded_routes()
         .router
+        .merge(ui::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
         .merge(probe_routes().router)
         .layer(TimeoutLayer::with_status_code(
@@ -157,10 +163,11 @@ pub fn router(state: AppState) -> Router {
         .merge(assignments::routes().router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn(declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::new())
+        // Outside the others, so refusals for size and a handler's panic (500) are counted too.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -354,6 +361,9 @@ async fn metrics_for_admin(
     metrics(axum::extract::State(state)).await
 }
 
+/// How long a scrape waits for the writer's fleet counts.
+const WRITER_WAIT: Duration = Duration::from_secs(2);
+
 /// The content type of the Prometheus text format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -363,24 +373,41 @@ async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let snapshot = state.control.snapshots().load_full();
-    let crate::control::Fleet {
+    // The fleet's counts come from the writer; a writer stuck on a slow disk must not make the
+    // scrape fail too, so without an answer in time they are left out and the gauge says why.
+    let fleet = tokio::time::timeout(WRITER_WAIT, state.control.fleet()).await;
+    let (responsive, fleet) = match fleet {
+        Ok(done) => (1, Some(done?.value)),
+        Err(_) => (0, None),
+    };
+    let mut out = format!(
+        "# HELP stackdns_control_writer_responsive Whether the control writer answered this scrape within {} s \
+         (0: writes are stuck, most likely on the disk; DNS answers the last published zone).\n\
+         # TYPE stackdns_control_writer_responsive gauge\nstackdns_control_writer_responsive {responsive}\n",
+        WRITER_WAIT.as_secs()
+    );
+    if let Some(crate::control::Fleet {
         nodes_live: live,
         nodes_lost: lost,
         containers_running: running,
         containers_stopped: stopped,
-    } = state.control.fleet().await?.value;
-    let mut out = format!(
+    }) = fleet
+    {
+        out.push_str(&format!(
+            "# HELP stackdns_nodes Registered nodes by lease state.\n\
+             # TYPE stackdns_nodes gauge\nstackdns_nodes{{state=\"live\"}} {live}\nstackdns_nodes{{state=\"lost\"}} {lost}\n\
+             # HELP stackdns_containers Known containers by state (running ones on lost nodes included).\n\
+             # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n"
+        ));
+    }
+    out.push_str(&format!(
         "# HELP stackdns_zone_serial SOA serial of the published zone.\n\
          # TYPE stackdns_zone_serial gauge\nstackdns_zone_serial {}\n\
          # HELP stackdns_zone_names Names in the published zone, empty non-terminals included.\n\
-         # TYPE stackdns_zone_names gauge\nstackdns_zone_names {}\n\
-         # HELP stackdns_nodes Registered nodes by lease state.\n\
-         # TYPE stackdns_nodes gauge\nstackdns_nodes{{state=\"live\"}} {live}\nstackdns_nodes{{state=\"lost\"}} {lost}\n\
-         # HELP stackdns_containers Known containers by state.\n\
-         # TYPE stackdns_containers gauge\nstackdns_containers{{state=\"running\"}} {running}\nstackdns_containers{{state=\"stopped\"}} {stopped}\n",
+         # TYPE stackdns_zone_names gauge\nstackdns_zone_names {}\n",
         snapshot.serial,
         snapshot.len(),
-    );
+    ));
     state.dns_stats.render(&mut out);
     state.control.metrics().render(&mut out);
     Ok(([(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], out))

@@ -37,6 +37,7 @@ pub fn start(
     targets
         .iter()
         .map(|&target| {
+            metrics.notify_target(target);
             tokio::spawn(notify_target(
                 target,
                 snapshots.clone(),

@@ -199,8 +199,10 @@ impl DnsCounters {
             .sum()
     }
 
-    /// Appends the counters in Prometheus text format. Series that are still zero are left out
-    /// (Prometheus treats a series that appears as starting from zero).
+    /// Appends the counters in Prometheus text format. Series that are still zero are left out,
+    /// or the 1,100 combinations of transport, type and rcode would all be written; a series
+    /// appears with its first event, which `rate()` and `increase()` do not see (alert on them
+    /// with that in mind: docs/operations.md).
     pub fn render(&self, out: &mut String) {
         out.push_str(
             "# HELP stackdns_dns_requests_total DNS messages received, by transport and question type.\n\

@@ -64,6 +64,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/v1/sd/prometheus"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/ui/stacks/{}/{}"),
+    ("POST", "/ui/stacks/{}/{}/dry-run"),
+    ("POST", "/ui/login"),
     ("POST", "/v1/nodes"),
     ("GET", "/v1/nope"),
 ];
@@ -101,6 +106,8 @@ const QUERIES: &[&str] = &[
     "?wait=1ms&index=1",
     "?bogus=1",
     "?index=1&index=2",
+    "?port=80&service=web",
+    "?port=x",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {

@@ -47,7 +47,7 @@ fn placed(body: &Value) -> Vec<(String, String, Vec<u64>)> {
 }
 
 /// Reports every assignment of `node` as running, the way an agent would.
-async fn run_assigned(s: &Server, node: &str, token: &str) -> usize {
+pub(crate) async fn run_assigned(s: &Server, node: &str, token: &str) -> usize {
     let (status, body) = s
         .call("GET", &format!("/v1/nodes/{node}/assignments"), Some(token), None)
         .await;
