@@ -27,6 +27,11 @@ const TRANSFERS: &str = "stackdns_dns_transfers_total";
 const SECONDARY_SERIAL: &str = "stackdns_dns_secondary_serial";
 const NOTIFIES: &str = "stackdns_dns_notify_total";
 
+/// Secondaries told apart by address, in the labels and for the dashboard; transfers from any
+/// further address (a wide `--allow-transfer`, a TSIG key used from everywhere) are counted
+/// under `secondary="other"`, so no peer can grow the series without bound.
+const MAX_SECONDARIES: usize = 64;
+
 /// Latency buckets, seconds: sub-millisecond commits up to a slow disk's seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -224,7 +229,13 @@ impl Metrics {
     /// A zone transfer to `secondary` ended: `complete` if every message was sent, which
     /// makes `serial` what the secondary now has.
     pub fn transfer(&self, secondary: IpAddr, kind: &'static str, tls: bool, serial: u32, complete: bool) {
-        let name = secondary.to_string();
+        let mut secondaries = self.0.secondaries.lock().unwrap_or_else(|p| p.into_inner());
+        let known = secondaries.contains_key(&secondary) || secondaries.len() < MAX_SECONDARIES;
+        let name = if known {
+            secondary.to_string()
+        } else {
+            "other".to_owned()
+        };
         self.counter(
             TRANSFERS,
             vec![
@@ -235,7 +246,7 @@ impl Metrics {
             ],
         )
         .increment(1);
-        if complete {
+        if complete && known {
             self.0
                 .recorder
                 .register_gauge(
@@ -243,7 +254,6 @@ impl Metrics {
                     &METADATA,
                 )
                 .set(f64::from(serial));
-            let mut secondaries = self.0.secondaries.lock().unwrap_or_else(|p| p.into_inner());
             secondaries.insert(
                 secondary,
                 Transferred {
@@ -332,5 +342,23 @@ mod tests {
         }
         assert!(text.contains("# HELP stackdns_write_visible_seconds From a write"));
         assert_eq!(metrics.secondaries()[0].1.serial, 42);
+    }
+
+    #[test]
+    fn secondaries_beyond_the_bound_share_one_label() {
+        let metrics = Metrics::new();
+        for i in 0..200u32 {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            metrics.transfer(peer, "AXFR", false, 7, true);
+        }
+        assert_eq!(metrics.secondaries().len(), MAX_SECONDARIES);
+        let mut text = String::new();
+        metrics.render(&mut text);
+        let other = "stackdns_dns_transfers_total{secondary=\"other\",kind=\"axfr\",transport=\"tcp\",result=\"complete\"} 136";
+        assert!(text.lines().any(|l| l == other), "{text}");
+        assert_eq!(
+            text.matches("stackdns_dns_secondary_serial{").count(),
+            MAX_SECONDARIES
+        );
     }
 }

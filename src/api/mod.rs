@@ -132,12 +132,16 @@ fn probe_routes() -> Routes {
         .route("/v1/openapi.json", get(openapi))
 }
 
+/// The API's routes in their three groups, each behind its own layers in [`router`]: served
+/// when a request slot is free; never refused; blocking queries, without the request timeout.
+/// [`router`] and [`paths`] both take them from here, so an API route is added here or not at all.
+fn groups() -> [Routes; 3] {
+    [bounded_routes(), probe_routes(), assignments::routes()]
+}
+
 /// Every routed path of the API, in axum's `{param}` syntax (which OpenAPI shares).
 pub fn paths() -> Vec<&'static str> {
-    [bounded_routes(), probe_routes(), assignments::routes()]
-        .into_iter()
-        .flat_map(|r| r.paths)
-        .collect()
+    groups().into_iter().flat_map(|r| r.paths).collect()
 }
 
 /// The OpenAPI 3.1 description of the whole API, served at `/v1/openapi.json`.
@@ -149,18 +153,20 @@ async fn openapi() -> impl axum::response::IntoResponse {
 
 /// The whole API, ready to serve.
 pub fn router(state: AppState) -> Router {
-    bounded_routes()
+    let [bounded_api, probes, blocking] = groups();
+    bounded_api
         .router
+        // The dashboard is not the API: not in the OpenAPI description, but bounded the same.
         .merge(ui::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
-        .merge(probe_routes().router)
+        .merge(probes.router)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
         // Blocking queries wait longer than any other request may take, by design; each holds
         // a connection, which the listener's caps bound.
-        .merge(assignments::routes().router)
+        .merge(blocking.router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(declared_size))

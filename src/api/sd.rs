@@ -38,6 +38,12 @@ async fn targets(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<TargetGroup>>, ApiError> {
     let params: Params = query::parse(raw.as_deref())?;
+    if params.port == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "query parameter port=\"0\": a container port is 1 to 65535",
+        ));
+    }
     let label = |what, value: Option<String>| value.map(|v| Label::parse(what, &v)).transpose();
     let filter = EndpointFilter {
         user: label("user", params.user)?,

@@ -259,18 +259,14 @@ impl Control {
             job,
         };
         self.jobs.send(queued).await.map_err(|_| ControlError::Stopped)?;
-        let result = rx.await.map_err(|_| {
+        rx.await.map_err(|_| {
             // The job was dropped unanswered: the writer stopped, or the job panicked.
             if self.jobs.is_closed() {
                 ControlError::Stopped
             } else {
                 ControlError::Internal
             }
-        })?;
-        if let Err(ControlError::Unplaceable { code, .. }) = &result {
-            self.metrics.placement_refused(code);
-        }
-        result
+        })?
     }
 
     /// Where the control plane counts what it does.

@@ -365,55 +365,58 @@ impl Control {
         let services = service_specs(&user, &stack, &file);
         // Who may, and what it would cost before any planning (so an oversized request costs
         // nothing); then the plan, which costs what it changes.
-        self.run(move |ctx| {
-            ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            let created = ctx.state.stacks().get(&user, &stack).is_none();
-            let stacks_after = u64::from(ctx.state.usage_of(&user).1) + u64::from(created);
-            let load = ctx.state.declared_load(&user, &stack, &services);
-            ctx.state.check_quota(&user, load, stacks_after)?;
-            let change = Change::Apply {
-                user: user.clone(),
-                stack: stack.clone(),
-                services,
-            };
-            let plan = ctx.state.plan(&change, dry_run)?;
-            ctx.state
-                .check_quota(&user, ctx.state.planned_for(&plan, &user), stacks_after)?;
-            if dry_run {
-                let status = views::planned(ctx.state, &user, &stack, &file, &plan);
-                let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
-                return Ok(StackApplied {
+        let result = self
+            .run(move |ctx| {
+                ctx.state.authorize_stacks(&caller, &user, &stack)?;
+                let created = ctx.state.stacks().get(&user, &stack).is_none();
+                let stacks_after = u64::from(ctx.state.usage_of(&user).1) + u64::from(created);
+                let load = ctx.state.declared_load(&user, &stack, &services);
+                ctx.state.check_quota(&user, load, stacks_after)?;
+                let change = Change::Apply {
+                    user: user.clone(),
+                    stack: stack.clone(),
+                    services,
+                };
+                let plan = ctx.state.plan(&change, dry_run)?;
+                ctx.state
+                    .check_quota(&user, ctx.state.planned_for(&plan, &user), stacks_after)?;
+                if dry_run {
+                    let status = views::planned(ctx.state, &user, &stack, &file, &plan);
+                    let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
+                    return Ok(StackApplied {
+                        status,
+                        created,
+                        changes: None,
+                        verdicts_total,
+                        verdicts: Some(verdicts),
+                    });
+                }
+                let applied = ctx.state.apply_plan(&plan, ctx.changes);
+                let services = (plan.services.iter())
+                    .filter_map(|(_, spec)| spec.clone())
+                    .collect();
+                let record = StackRecord {
+                    user: user.clone(),
+                    stack: stack.clone(),
+                    body,
+                    content_type,
+                    file,
+                    services,
+                };
+                ctx.state.put_stack(record, ctx.changes);
+                let status = views::stack_status(ctx.state, &user, &stack)
+                    .ok_or_else(|| stack_not_found(&user, &stack))?;
+                Ok(StackApplied {
                     status,
                     created,
-                    changes: None,
-                    verdicts_total,
-                    verdicts: Some(verdicts),
-                });
-            }
-            let applied = ctx.state.apply_plan(&plan, ctx.changes);
-            let services = (plan.services.iter())
-                .filter_map(|(_, spec)| spec.clone())
-                .collect();
-            let record = StackRecord {
-                user: user.clone(),
-                stack: stack.clone(),
-                body,
-                content_type,
-                file,
-                services,
-            };
-            ctx.state.put_stack(record, ctx.changes);
-            let status = views::stack_status(ctx.state, &user, &stack)
-                .ok_or_else(|| stack_not_found(&user, &stack))?;
-            Ok(StackApplied {
-                status,
-                created,
-                changes: Some(applied),
-                verdicts: None,
-                verdicts_total: 0,
+                    changes: Some(applied),
+                    verdicts: None,
+                    verdicts_total: 0,
+                })
             })
-        })
-        .await
+            .await;
+        self.count_refusal(&result, dry_run);
+        result
     }
 
     /// A stack: services, desired vs running, and every placed container.
@@ -480,47 +483,58 @@ impl Control {
         dry_run: bool,
     ) -> Result<Committed<StackApplied>, ControlError> {
         let (user, stack) = (service.user.clone(), service.stack.clone());
-        self.run(move |ctx| {
-            ctx.state.authorize_stacks(&caller, &user, &stack)?;
-            if ctx.state.stacks().get(&user, &stack).is_none() {
-                return Err(stack_not_found(&user, &stack));
-            }
-            // Before placement: the service's current containers give way to `target`.
-            let current = (ctx.state.stacks().assignments_of_stack(&user, &stack))
-                .filter(|a| a.service == service)
-                .count() as u64;
-            let (used, stacks) = ctx.state.usage_of(&user);
-            let wanted = u64::from(used) - current + u64::from(target);
-            ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
-            let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
-            ctx.state
-                .check_quota(&user, ctx.state.planned_for(&plan, &user), u64::from(stacks))?;
-            let Some(record) = ctx.state.stacks().get(&user, &stack) else {
-                return Err(stack_not_found(&user, &stack));
-            };
-            if dry_run {
-                let status = views::planned(ctx.state, &user, &stack, &record.file, &plan);
-                let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
-                return Ok(StackApplied {
+        let result = self
+            .run(move |ctx| {
+                ctx.state.authorize_stacks(&caller, &user, &stack)?;
+                if ctx.state.stacks().get(&user, &stack).is_none() {
+                    return Err(stack_not_found(&user, &stack));
+                }
+                // Before placement: the service's current containers give way to `target`.
+                let current = (ctx.state.stacks().assignments_of_stack(&user, &stack))
+                    .filter(|a| a.service == service)
+                    .count() as u64;
+                let (used, stacks) = ctx.state.usage_of(&user);
+                let wanted = u64::from(used) - current + u64::from(target);
+                ctx.state.check_quota(&user, wanted, u64::from(stacks))?;
+                let plan = ctx.state.plan(&Change::Scale { service, target }, dry_run)?;
+                ctx.state
+                    .check_quota(&user, ctx.state.planned_for(&plan, &user), u64::from(stacks))?;
+                let Some(record) = ctx.state.stacks().get(&user, &stack) else {
+                    return Err(stack_not_found(&user, &stack));
+                };
+                if dry_run {
+                    let status = views::planned(ctx.state, &user, &stack, &record.file, &plan);
+                    let (verdicts, verdicts_total) = views::visible_verdicts(plan.verdicts);
+                    return Ok(StackApplied {
+                        status,
+                        created: false,
+                        changes: None,
+                        verdicts_total,
+                        verdicts: Some(verdicts),
+                    });
+                }
+                let applied = ctx.state.apply_plan(&plan, ctx.changes);
+                let status = views::stack_status(ctx.state, &user, &stack)
+                    .ok_or_else(|| stack_not_found(&user, &stack))?;
+                Ok(StackApplied {
                     status,
                     created: false,
-                    changes: None,
-                    verdicts_total,
-                    verdicts: Some(verdicts),
-                });
-            }
-            let applied = ctx.state.apply_plan(&plan, ctx.changes);
-            let status = views::stack_status(ctx.state, &user, &stack)
-                .ok_or_else(|| stack_not_found(&user, &stack))?;
-            Ok(StackApplied {
-                status,
-                created: false,
-                changes: Some(applied),
-                verdicts: None,
-                verdicts_total: 0,
+                    changes: Some(applied),
+                    verdicts: None,
+                    verdicts_total: 0,
+                })
             })
-        })
-        .await
+            .await;
+        self.count_refusal(&result, dry_run);
+        result
+    }
+
+    /// Counts a refusal by placement of a change that was to be applied (a dry run asks, it
+    /// does not fail a deploy).
+    fn count_refusal<T>(&self, result: &Result<T, ControlError>, dry_run: bool) {
+        if let (Err(ControlError::Unplaceable { code, .. }), false) = (result, dry_run) {
+            self.metrics().placement_refused(code);
+        }
     }
 
     /// Removes a stack and every container placement gave it.

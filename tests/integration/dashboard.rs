@@ -134,23 +134,35 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Waits until the page at `path` has loaded.
+    /// Runs `action` (JavaScript that leaves the page: a click, a submit) and waits until a new
+    /// page at `path` has loaded. The old page is marked first, so it is never mistaken for the
+    /// new one.
+    async fn act(&mut self, action: &str, path: &str) {
+        self.eval(&format!("window.__left = true; {action}; true")).await;
+        self.arrive(path).await;
+    }
+
+    /// Waits until a page other than the marked one has loaded, at `path`.
     async fn arrive(&mut self, path: &str) {
-        for _ in 0..100 {
-            let at = self
-                .eval("document.readyState === 'complete' ? location.pathname : ''")
+        let mut at = Value::Null;
+        for _ in 0..200 {
+            at = self
+                .eval("window.__left === undefined && document.readyState === 'complete' ? location.pathname : ''")
                 .await;
             if at == path {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let at = self.eval("location.href").await;
-        panic!("never arrived at {path}; at {at}");
+        let href = self.eval("location.href").await;
+        panic!("never arrived at {path}; at {href} ({at})");
     }
 
-    async fn goto(&mut self, url: &str) {
+    /// Opens `url` and waits for it to load at `path` (where a redirect may have taken it).
+    async fn goto(&mut self, url: &str, path: &str) {
+        self.eval("window.__left = true").await;
         self.call("Page.navigate", json!({"url": url})).await;
+        self.arrive(path).await;
     }
 
     /// The text of the element `selector`, or null.
@@ -179,14 +191,13 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
     }
 
-    /// Fills the login form with `token` and sends it.
-    async fn log_in(&mut self, base: &str, token: &str) {
-        self.goto(&format!("{base}/ui/login")).await;
-        self.arrive("/ui/login").await;
+    /// Fills the login form with `token` and sends it; waits for the page at `then`.
+    async fn log_in(&mut self, base: &str, token: &str, then: &str) {
+        self.goto(&format!("{base}/ui/login"), "/ui/login").await;
         let fill = format!(
-            "document.querySelector('#token').value = {token:?}; document.querySelector('#login button').click(); true"
+            "document.querySelector('#token').value = {token:?}; document.querySelector('#login button').click()"
         );
-        self.eval(&fill).await;
+        self.act(&fill, then).await;
     }
 }
 
@@ -206,7 +217,8 @@ async fn the_dashboard_in_a_real_browser() {
     let Some(chromium) = peer("chromium", "chromium") else {
         return;
     };
-    let s = Server::start(&["--allow-transfer", "127.0.0.0/8"]);
+    // Long leases: the nodes send no heartbeats, and Chromium may be slow to start on a busy machine.
+    let s = Server::start(&["--allow-transfer", "127.0.0.0/8", "--node-ttl", "600"]);
     let n1 = s.add_node("node-1", "127.0.0.2").await;
     let n2 = s.add_node("node-2", "127.0.0.3").await;
     let honeniq = user_token(&s, "honeniq").await;
@@ -243,19 +255,16 @@ async fn the_dashboard_in_a_real_browser() {
     let base = s.api.clone();
 
     // Not logged in: every page leads to the login form.
-    b.goto(&format!("{base}/ui/nodes")).await;
-    b.arrive("/ui/login").await;
+    b.goto(&format!("{base}/ui/nodes"), "/ui/login").await;
     b.screenshot("login").await;
-    b.log_in(&base, "not-a-token").await;
-    b.arrive("/ui/login").await;
+    b.log_in(&base, "not-a-token", "/ui/login").await;
     assert!(
         b.text("#error").await.contains("not known"),
         "a wrong token is refused"
     );
 
     // A user: their stack, its names, endpoints and counts; not alice's.
-    b.log_in(&base, &honeniq).await;
-    b.arrive("/ui").await;
+    b.log_in(&base, &honeniq, "/ui").await;
     let stacks = b.text("#stacks").await;
     for needle in [
         "quickstart-ruby",
@@ -271,8 +280,11 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(b.text("#who").await, "user honeniq");
     b.screenshot("stacks").await;
 
-    b.goto(&format!("{base}/ui/stacks/honeniq/quickstart-ruby")).await;
-    b.arrive("/ui/stacks/honeniq/quickstart-ruby").await;
+    b.goto(
+        &format!("{base}/ui/stacks/honeniq/quickstart-ruby"),
+        "/ui/stacks/honeniq/quickstart-ruby",
+    )
+    .await;
     let containers = b.text("#containers").await;
     for needle in [
         "web-1",
@@ -290,8 +302,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // A dry run that fits: every node's verdict, and nothing changes.
     let serial = s.dns().serial();
-    b.eval("document.querySelector('#service').value = 'worker'; document.querySelector('#target').value = '2'; document.querySelector('#dry-run button').click(); true").await;
-    b.arrive("/ui/stacks/honeniq/quickstart-ruby/dry-run").await;
+    b.act("document.querySelector('#service').value = 'worker'; document.querySelector('#target').value = '2'; document.querySelector('#dry-run button').click()", "/ui/stacks/honeniq/quickstart-ruby/dry-run").await;
     let verdicts = b.text("#verdicts").await;
     assert!(
         verdicts.contains("worker-2") && verdicts.contains("chosen"),
@@ -303,8 +314,7 @@ async fn the_dashboard_in_a_real_browser() {
     );
     b.screenshot("dry-run").await;
     // One that does not: a third web on fixed host port 80 with two nodes.
-    b.eval("document.querySelector('#service').value = 'web'; document.querySelector('#target').value = '3'; document.querySelector('#dry-run button').click(); true").await;
-    b.arrive("/ui/stacks/honeniq/quickstart-ruby/dry-run").await;
+    b.act("document.querySelector('#service').value = 'web'; document.querySelector('#target').value = '3'; document.querySelector('#dry-run button').click()", "/ui/stacks/honeniq/quickstart-ruby/dry-run").await;
     let refusal = b.text("#refusal").await;
     assert!(
         refusal.contains("80/tcp") && refusal.contains("web-3"),
@@ -314,38 +324,32 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(s.dns().serial(), serial, "dry runs change nothing");
 
     // alice's stack does not exist for honeniq.
-    b.goto(&format!("{base}/ui/stacks/alice/blog")).await;
-    b.arrive("/ui/stacks/alice/blog").await;
+    b.goto(&format!("{base}/ui/stacks/alice/blog"), "/ui/stacks/alice/blog")
+        .await;
     assert!(b.text("h1").await.contains("404"), "{}", b.text("main").await);
     // Platform nodes are the admin's.
-    b.goto(&format!("{base}/ui/nodes")).await;
-    b.arrive("/ui/nodes").await;
+    b.goto(&format!("{base}/ui/nodes"), "/ui/nodes").await;
     assert!(b.text("#no-nodes").await.contains("No nodes of yours"));
 
     // Log out: the session is gone.
-    b.eval("document.querySelector('.logout button').click(); true")
+    b.act("document.querySelector('.logout button').click()", "/ui/login")
         .await;
-    b.arrive("/ui/login").await;
-    b.goto(&format!("{base}/ui")).await;
-    b.arrive("/ui/login").await;
+    b.goto(&format!("{base}/ui"), "/ui/login").await;
 
     // The admin: everyone's stacks, the nodes and their leases, the zone and its secondary.
-    b.log_in(&base, ADMIN).await;
-    b.arrive("/ui").await;
+    b.log_in(&base, ADMIN, "/ui").await;
     let stacks = b.text("#stacks").await;
     assert!(
         stacks.contains("quickstart-ruby") && stacks.contains("blog"),
         "{stacks}"
     );
-    b.goto(&format!("{base}/ui/nodes")).await;
-    b.arrive("/ui/nodes").await;
+    b.goto(&format!("{base}/ui/nodes"), "/ui/nodes").await;
     let nodes = b.text("#nodes").await;
     for needle in ["node-1", "127.0.0.2", "node-2", "live", " s"] {
         assert!(nodes.contains(needle), "{needle:?} in {nodes}");
     }
     b.screenshot("nodes").await;
-    b.goto(&format!("{base}/ui/zone")).await;
-    b.arrive("/ui/zone").await;
+    b.goto(&format!("{base}/ui/zone"), "/ui/zone").await;
     assert_eq!(b.text("#zone-serial").await, s.dns().serial().to_string());
     let secondaries = b.text("#secondaries").await;
     assert!(

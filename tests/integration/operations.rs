@@ -49,9 +49,9 @@ async fn run_webs(s: &Server, node: &str, token: &str, count: u16, own_addresses
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_dns_and_the_api_did() {
-    let s = Server::start(&["--node-ttl", "2", "--lease-check-ms", "100"]);
+    let s = Server::start(&["--node-ttl", "3", "--lease-check-ms", "100"]);
     let token = s.add_node("node-1", "127.0.0.2").await;
-    // node-1 keeps its lease; node-2 sends no heartbeat, so its lease lapses within 2 s.
+    // node-1 keeps its lease; node-2 sends no heartbeat, so its lease lapses within 3 s.
     let beating = {
         let (url, token) = (format!("{}/v1/nodes/node-1/heartbeat", s.api), token.clone());
         tokio::spawn(async move {
@@ -110,7 +110,7 @@ async fn metrics_count_what_dns_and_the_api_did() {
     let mut text = String::new();
     for _ in 0..100 {
         text = s.scrape().await;
-        if value(&text, "stackdns_lease_expiries_total") == Some(1.0) {
+        if value(&text, "stackdns_lease_expiries_total").is_some_and(|n| n >= 1.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -128,7 +128,8 @@ async fn metrics_count_what_dns_and_the_api_did() {
         ),
         ("stackdns_dns_truncated_total{transport=\"udp\"}", Some(1.0)),
         ("stackdns_dns_truncated_total{transport=\"tcp\"}", Some(0.0)),
-        ("stackdns_lease_expiries_total", Some(1.0)),
+        // At least node-2's (node-1 keeps its lease unless the machine stalls for 3 s).
+        ("stackdns_lease_expiries_total", None),
         (
             "stackdns_placement_refusals_total{code=\"port_conflict\"}",
             Some(1.0),
@@ -141,12 +142,17 @@ async fn metrics_count_what_dns_and_the_api_did() {
             "stackdns_http_requests_total{route=\"/v1/stacks/{user}/{stack}\",method=\"PUT\",status=\"422\"}",
             Some(1.0),
         ),
-        ("stackdns_nodes{state=\"lost\"}", Some(1.0)),
+        ("stackdns_nodes{state=\"lost\"}", None),
     ] {
         let got = value(&text, series);
+        let at_least = if series.starts_with("stackdns_dns_requests") {
+            6.0
+        } else {
+            1.0
+        };
         match expected {
             Some(want) => assert_eq!(got, Some(want), "{series} in\n{text}"),
-            None => assert!(got.is_some_and(|v| v >= 6.0), "{series}: {got:?} in\n{text}"),
+            None => assert!(got.is_some_and(|v| v >= at_least), "{series}: {got:?} in\n{text}"),
         }
     }
     // The 40-address answer is counted between 512 and 1232 bytes, the truncated one below 64.
@@ -270,13 +276,12 @@ async fn service_discovery_lists_running_endpoints_scoped_by_token() {
         (status, body["error"]["code"].as_str()),
         (400, Some("unknown_parameter"))
     );
-    let (status, body) = s
-        .call("GET", "/v1/sd/prometheus?port=http", Some(ADMIN), None)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_value"))
-    );
+    for bad in ["port=http", "port=0", "port=70000"] {
+        let path = format!("/v1/sd/prometheus?{bad}");
+        let (status, body) = s.call("GET", &path, Some(ADMIN), None).await;
+        let code = body["error"]["code"].as_str();
+        assert_eq!((status, code), (400, Some("invalid_value")), "{bad}");
+    }
 
     // A stopped container leaves the targets.
     let (status, body) = s

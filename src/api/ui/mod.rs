@@ -40,8 +40,10 @@ use crate::control::Caller;
 const COOKIE_NAME: &str = "stackdns_ui";
 /// How long a session lasts after login.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most; the oldest go first beyond it.
+/// Sessions kept at most: beyond it logins are refused (never someone else's session closed).
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions one token may hold; its own oldest goes first beyond it.
+const SESSIONS_PER_TOKEN: usize = 16;
 
 /// The dashboard's routes (not the API's: they are not in the OpenAPI description).
 pub fn router() -> axum::Router<AppState> {
@@ -122,18 +124,27 @@ impl Sessions {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a session for the token with hash `token_sha256`; returns its id.
-    fn open(&self, token_sha256: String) -> Result<String, getrandom::Error> {
+    /// Opens a session for the token with hash `token_sha256`; returns its id, or `None` when
+    /// every session place is taken. A token past its own share loses its oldest session, so
+    /// one token logging in over and over cannot log anyone else out.
+    fn open(&self, token_sha256: String) -> Result<Option<String>, getrandom::Error> {
         let mut id = [0u8; 32];
         getrandom::fill(&mut id)?;
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let now = Instant::now();
         let mut open = self.lock();
         open.retain(|_, s| s.expires > now);
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
-        {
+        let mut own: Vec<(&String, Instant)> = open
+            .iter()
+            .filter(|(_, s)| s.token_sha256 == token_sha256)
+            .map(|(k, s)| (k, s.expires))
+            .collect();
+        if own.len() >= SESSIONS_PER_TOKEN {
+            own.sort_by_key(|(_, expires)| *expires);
+            let oldest = own[0].0.clone();
             open.remove(&oldest);
+        } else if open.len() >= MAX_SESSIONS {
+            return Ok(None);
         }
         open.insert(
             id.clone(),
@@ -142,7 +153,7 @@ impl Sessions {
                 expires: now + SESSION_TTL,
             },
         );
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// The token hash of session `id`, if it is open.
@@ -300,8 +311,8 @@ mod tests {
     #[test]
     fn sessions_open_resolve_and_close_and_csrf_tokens_are_per_session() {
         let sessions = Sessions::new().expect("randomness");
-        let a = sessions.open("hash-a".to_owned()).expect("open");
-        let b = sessions.open("hash-b".to_owned()).expect("open");
+        let a = sessions.open("hash-a".to_owned()).expect("open").expect("room");
+        let b = sessions.open("hash-b".to_owned()).expect("open").expect("room");
         assert_ne!(a, b);
         assert_eq!(sessions.token_of(&a).as_deref(), Some("hash-a"));
         assert_ne!(sessions.csrf(&a), sessions.csrf(&b));
@@ -309,6 +320,19 @@ mod tests {
         sessions.close(&a);
         assert_eq!(sessions.token_of(&a), None);
         assert_eq!(sessions.token_of("not-a-session"), None);
+        // One token logging in again and again only ever closes its own oldest sessions.
+        let first = sessions.open("hash-c".to_owned()).expect("open").expect("room");
+        for _ in 0..SESSIONS_PER_TOKEN * 3 {
+            sessions.open("hash-c".to_owned()).expect("open").expect("room");
+        }
+        assert_eq!(sessions.token_of(&first), None, "its own oldest went");
+        assert_eq!(sessions.token_of(&b).as_deref(), Some("hash-b"), "nobody else's");
+        let held = sessions
+            .lock()
+            .values()
+            .filter(|s| s.token_sha256 == "hash-c")
+            .count();
+        assert_eq!(held, SESSIONS_PER_TOKEN);
     }
 
     #[test]

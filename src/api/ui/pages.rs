@@ -150,7 +150,12 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, RawBody(bo
             ),
         ),
         Some(_) => match state.sessions.open(hashed) {
-            Ok(id) => {
+            Ok(None) => login_page(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("The dashboard has as many sessions open as it keeps; try again later.".to_owned()),
+            ),
+            Ok(Some(id)) => {
                 let mut response = Redirect::to("/ui").into_response();
                 response.headers_mut().insert(SET_COOKIE, super::set_cookie(&id));
                 response
@@ -276,12 +281,12 @@ pub async fn stacks(State(state): State<AppState>, viewer: Viewer) -> Result<Res
     let endpoints = endpoints_by_service(&state, &viewer, EndpointFilter::default()).await?;
     let mut stacks = Vec::with_capacity(names.len());
     for (user, stack) in names {
-        let status = state
-            .control
-            .stack(viewer.caller.clone(), user, stack)
-            .await
-            .map_err(|e| refused(&viewer, e))?
-            .value;
+        let status = match state.control.stack(viewer.caller.clone(), user, stack).await {
+            Ok(done) => done.value,
+            // Deleted since the list was read.
+            Err(crate::control::ControlError::NotFound { .. }) => continue,
+            Err(e) => return Err(refused(&viewer, e)),
+        };
         let view = render::stack(&status, &state.apex);
         stacks.push(StackRow {
             services: service_rows(&view, &endpoints, None),
@@ -554,8 +559,9 @@ struct ZonePage {
     admin: bool,
     zone: String,
     serial: u32,
-    names: usize,
-    journal: usize,
+    /// The zone's size, for the admin only (it tells how much every tenant runs).
+    names: Option<usize>,
+    journal: Option<usize>,
     secondaries: Vec<SecondaryRow>,
 }
 
@@ -586,8 +592,8 @@ pub async fn zone(State(state): State<AppState>, viewer: Viewer) -> Response {
         admin,
         zone: state.apex.clone(),
         serial: snapshot.serial,
-        names: snapshot.len(),
-        journal: snapshot.journal.len(),
+        names: admin.then(|| snapshot.len()),
+        journal: admin.then(|| snapshot.journal.len()),
         secondaries,
     };
     html(StatusCode::OK, &page)
