@@ -458,17 +458,20 @@ impl Control {
         &self,
         caller: Caller,
     ) -> Result<Committed<Vec<(Label, Label)>>, ControlError> {
-        self.run(move |ctx| match &caller {
-            Caller::Node { .. } => Err(ControlError::Forbidden(
-                "a node token cannot act on stacks".to_owned(),
-            )),
-            _ => Ok(ctx
-                .state
-                .stacks()
-                .all()
-                .filter(|(user, _)| ctx.state.may_act_for(&caller, user))
-                .cloned()
-                .collect()),
+        self.run(move |ctx| Ok(stacks_visible_to(ctx.state, &caller)?.cloned().collect()))
+            .await
+    }
+
+    /// Every stack the caller may see, whole (as [`Control::stack`] answers each), read in one
+    /// job so the list is consistent: for the dashboard's overview.
+    pub async fn visible_stack_statuses(
+        &self,
+        caller: Caller,
+    ) -> Result<Committed<Vec<StackStatus>>, ControlError> {
+        self.run(move |ctx| {
+            Ok(stacks_visible_to(ctx.state, &caller)?
+                .filter_map(|(user, stack)| views::stack_status(ctx.state, user, stack))
+                .collect())
         })
         .await
     }
@@ -559,6 +562,23 @@ impl Control {
         })
         .await
     }
+}
+
+/// The (user, stack) of every stack `caller` may see: all for the admin, a user's own for a
+/// user token; a node token is refused.
+fn stacks_visible_to<'a>(
+    state: &'a super::state::State,
+    caller: &'a Caller,
+) -> Result<impl Iterator<Item = &'a (Label, Label)> + 'a, ControlError> {
+    if matches!(caller, Caller::Node { .. }) {
+        return Err(ControlError::Forbidden(
+            "a node token cannot act on stacks".to_owned(),
+        ));
+    }
+    Ok(state
+        .stacks()
+        .all()
+        .filter(move |(user, _)| state.may_act_for(caller, user)))
 }
 
 /// For monitoring: what a scraper should scrape.

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,23 +14,16 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
 use crate::stacks::run_assigned;
-use crate::support::{ADMIN, Server, peer};
+use crate::support::{ADMIN, Reaped, Server, peer};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A headless Chromium and a DevTools connection to its one page.
 struct Browser {
-    child: Child,
+    _child: Reaped,
     page: Socket,
     next: u64,
     _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Browser {
@@ -94,7 +87,7 @@ impl Browser {
             .await
             .expect("DevTools connection");
         Browser {
-            child,
+            _child: Reaped(child),
             page,
             next: 0,
             _profile: profile,

@@ -20,16 +20,7 @@ async fn two_web(extra: &[&str]) -> Server {
     s
 }
 
-fn order(reply: &hickory_proto::op::Message) -> Vec<String> {
-    reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
+use crate::support::addresses_in_order as order;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn svc_lists_every_running_container_and_rotates() {

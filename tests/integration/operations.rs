@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN, Ask, Server, fqdn, peer};
+use crate::support::{ADMIN, Ask, Reaped, Server, fqdn, peer};
 
 const SVC: &str = "web.quickstart-ruby.honeniq.svc.cluster.test.";
 
@@ -296,16 +296,6 @@ async fn service_discovery_lists_running_endpoints_scoped_by_token() {
     let (_, groups) = s.call("GET", "/v1/sd/prometheus", Some(&honeniq), None).await;
     assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
     assert_eq!(groups[0]["labels"]["container"], "web-2");
-}
-
-/// A process killed when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A container's metrics endpoint: answers every request with one Prometheus sample.

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
@@ -27,17 +27,10 @@ const MARGIN: Duration = Duration::from_secs(3);
 
 /// An Unbound process in the foreground, killed when dropped.
 struct Unbound {
-    child: Child,
+    _child: Reaped,
     addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Unbound {
@@ -84,7 +77,7 @@ fn start_unbound(bin: &Path, stackdns: SocketAddr) -> Unbound {
         .spawn()
         .expect("start unbound");
     let unbound = Unbound {
-        child,
+        _child: Reaped(child),
         addr: ([127, 0, 0, 1], port).into(),
         log,
         _dir: dir,
@@ -113,17 +106,7 @@ fn ask(addr: SocketAddr, name: &str, rtype: RecordType, id: u16) -> Option<Messa
     Some(parsed)
 }
 
-/// The IPv4 addresses of an answer, in the order given.
-fn order(reply: &Message) -> Vec<String> {
-    reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
-}
+use crate::support::addresses_in_order as order;
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();

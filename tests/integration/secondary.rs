@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
@@ -16,17 +16,10 @@ use crate::support::*;
 
 /// A secondary server process (knotd or nsd), killed when dropped.
 struct Secondary {
-    child: Child,
+    _child: Reaped,
     dns: Dns,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Secondary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn knotd() -> Option<PathBuf> {
@@ -81,7 +74,7 @@ fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option
         .spawn()
         .expect("start knotd");
     Secondary {
-        child,
+        _child: Reaped(child),
         dns: Dns {
             addr: ([127, 0, 0, 1], port).into(),
         },
@@ -282,7 +275,7 @@ fn start_nsd(bin: &Path, primary: std::net::SocketAddr, port: u16, tls: Option<(
         .spawn()
         .expect("start nsd");
     Secondary {
-        child,
+        _child: Reaped(child),
         dns: Dns {
             addr: ([127, 0, 0, 1], port).into(),
         },

@@ -497,3 +497,25 @@ pub fn start_fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
     assert!(stopped && !status.success(), "it started: {extra:?}\n{stderr}");
     (status.code(), stderr)
 }
+
+/// A peer process (a secondary, a resolver, a browser, Prometheus), killed when dropped.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The IPv4 addresses of an answer, in the order given.
+pub fn addresses_in_order(reply: &Message) -> Vec<String> {
+    reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}

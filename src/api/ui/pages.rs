@@ -272,28 +272,24 @@ struct StacksPage {
 
 /// `GET /ui`: every stack the viewer may see, its services, names and endpoints.
 pub async fn stacks(State(state): State<AppState>, viewer: Viewer) -> Result<Response, PageError> {
-    let names = state
+    let statuses = state
         .control
-        .visible_stacks(viewer.caller.clone())
+        .visible_stack_statuses(viewer.caller.clone())
         .await
         .map_err(|e| refused(&viewer, e))?
         .value;
     let endpoints = endpoints_by_service(&state, &viewer, EndpointFilter::default()).await?;
-    let mut stacks = Vec::with_capacity(names.len());
-    for (user, stack) in names {
-        let status = match state.control.stack(viewer.caller.clone(), user, stack).await {
-            Ok(done) => done.value,
-            // Deleted since the list was read.
-            Err(crate::control::ControlError::NotFound { .. }) => continue,
-            Err(e) => return Err(refused(&viewer, e)),
-        };
-        let view = render::stack(&status, &state.apex);
-        stacks.push(StackRow {
-            services: service_rows(&view, &endpoints, None),
-            user: view.user,
-            stack: view.stack,
-        });
-    }
+    let stacks = statuses
+        .iter()
+        .map(|status| {
+            let view = render::stack(status, &state.apex);
+            StackRow {
+                services: service_rows(&view, &endpoints, None),
+                user: view.user,
+                stack: view.stack,
+            }
+        })
+        .collect();
     let page = StacksPage {
         frame: Frame::new(&state, Some(&viewer), "stacks"),
         admin: viewer.is_admin(),
