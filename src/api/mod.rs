@@ -43,6 +43,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::control::Control;
 use error::ApiError;
+use query::NoQuery;
 
 /// Largest request body accepted (a node's full container list fits many times over).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -324,6 +325,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 async fn info(
     axum::extract::State(state): axum::extract::State<AppState>,
     caller: crate::control::Caller,
+    _: NoQuery,
 ) -> Result<axum::Json<types::ServerInfo>, ApiError> {
     let role = match caller {
         crate::control::Caller::Admin => "admin",

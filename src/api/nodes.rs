@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
+use super::query::NoQuery;
 use super::types::*;
 use super::{AppState, JsonBody, Routes, query, render};
 use crate::control::{Caller, Effect, NodeRegistered, NodeSpec, Report};
@@ -125,6 +126,7 @@ fn registered(done: crate::control::Committed<NodeRegistered>, apex: &str) -> Re
 async fn put_node(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
     JsonBody(req): JsonBody<NodeRequest>,
 ) -> Reply<NodeResponse> {
@@ -141,6 +143,7 @@ async fn put_node(
 async fn get_node(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
@@ -152,7 +155,7 @@ async fn get_node(
     })
 }
 
-async fn list_nodes(State(app): State<AppState>, caller: Caller) -> Reply<NodeList> {
+async fn list_nodes(State(app): State<AppState>, caller: Caller, _: NoQuery) -> Reply<NodeList> {
     let done = app.control.nodes(caller).await?;
     ok(NodeList {
         nodes: done.value.iter().map(|n| render::node(n, &app.apex)).collect(),
@@ -163,6 +166,7 @@ async fn list_nodes(State(app): State<AppState>, caller: Caller) -> Reply<NodeLi
 async fn delete_node(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
 ) -> Reply<SerialResponse> {
     let name = Label::parse("node", &node)?;
@@ -174,6 +178,7 @@ async fn delete_node(
 async fn rotate_token(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
 ) -> Reply<NodeResponse> {
     let name = Label::parse("node", &node)?;
@@ -184,6 +189,7 @@ async fn rotate_token(
 async fn heartbeat(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
 ) -> Reply<HeartbeatResponse> {
     let name = Label::parse("node", &node)?;
@@ -243,6 +249,7 @@ pub(super) fn report(
 async fn put_container(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path((node, user, stack, container)): Path<(String, String, String, String)>,
     JsonBody(req): JsonBody<ContainerRequest>,
 ) -> Reply<ContainerResponse> {
@@ -325,6 +332,7 @@ pub(super) fn list_reports(req: ContainerListRequest) -> Result<Vec<(ContainerKe
 async fn replace_containers(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
     JsonBody(req): JsonBody<ContainerListRequest>,
 ) -> Reply<ContainerListResponse> {
@@ -345,6 +353,7 @@ async fn replace_containers(
 async fn list_containers(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(node): Path<String>,
 ) -> Reply<ContainerList> {
     let node = Label::parse("node", &node)?;

@@ -33,6 +33,28 @@ pub fn parse<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
     })
 }
 
+/// The query of an endpoint that takes no parameters: any parameter is `unknown_parameter`,
+/// named, so that `DELETE …?dry_run=true` is refused rather than carried out for real.
+pub struct NoQuery;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) else {
+            return Ok(NoQuery);
+        };
+        let name = form_urlencoded::parse(query.as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default();
+        Err(ApiError::bad_request(
+            "unknown_parameter",
+            format!("query string: unknown parameter {name:?}; this endpoint takes none"),
+        ))
+    }
+}
+
 /// A flag: `true`/`1`, `false`/`0`, or the bare name (`?dry_run`) for true.
 pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     let text = String::deserialize(d)?;

@@ -10,6 +10,7 @@ use axum::routing::{get, patch, put};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::query::NoQuery;
 use super::types::*;
 use super::{AppState, JsonBody, RawBody, Routes, query, render};
 use crate::control::{Caller, StackSubmission};
@@ -88,6 +89,7 @@ async fn apply(
 async fn show(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path((user, stack)): Path<(String, String)>,
 ) -> Result<Json<StackResponse>, ApiError> {
     let user = Label::parse("user", &user)?;
@@ -106,6 +108,7 @@ async fn show(
 async fn list(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(user): Path<String>,
 ) -> Result<Json<StackList>, ApiError> {
     let user = Label::parse("user", &user)?;
@@ -118,7 +121,11 @@ async fn list(
 }
 
 /// `GET /v1/stacks`: every stack the caller may see.
-async fn list_all(State(app): State<AppState>, caller: Caller) -> Result<Json<AllStacks>, ApiError> {
+async fn list_all(
+    State(app): State<AppState>,
+    caller: Caller,
+    _: NoQuery,
+) -> Result<Json<AllStacks>, ApiError> {
     let done = app.control.visible_stacks(caller).await?;
     let stacks = done
         .value
@@ -165,6 +172,7 @@ async fn scale(
 async fn remove(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path((user, stack)): Path<(String, String)>,
 ) -> Result<Json<SerialResponse>, ApiError> {
     let user = Label::parse("user", &user)?;

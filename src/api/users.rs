@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{post, put};
 
 use super::error::ApiError;
+use super::query::NoQuery;
 use super::types::{LimitsRequest, LimitsResponse, UserTokenResponse, UserTokensRevoked};
 use super::{AppState, JsonBody, Routes};
 use crate::control::Caller;
@@ -35,6 +36,7 @@ fn limits_response(
 async fn set_limits(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(user): Path<String>,
     JsonBody(req): JsonBody<LimitsRequest>,
 ) -> Result<Json<LimitsResponse>, ApiError> {
@@ -57,6 +59,7 @@ async fn set_limits(
 async fn limits(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(user): Path<String>,
 ) -> Result<Json<LimitsResponse>, ApiError> {
     let user = Label::parse("user", &user)?;
@@ -68,6 +71,7 @@ async fn limits(
 async fn issue(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(user): Path<String>,
 ) -> Result<(StatusCode, Json<UserTokenResponse>), ApiError> {
     let user = Label::parse("user", &user)?;
@@ -87,6 +91,7 @@ async fn issue(
 async fn revoke(
     State(app): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(user): Path<String>,
 ) -> Result<Json<UserTokensRevoked>, ApiError> {
     let user = Label::parse("user", &user)?;

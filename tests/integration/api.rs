@@ -592,3 +592,42 @@ async fn nodes_cannot_take_over_containers_placed_elsewhere() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_without_parameters_refuse_them_and_do_nothing() {
+    let s = Server::start(&[]);
+    s.add_node("node-do", "10.0.0.1").await;
+    let (status, body) = s
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/app",
+            Some(ADMIN),
+            b"worker:\n  image: w\n".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A dry run of a delete does not exist: refused, and the stack stays.
+    let (status, body) = s
+        .call("DELETE", "/v1/stacks/honeniq/app?dry_run=true", Some(ADMIN), None)
+        .await;
+    assert_eq!((status, code(&body)), (400, "unknown_parameter"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("dry_run")
+    );
+    let (status, _) = s.call("GET", "/v1/stacks/honeniq/app", Some(ADMIN), None).await;
+    assert_eq!(status, 200, "still there");
+    for path in ["/v1/nodes?limit=5", "/v1/nodes/node-do?x", "/v1/info?verbose=1"] {
+        let (status, body) = s.call("GET", path, Some(ADMIN), None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "unknown_parameter"),
+            "{path}: {body}"
+        );
+    }
+    // An empty query string is no parameter.
+    let (status, _) = s.call("GET", "/v1/nodes?", Some(ADMIN), None).await;
+    assert_eq!(status, 200);
+}
