@@ -29,7 +29,7 @@ pub enum ConfigFileError {
         path: PathBuf,
         key: String,
         value: String,
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -116,11 +116,11 @@ fn flags_from(
                 .is_some_and(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")))
         });
         let in_environment = flag.env.as_deref().is_some_and(|name| env(name).is_some());
-        let bad = |reason| ConfigFileError::Value {
+        let bad = |reason: &str| ConfigFileError::Value {
             path: path.to_owned(),
             key: key.clone(),
             value: value.to_string(),
-            reason,
+            reason: reason.to_owned(),
         };
         let values = match value {
             toml::Value::Array(items) if flag.repeats => items
@@ -134,10 +134,34 @@ fn flags_from(
             continue;
         }
         for value in values {
+            if let Some(reason) = refused(&long, &value) {
+                return Err(bad(&reason));
+            }
             out.push(OsString::from(format!("--{long}={value}")));
         }
     }
     Ok(out)
+}
+
+/// Why clap refuses `value` for `--long`, if it does: checked here, one flag at a time, so the
+/// error names the file and the key instead of a flag the user never typed.
+fn refused(long: &str, value: &str) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let flag = format!("--{long}");
+    let e = super::Cli::command()
+        .try_get_matches_from(["stackdns", "serve", &format!("{flag}={value}")])
+        .err()?;
+    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    // Another flag's environment variable may be what is wrong: that is not this key's error.
+    match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if arg == &flag || arg.starts_with(&format!("{flag} ")) => {}
+        _ => return None,
+    }
+    let text = e.to_string();
+    let first = text.lines().next()?.trim();
+    Some(first.strip_prefix("error: ").unwrap_or(first).to_owned())
 }
 
 /// A value as it would be typed after its flag; `true`/`false` as `on`/`off`.
@@ -247,6 +271,22 @@ mod tests {
         );
         let err = with_file("config = \"x\"\n", &[], &[]).expect_err("config in config");
         assert!(err.to_string().contains("unknown key \"config\""), "{err}");
+        // A value clap refuses is reported with the file and the key, before anything is parsed.
+        let err = with_file("ttl = \"soon\"\n", &[], &[]).expect_err("not a number");
+        let text = err.to_string();
+        assert!(
+            text.contains("stackdns.toml: ttl = \"soon\": invalid value 'soon'"),
+            "{text}"
+        );
+        let err =
+            with_file("allow-transfer = [\"10.0.0.0/8\", \"nonsense\"]\n", &[], &[]).expect_err("a bad item");
+        assert!(
+            err.to_string()
+                .contains("allow-transfer = [\"10.0.0.0/8\", \"nonsense\"]: invalid value 'nonsense'"),
+            "{err}"
+        );
+        // A bad value the command line or the environment overrides does not matter.
+        assert!(with_file("ttl = \"soon\"\n", &["--ttl", "3"], &[]).is_ok());
     }
 
     #[test]
