@@ -197,14 +197,6 @@ impl Browser {
 const STACKFILE: &str = "web:\n  image: honeniq/quickstart-ruby\n  ports: ['80:80']\n  target_num_containers: 2\n\
                          worker:\n  image: honeniq/worker\n";
 
-async fn user_token(s: &Server, user: &str) -> String {
-    let (status, body) = s
-        .call("POST", &format!("/v1/users/{user}/tokens"), Some(ADMIN), None)
-        .await;
-    assert!(status == 200 || status == 201, "{body}");
-    body["token"].as_str().expect("token").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_in_a_real_browser() {
     let Some(chromium) = peer("chromium", "chromium") else {
@@ -214,8 +206,8 @@ async fn the_dashboard_in_a_real_browser() {
     let s = Server::start(&["--allow-transfer", "127.0.0.0/8", "--node-ttl", "600"]);
     let n1 = s.add_node("node-1", "127.0.0.2").await;
     let n2 = s.add_node("node-2", "127.0.0.3").await;
-    let honeniq = user_token(&s, "honeniq").await;
-    let alice = user_token(&s, "alice").await;
+    let honeniq = s.user_token("honeniq").await;
+    let alice = s.user_token("alice").await;
     let (status, body) = s
         .call_raw(
             "PUT",
@@ -382,7 +374,7 @@ async fn session(s: &Server, token: &str) -> String {
 async fn dashboard_forms_need_the_sessions_csrf_token_and_revoked_tokens_end_sessions() {
     let s = Server::start(&[]);
     s.add_node("node-1", "127.0.0.2").await;
-    let token = user_token(&s, "honeniq").await;
+    let token = s.user_token("honeniq").await;
     let (status, _) = s
         .call_raw(
             "PUT",

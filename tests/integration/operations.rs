@@ -11,7 +11,7 @@ use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN, Ask, Reaped, Server, fqdn, peer};
+use crate::support::{ADMIN, Ask, Reaped, Server, fqdn, free_port, peer};
 
 const SVC: &str = "web.quickstart-ruby.honeniq.svc.cluster.test.";
 
@@ -36,15 +36,7 @@ async fn run_webs(s: &Server, node: &str, token: &str, count: u16, own_addresses
             c
         })
         .collect();
-    let (status, body) = s
-        .call(
-            "PUT",
-            &format!("/v1/nodes/{node}/containers"),
-            Some(token),
-            Some(json!({"containers": containers})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.replace_containers(node, token, containers).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,13 +223,8 @@ async fn service_discovery_lists_running_endpoints_scoped_by_token() {
     let s = Server::start(&[]);
     let node = s.add_node("node-1", "127.0.0.2").await;
     run_webs(&s, "node-1", &node, 2, false).await;
-    let (status, body) = s
-        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
-        .await;
-    assert!(status == 200 || status == 201, "{body}");
-    let honeniq = body["token"].as_str().expect("token").to_owned();
-    let (_, body) = s.call("POST", "/v1/users/alice/tokens", Some(ADMIN), None).await;
-    let alice = body["token"].as_str().expect("token").to_owned();
+    let honeniq = s.user_token("honeniq").await;
+    let alice = s.user_token("alice").await;
 
     let (status, groups) = s.call("GET", "/v1/sd/prometheus", Some(&honeniq), None).await;
     assert_eq!(status, 200, "{groups}");
@@ -319,13 +306,6 @@ fn metrics_endpoint(addr: &str) -> u16 {
     port
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_discovers_a_container_and_scrapes_it() {
     let Some(prometheus) = peer("prometheus", "prometheus") else {
@@ -339,10 +319,7 @@ async fn prometheus_discovers_a_container_and_scrapes_it() {
                   {"container_port": 80, "host_port": free_port(), "protocol": "tcp"}]});
     let (status, body) = s.report("node-1", &node, "shop-1", report).await;
     assert!(status == 200 || status == 201, "{body}");
-    let (_, body) = s
-        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
-        .await;
-    let token = body["token"].as_str().expect("token").to_owned();
+    let token = s.user_token("honeniq").await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("prometheus.yml");

@@ -39,16 +39,6 @@ impl Unbound {
     }
 }
 
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Unbound on a free loopback port, no trust anchor (it does not validate), `test.` no longer
 /// served locally, and a stub zone for cluster.test pointing at `stackdns`; returns once it
 /// answers the zone's SOA through the stub.

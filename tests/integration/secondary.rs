@@ -26,16 +26,6 @@ fn knotd() -> Option<PathBuf> {
     peer("knotd", "knot")
 }
 
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// knotd on `port` as a secondary of `primary`, notified by it; with `tsig`
 /// (name, base64 secret) its transfers are signed.
 fn start_knot(bin: &Path, primary: std::net::SocketAddr, port: u16, tsig: Option<(&str, &str)>) -> Secondary {

@@ -60,15 +60,7 @@ pub(crate) async fn run_assigned(s: &Server, node: &str, token: &str) -> usize {
                    "ports": a["ports"], "generation": a["generation"]})
         })
         .collect();
-    let (status, body) = s
-        .call(
-            "PUT",
-            &format!("/v1/nodes/{node}/containers"),
-            Some(token),
-            Some(json!({"containers": containers})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.replace_containers(node, token, containers).await;
     list.len()
 }
 

@@ -216,6 +216,28 @@ impl Server {
         body["token"].as_str().expect("token").to_owned()
     }
 
+    /// Issues a token for `user` as admin; returns it.
+    pub async fn user_token(&self, user: &str) -> String {
+        let (status, body) = self
+            .call("POST", &format!("/v1/users/{user}/tokens"), Some(ADMIN), None)
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Replaces `node`'s whole container list, as its agent does after a restart.
+    pub async fn replace_containers(&self, node: &str, token: &str, containers: Vec<Value>) {
+        let (status, body) = self
+            .call(
+                "PUT",
+                &format!("/v1/nodes/{node}/containers"),
+                Some(token),
+                Some(json!({"containers": containers})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Reports a running container (user honeniq, stack quickstart-ruby) as its node.
     pub async fn report(&self, node: &str, token: &str, container: &str, body: Value) -> (u16, Value) {
         let path = format!("/v1/nodes/{node}/containers/honeniq/quickstart-ruby/{container}");
@@ -518,4 +540,15 @@ pub fn addresses_in_order(reply: &Message) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// A loopback port free for both UDP and TCP, for a peer to listen on.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

@@ -101,16 +101,7 @@ async fn a_name_reported_before_its_stack_existed_stops_answering_once_placed_el
 async fn a_users_own_node_serves_that_user_alone() {
     let s = Server::start(&[]);
     s.add_node("shared", "10.0.1.1").await;
-    let user_token = |user: &str| {
-        let path = format!("/v1/users/{user}/tokens");
-        let s = &s;
-        async move {
-            let (status, body) = s.call("POST", &path, Some(ADMIN), None).await;
-            assert_eq!(status, 201);
-            body["token"].as_str().expect("token").to_owned()
-        }
-    };
-    let (honeniq, zoe) = (user_token("honeniq").await, user_token("zoe").await);
+    let (honeniq, zoe) = (s.user_token("honeniq").await, s.user_token("zoe").await);
 
     // honeniq registers a node with their own token: it is theirs.
     let (status, body) = put(&s, &honeniq, "/v1/nodes/mine", json!({"address": "10.0.2.1"})).await;
@@ -359,10 +350,7 @@ async fn quotas_bound_what_one_user_may_ask_for() {
     )
     .await;
     assert_eq!(status, 201);
-    let (_, token) = s
-        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
-        .await;
-    let token = token["token"].as_str().expect("token").to_owned();
+    let token = s.user_token("honeniq").await;
     let (status, body) = s
         .call("GET", "/v1/users/honeniq/limits", Some(&token), None)
         .await;
@@ -486,10 +474,7 @@ async fn closing_a_node_to_a_user_takes_their_containers_off_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_registers_only_as_many_nodes_as_allowed() {
     let s = Server::start(&["--default-max-nodes", "2"]);
-    let (_, body) = s
-        .call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)
-        .await;
-    let token = body["token"].as_str().expect("token").to_owned();
+    let token = s.user_token("honeniq").await;
     for n in ["a", "b"] {
         let (status, body) = put(
             &s,
