@@ -2,8 +2,10 @@
 //! optional configuration file of `serve` in [`file`].
 
 mod file;
+mod store;
 
 pub use file::{ConfigFileError, expand};
+pub use store::{EtcdArgs, StoreLocation, store_location};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +68,27 @@ pub enum Command {
         #[command(flatten)]
         connection: cli::Connection,
     },
+    /// Moves the state between stores (stop every server using them first).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copies everything (serial and IXFR journal included) from one store into an empty one,
+    /// e.g. `--from /var/lib/stackdns --to etcd://10.0.0.1:2379,10.0.0.2:2379`.
+    Copy {
+        /// A data directory (its stackdns.redb) or etcd://HOST:PORT[,…].
+        #[arg(long, value_parser = store_location)]
+        from: StoreLocation,
+        /// A data directory or etcd://HOST:PORT[,…]; must hold no state.
+        #[arg(long, value_parser = store_location)]
+        to: StoreLocation,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,6 +109,18 @@ pub struct ServeArgs {
     /// Data directory: the database and the generated admin token live here.
     #[arg(long, env = "STACKDNS_DATA", default_value = "stackdns-data")]
     pub data: PathBuf,
+    /// Where the state lives: `redb`, the embedded database in --data (the default), or
+    /// `etcd://HOST:PORT[,HOST:PORT…]`, an etcd v3 cluster that several instances share
+    /// (docs/ha.md).
+    #[arg(long, env = "STACKDNS_STORE", default_value = "redb", value_parser = store_location)]
+    pub store: StoreLocation,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// With --store etcd://…: the URL at which the other instances reach this one's API
+    /// (they forward writes to the leader). Default: http://<--api> when that is a specific
+    /// address.
+    #[arg(long, env = "STACKDNS_ADVERTISE_API", value_name = "URL")]
+    pub advertise_api: Option<String>,
     /// Zone file with the apex SOA and NS records. Without it, `zones/cluster.test.zone` is
     /// used if present, else the same zone built into the binary.
     #[arg(long, env = "STACKDNS_ZONE_FILE")]

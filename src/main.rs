@@ -2,7 +2,9 @@
 
 use clap::Parser;
 use stackdns::cli::Request;
-use stackdns::config::{Cli, Command, LogFormat};
+use stackdns::config::{Cli, Command, LogFormat, StoreCommand, StoreLocation};
+use stackdns::store::etcd::EtcdStore;
+use stackdns::store::{RedbStore, Store};
 
 /// With `--features dhat-heap` (bench/README.md), every allocation is tracked and a heap
 /// profile is written to `dhat-heap.json` when the process exits.
@@ -44,6 +46,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `stackdns store …`: runs without a server (the stores must not be in use).
+fn store_command(command: StoreCommand) -> anyhow::Result<std::process::ExitCode> {
+    let StoreCommand::Copy { from, to, etcd } = command;
+    let open = |location: &StoreLocation| -> anyhow::Result<Box<dyn Store>> {
+        Ok(match location {
+            StoreLocation::Redb(dir) => {
+                let dir = dir
+                    .clone()
+                    .unwrap_or_else(|| std::path::PathBuf::from("stackdns-data"));
+                std::fs::create_dir_all(&dir)?;
+                Box::new(RedbStore::open(&dir.join("stackdns.redb"), 64 << 20)?)
+            }
+            StoreLocation::Etcd(members) => {
+                Box::new(EtcdStore::connect(etcd.config(members, String::new()))?)
+            }
+        })
+    };
+    let source = open(&from)?;
+    let destination = open(&to)?;
+    let copied = stackdns::store::copy::copy(source.as_ref(), destination.as_ref())?;
+    println!(
+        "copied {from} -> {to}: serial {}, {} nodes, {} containers, {} stacks, {} journal differences",
+        copied.serial, copied.nodes, copied.containers, copied.stacks, copied.journal
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (connection, request) = match cli.command {
@@ -60,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Service { command, connection } => (connection, Request::Service(command)),
         Command::User { command, connection } => (connection, Request::User(command)),
         Command::Lookup { args, connection } => (connection, Request::Lookup(args)),
+        Command::Store { command } => return store_command(command),
     };
     match runtime.block_on(stackdns::cli::run(connection, request)) {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),

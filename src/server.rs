@@ -10,13 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::ServeArgs;
+use crate::config::StoreLocation;
 use crate::control::{Control, Publisher};
 use crate::dns::tls::Certificates;
 use crate::dns::{DnsServer, Encrypted, zonefile};
 use crate::edge::Caps;
 use crate::snapshot::Policy;
 use crate::snapshot::journal::JournalLimits;
-use crate::store::RedbStore;
+use crate::store::etcd::EtcdStore;
+use crate::store::{RedbStore, Store};
 
 /// The zone served when no zone file is given and `zones/cluster.test.zone` is absent.
 const EMBEDDED_ZONE: &str = include_str!("../zones/cluster.test.zone");
@@ -50,6 +52,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "--api listens on {addr}, which the other instances cannot reach as such; pass --advertise-api http://HOST:PORT"
+    )]
+    AdvertiseApi { addr: SocketAddr },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("admin token: cannot {action} {path}: {source}")]
@@ -118,14 +124,23 @@ impl Server {
             rotation: args.rotation,
             max_answers: args.max_answers,
         };
-        let store = RedbStore::open(
-            &args.data.join("stackdns.redb"),
-            args.db_cache_mb.saturating_mul(1 << 20),
-        )?;
+        // Bound first: on a shared store the other instances are told where it is.
+        let listener =
+            tokio::net::TcpListener::bind(args.api)
+                .await
+                .map_err(|source| ServerError::BindApi {
+                    addr: args.api,
+                    source,
+                })?;
+        let api_addr = listener.local_addr().map_err(|source| ServerError::BindApi {
+            addr: args.api,
+            source,
+        })?;
+        let store = open_store(args, api_addr)?;
         let cancel = CancellationToken::new();
         let metrics = crate::metrics::Metrics::new();
         let (control, writer) = Control::start(
-            Box::new(store),
+            store,
             Publisher {
                 zone,
                 policy,
@@ -171,17 +186,6 @@ impl Server {
             );
         }
 
-        let listener =
-            tokio::net::TcpListener::bind(args.api)
-                .await
-                .map_err(|source| ServerError::BindApi {
-                    addr: args.api,
-                    source,
-                })?;
-        let api_addr = listener.local_addr().map_err(|source| ServerError::BindApi {
-            addr: args.api,
-            source,
-        })?;
         let app_state = AppState {
             control: control.clone(),
             admin_token_sha256,
@@ -195,6 +199,7 @@ impl Server {
             dns_stats: dns.stats.clone(),
             sessions: std::sync::Arc::new(api::Sessions::new().map_err(ServerError::SessionRandom)?),
             read_timeout: Duration::from_millis(args.api_read_timeout_ms),
+            http: api::forwarding_client(),
         };
         let metrics_listener = match args.metrics_addr.0 {
             Some(addr) => {
@@ -288,6 +293,32 @@ impl Server {
         // Every Control handle is gone now, so the writer drains its queue and exits.
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+}
+
+/// Opens the store `--store` names.
+fn open_store(args: &ServeArgs, api_addr: SocketAddr) -> Result<Box<dyn Store>, ServerError> {
+    match &args.store {
+        StoreLocation::Redb(dir) => {
+            let dir = dir.as_deref().unwrap_or(&args.data);
+            let store = RedbStore::open(
+                &dir.join("stackdns.redb"),
+                args.db_cache_mb.saturating_mul(1 << 20),
+            )?;
+            Ok(Box::new(store))
+        }
+        StoreLocation::Etcd(members) => {
+            let advertise = match &args.advertise_api {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None if api_addr.ip().is_unspecified() => {
+                    return Err(ServerError::AdvertiseApi { addr: api_addr });
+                }
+                None => format!("http://{api_addr}"),
+            };
+            tracing::info!(store = %args.store, prefix = %args.etcd.etcd_prefix, advertise = %advertise, "opening the shared store");
+            let store = EtcdStore::connect(args.etcd.config(members, advertise))?;
+            Ok(Box::new(store))
+        }
     }
 }
 

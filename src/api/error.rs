@@ -95,6 +95,11 @@ impl From<ControlError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "no_randomness", message)
             }
             ControlError::Stopped => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
+            ControlError::Unavailable(_) => {
+                tracing::warn!(error = %message, "request refused: the shared store is unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", message)
+            }
+            ControlError::NotLeader => Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message),
             ControlError::QuotaExceeded { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded", message)
             }

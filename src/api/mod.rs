@@ -15,6 +15,7 @@
 mod assignments;
 mod auth;
 pub mod error;
+mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod listener;
@@ -27,6 +28,7 @@ pub mod types;
 mod ui;
 mod users;
 
+pub use forward::client as forwarding_client;
 pub use ui::Sessions;
 
 use std::time::Duration;
@@ -74,6 +76,8 @@ pub struct AppState {
     pub dns_stats: crate::dns::DnsStats,
     /// The dashboard's logged-in sessions.
     pub sessions: std::sync::Arc<Sessions>,
+    /// Forwards requests to the leader on a shared store.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -213,7 +217,6 @@ async fn bounded(
             .into_response();
         }
     };
-    let request = Request::from_parts(parts, axum::body::Body::from(body));
     let Ok(_slot) = state.requests.try_acquire() else {
         let mut refused = axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -226,7 +229,11 @@ async fn bounded(
         );
         return refused;
     };
-    next.run(request).await
+    if let Some(answered) = forward::to_leader(&state, &parts, &body).await {
+        return answered;
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it, instead

@@ -34,6 +34,13 @@ pub enum ControlError {
     /// The store could not be read back after a failed commit: writes wait until it can.
     #[error("the database could not be read back after a failed commit; nothing was changed")]
     Unreadable,
+    /// A shared store (etcd) cannot be reached or refused the commit: nothing was changed,
+    /// and the request may be sent again (to any instance).
+    #[error("the shared store is unavailable, so nothing was changed: {0}")]
+    Unavailable(String),
+    /// This instance does not lead the cluster (it is taking over, or just lost it).
+    #[error("this instance does not lead the cluster right now; retry, or send the request to the leader")]
+    NotLeader,
     /// An operation panicked on the writer; its batch was dropped and the state reloaded.
     #[error("internal error; nothing was changed")]
     Internal,

@@ -47,13 +47,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::journal::{Diff, Journal, JournalLimits};
+use crate::snapshot::journal::JournalLimits;
 use crate::snapshot::{Policy, Projection, SnapshotHandle};
-use crate::store::{Batch, JournalWrite, Store, StoreError};
+use crate::store::etcd::Leader;
+use crate::store::{Cluster, Store, StoreError};
 use crate::zone::Zone;
 use state::State;
 use wake::NodeWakers;
-use writer::{Ctx, Job, Queued, Writer};
+use writer::{Ctx, Job, Queued, Work as Next, Writer};
 
 pub use crate::model::Applied;
 pub use auth::{Caller, Principal, generate_token, hash_token, same_secret};
@@ -79,6 +80,8 @@ pub enum StartError {
     Journal { serial: u32 },
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot commit the start-up serial: {0}")]
+    FirstSerial(ControlError),
 }
 
 /// A result together with the zone serial that contains it.
@@ -95,7 +98,7 @@ pub type TokenIndex = Arc<arc_swap::ArcSwap<HashMap<String, Principal>>>;
 /// Handle to the control plane; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
-    jobs: mpsc::Sender<Queued>,
+    jobs: mpsc::Sender<Next>,
     snapshots: SnapshotHandle,
     tokens: TokenIndex,
     /// The serial of the latest published snapshot, for whoever must react to it (NOTIFY).
@@ -105,6 +108,65 @@ pub struct Control {
     /// Fires when the server shuts down: blocking queries answer at once.
     shutdown: CancellationToken,
     metrics: crate::metrics::Metrics,
+    /// On a shared store.
+    cluster: Option<Arc<ClusterView>>,
+}
+
+/// How this instance sees the cluster on a shared store.
+pub struct ClusterView {
+    pub id: String,
+    pub leader: watch::Receiver<Option<Leader>>,
+}
+
+impl ClusterView {
+    /// Whether this instance leads.
+    pub fn leads(&self) -> bool {
+        self.leader.borrow().as_ref().is_some_and(|l| l.id == self.id)
+    }
+}
+
+/// Hands the writer what the shared store says, in order: followed batches and leadership.
+async fn forward_cluster(cluster: Cluster, work: mpsc::Sender<Next>, shutdown: CancellationToken) {
+    let Cluster {
+        id,
+        mut leader,
+        followed,
+    } = cluster;
+    let Some(mut followed) = followed else {
+        return;
+    };
+    let leads =
+        |leader: &watch::Receiver<Option<Leader>>| leader.borrow().as_ref().is_some_and(|l| l.id == id);
+    let mut was = false;
+    if leads(&leader) {
+        was = true;
+        if work.send(Next::Lead(true)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            f = followed.recv() => match f {
+                Some(f) => Next::Followed(f),
+                None => return,
+            },
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = leads(&leader);
+                if now == was {
+                    continue;
+                }
+                was = now;
+                Next::Lead(now)
+            }
+        };
+        if work.send(next).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Fixed inputs of every snapshot.
@@ -124,8 +186,10 @@ impl Publisher {
 impl Control {
     /// Loads `store`, publishes the first snapshot and starts the writer thread.
     ///
-    /// The start-up serial is above both the stored one and the zone file's, and is committed
-    /// before anything is served, so serials never go backwards across restarts.
+    /// On its own store the start-up serial is above both the stored one and the zone file's,
+    /// and is committed before anything is served, so serials never go backwards across
+    /// restarts. On a shared store this instance serves the stored serial and follows the
+    /// log; it commits only once it leads.
     pub fn start(
         store: Box<dyn Store>,
         publisher: Publisher,
@@ -133,80 +197,63 @@ impl Control {
         metrics: crate::metrics::Metrics,
         shutdown: CancellationToken,
     ) -> Result<(Self, std::thread::JoinHandle<()>), StartError> {
-        let mut loaded = store.load()?;
-        let stored_serial = loaded.serial;
-        let stored_fingerprint = loaded.fingerprint;
-        let diffs = std::mem::take(&mut loaded.journal)
-            .into_iter()
-            .map(|(serial, bytes)| Diff::decode(&bytes).ok_or(StartError::Journal { serial }))
-            .collect::<Result<Vec<_>, _>>()?;
-        let journal = Journal::from_diffs(diffs);
-        let now = std::time::Instant::now();
-        let mut state = State::from_loaded(loaded, now);
-        state.default_limits = default_limits;
+        let loaded = store.load()?;
+        let cluster = store.cluster();
+        let shared = cluster.is_some();
+        let started = std::time::Instant::now();
+        let restored = writer::restore(loaded, &publisher, default_limits)?;
         tracing::info!(
-            nodes = state.node_count(),
-            containers = state.containers().count(),
-            serial = stored_serial,
+            nodes = restored.state.node_count(),
+            containers = restored.state.containers().count(),
+            serial = restored.serial,
+            position = restored.position,
             "state loaded"
         );
-
-        // Rebuild the zone as it was last published (lost nodes stay lost). With the same zone
-        // file and policy it is exactly the zone of the stored serial, so the journal continues
-        // from it; the start-up serial's difference is then empty.
-        let started = std::time::Instant::now();
-        let mut projection = publisher.projection();
-        writer::project_all(&mut projection, &state);
-        let fingerprint = projection.fingerprint();
-        if stored_fingerprint == Some(fingerprint) {
-            projection.publish(stored_serial);
-            if journal.last_serial().is_none_or(|s| s == stored_serial) {
-                projection.resume_journal(journal);
-            }
-        }
-        state.restart_leases(now);
-        let serial = stored_serial.wrapping_add(1).max(publisher.zone.soa.file_serial);
-        // Without the same zone file and policy, this is the first publication of a new chain.
-        let (first, diff) = projection.publish(serial);
-        let journal = match &diff {
-            Some(diff) => JournalWrite::Append {
-                to: diff.to,
-                diff: diff.bytes(),
-                keep_from: projection.journal().oldest_serial().unwrap_or(diff.to),
-            },
-            _ => JournalWrite::Reset { fingerprint },
-        };
-        store.commit(Batch {
-            ops: &[],
-            serial,
-            journal,
-        })?;
-        tracing::info!(
-            names = first.len(),
-            serial,
-            journal = first.journal.len(),
-            build_ms = started.elapsed().as_millis() as u64,
-            "zone built"
-        );
-        let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(first));
-        let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(state.token_index()));
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (serial_tx, serials) = watch::channel(serial);
+        let placeholder = publisher.projection().publish(0).0;
+        let snapshots: SnapshotHandle = Arc::new(arc_swap::ArcSwap::from_pointee(placeholder));
+        let tokens: TokenIndex = Arc::new(arc_swap::ArcSwap::from_pointee(HashMap::new()));
+        let (serial_tx, serials) = watch::channel(0);
         let wakers = Arc::new(NodeWakers::default());
-        let writer = Writer {
+        let mut writer = Writer {
             serials: serial_tx,
             wakers: wakers.clone(),
             store,
-            state,
-            serial,
+            state: State::default(),
+            serial: 0,
+            position: 0,
+            fingerprint: None,
+            leading: false,
+            shared,
+            projection: publisher.projection(),
             publisher,
-            projection,
             snapshots: snapshots.clone(),
             tokens: tokens.clone(),
             rebuild: false,
             stale: false,
             metrics: metrics.clone(),
         };
+        writer.install(restored, shared);
+        if !shared {
+            writer.take_lead().map_err(StartError::FirstSerial)?;
+        }
+        let first = snapshots.load();
+        tracing::info!(
+            names = first.len(),
+            serial = first.serial,
+            journal = first.journal.len(),
+            build_ms = started.elapsed().as_millis() as u64,
+            "zone built"
+        );
+        drop(first);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let view = cluster.map(|c| {
+            let view = Arc::new(ClusterView {
+                id: c.id.clone(),
+                leader: c.leader.clone(),
+            });
+            tokio::spawn(forward_cluster(c, tx.clone(), shutdown.clone()));
+            view
+        });
         let thread = std::thread::Builder::new()
             .name("control-writer".into())
             .spawn(move || writer.run(rx))
@@ -220,9 +267,15 @@ impl Control {
                 wakers,
                 shutdown,
                 metrics,
+                cluster: view,
             },
             thread,
         ))
+    }
+
+    /// On a shared store: this instance's id and the current leader.
+    pub fn cluster(&self) -> Option<&ClusterView> {
+        self.cluster.as_deref()
     }
 
     /// Whom `token_sha256` belongs to, as of the last commit.
@@ -254,10 +307,10 @@ impl Control {
                 let _ = tx.send(outcome);
             })
         });
-        let queued = Queued {
+        let queued = Next::Job(Queued {
             at: std::time::Instant::now(),
             job,
-        };
+        });
         self.jobs.send(queued).await.map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| {
             // The job was dropped unanswered: the writer stopped, or the job panicked.

@@ -151,15 +151,25 @@ impl Control {
 
     /// Marks nodes lost whose lease lapsed; run periodically by the server itself.
     pub async fn expire_leases(&self, ttl: Duration) -> Result<(), ControlError> {
-        self.run(move |ctx| Ok(ctx.state.expire_leases(ctx.now, ttl, ctx.changes)))
-            .await
-            .map(|lost| self.metrics().leases_expired(lost.value))
+        // Only the leader decides that a node is lost (a follower's leases are not fed).
+        self.run(move |ctx| {
+            Ok(if ctx.leading {
+                ctx.state.expire_leases(ctx.now, ttl, ctx.changes)
+            } else {
+                0
+            })
+        })
+        .await
+        .map(|lost| self.metrics().leases_expired(lost.value))
     }
 
     /// Removes up to [`SWEEP_BATCH`] tombstones that stopped more than `retention` ago (see
     /// [`State::sweep_tombstones`](super::state::State::sweep_tombstones)).
     pub async fn sweep_tombstones(&self, retention: Duration) -> Result<Swept, ControlError> {
         self.run(move |ctx| {
+            if !ctx.leading {
+                return Ok(Swept::default());
+            }
             let now = super::state::unix_now();
             Ok(ctx
                 .state

@@ -28,6 +28,8 @@ pub struct Stacks {
     /// Nodes whose assignments changed since [`Stacks::take_touched`] was last called: the
     /// blocking queries to wake.
     touched: BTreeSet<Label>,
+    /// Nodes whose stored assignments were applied since the last stored index.
+    pending: BTreeSet<Label>,
 }
 
 impl Default for Stacks {
@@ -38,6 +40,7 @@ impl Default for Stacks {
             index: 0,
             node_index: HashMap::new(),
             touched: BTreeSet::new(),
+            pending: BTreeSet::new(),
         }
     }
 }
@@ -63,6 +66,7 @@ impl Stacks {
             index,
             node_index,
             touched: BTreeSet::new(),
+            pending: BTreeSet::new(),
         }
     }
 
@@ -212,6 +216,50 @@ impl Stacks {
             removed: names(&plan.removed),
             moved: names(&plan.moved),
             redeployed: names(&plan.redeployed),
+        }
+    }
+
+    /// Applies an assignment another instance stored; the nodes it concerns wake once the
+    /// batch's [`Op::AssignmentIndex`] arrives ([`Stacks::stored_index`]).
+    pub fn stored_assignment(&mut self, key: &ContainerKey, to: Option<Assignment>, changes: &mut Changes) {
+        changes.containers.insert(key.clone());
+        let after = to.as_ref().map(|a| a.node.clone());
+        let before = self.placed.set(key, to).map(|a| a.node);
+        self.pending.extend(before.into_iter().chain(after));
+    }
+
+    /// Applies the assignment index another instance stored: the nodes whose assignments its
+    /// batch changed are at it now.
+    pub fn stored_index(&mut self, index: u64) {
+        self.index = index;
+        for node in std::mem::take(&mut self.pending) {
+            self.node_index.insert(node.clone(), index);
+            self.touched.insert(node);
+        }
+    }
+
+    /// Applies a stack record another instance stored (or removed).
+    pub fn stored_stack(
+        &mut self,
+        user: &Label,
+        stack: &Label,
+        record: Option<StackRecord>,
+        changes: &mut Changes,
+    ) {
+        let key = (user.clone(), stack.clone());
+        let old = match record {
+            Some(record) => {
+                changes
+                    .services
+                    .extend(record.services.iter().map(|s| s.key.clone()));
+                self.stacks.insert(key, record)
+            }
+            None => self.stacks.remove(&key),
+        };
+        if let Some(old) = old {
+            changes
+                .services
+                .extend(old.services.iter().map(|s| s.key.clone()));
         }
     }
 

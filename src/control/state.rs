@@ -8,10 +8,11 @@
 //!
 //! Split by concern: this file holds nodes, leases, tokens and who may do what;
 //! [`reports`] the containers agents report (generation fencing); [`placing`] the bridge to
-//! the placement engine.
+//! the placement engine; [`stored`] applies batches other instances committed to a shared store.
 
 mod placing;
 mod reports;
+mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

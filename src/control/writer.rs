@@ -3,6 +3,9 @@
 //! It owns the state and the store. Each turn takes every queued job (up to [`MAX_BATCH`]),
 //! runs them one after another against the state, commits their changes in one durable
 //! transaction, publishes one snapshot, and only then answers them all.
+//!
+//! On a shared store (etcd) it also applies, in order, the batches the leader commits
+//! ([`Work::Followed`]), and commits only while this instance leads ([`Work::Lead`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,11 +16,14 @@ use super::changes::Changes;
 use super::error::ControlError;
 use super::state::State;
 use super::wake::NodeWakers;
-use super::{Publisher, TokenIndex};
+use super::{Publisher, StartError, TokenIndex};
 use crate::model::ServiceKey;
+use crate::snapshot::journal::{Diff, Journal};
 use crate::snapshot::platform::Member;
 use crate::snapshot::{Projection, SnapshotHandle};
-use crate::store::{Batch, JournalWrite, Store};
+use crate::store::etcd::Followed;
+use crate::store::log::StoredJournal;
+use crate::store::{Batch, JournalWrite, Loaded, Store};
 
 /// Most jobs folded into one commit; bounds the latency of the first one.
 pub const MAX_BATCH: usize = 4096;
@@ -28,6 +34,9 @@ pub struct Ctx<'a> {
     pub changes: &'a mut Changes,
     /// When the batch started; one clock reading for every job in it.
     pub now: Instant,
+    /// Whether this instance decides (always, on its own store; on a shared store, only the
+    /// leader): lease expiry and tombstone sweeps run only where it is true.
+    pub leading: bool,
 }
 
 /// Called with the batch's outcome (the serial that publishes it) once it is committed.
@@ -41,11 +50,28 @@ pub struct Queued {
     pub job: Job,
 }
 
+/// What the writer is handed, in order.
+pub enum Work {
+    Job(Queued),
+    /// From a shared store: a batch committed (by any instance), or a gap to load past.
+    Followed(Followed),
+    /// From a shared store: whether this instance leads now.
+    Lead(bool),
+}
+
 /// The thread that owns the store and the state.
 pub struct Writer {
     pub store: Box<dyn Store>,
     pub state: State,
     pub serial: u32,
+    /// Batches in the shared log the state holds (0 on redb, which does not count them).
+    pub position: u64,
+    /// The zone fingerprint the stored journal was made with.
+    pub fingerprint: Option<u64>,
+    /// Whether this instance may commit: always on redb; on etcd while it leads.
+    pub leading: bool,
+    /// On a shared store (etcd).
+    pub shared: bool,
     pub publisher: Publisher,
     pub projection: Projection,
     pub snapshots: SnapshotHandle,
@@ -61,11 +87,75 @@ pub struct Writer {
     pub metrics: crate::metrics::Metrics,
 }
 
+/// The state as stored, with its zone built: at start-up, and on a shared store whenever
+/// this instance takes the lead or missed batches.
+pub struct Restored {
+    pub state: State,
+    pub projection: Projection,
+    pub serial: u32,
+    pub position: u64,
+    pub fingerprint: Option<u64>,
+    /// The zone at the stored serial, when it could be rebuilt exactly (same zone file and
+    /// policy): the stored journal continues from it.
+    pub snapshot: Option<crate::snapshot::Snapshot>,
+}
+
+/// Builds the state and its zone from what was loaded. With the same zone file and policy
+/// the zone is exactly the one of the stored serial, so the journal continues from it.
+pub fn restore(
+    mut loaded: Loaded,
+    publisher: &Publisher,
+    default_limits: crate::model::Limits,
+) -> Result<Restored, StartError> {
+    let serial = loaded.serial;
+    let position = loaded.position;
+    let stored_fingerprint = loaded.fingerprint;
+    let diffs = std::mem::take(&mut loaded.journal)
+        .into_iter()
+        .map(|(serial, bytes)| Diff::decode(&bytes).ok_or(StartError::Journal { serial }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let journal = Journal::from_diffs(diffs);
+    let mut state = State::from_loaded(loaded, Instant::now());
+    state.default_limits = default_limits;
+    let mut projection = publisher.projection();
+    project_all(&mut projection, &state);
+    let mut snapshot = None;
+    if stored_fingerprint == Some(projection.fingerprint()) {
+        snapshot = Some(projection.publish(serial).0);
+        if journal.last_serial().is_none_or(|s| s == serial) {
+            projection.resume_journal(journal);
+        }
+    }
+    Ok(Restored {
+        state,
+        projection,
+        serial,
+        position,
+        fingerprint: stored_fingerprint,
+        snapshot,
+    })
+}
+
 impl Writer {
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Queued>) {
+    pub fn run(mut self, mut work: mpsc::Receiver<Work>) {
         // When each write of the batch (a job that recorded a store op) was queued.
         let mut writes = Vec::new();
-        while let Some(first) = jobs.blocking_recv() {
+        let mut next = None;
+        loop {
+            let Some(first) = next.take().or_else(|| work.blocking_recv()) else {
+                break;
+            };
+            let first = match first {
+                Work::Job(job) => job,
+                Work::Followed(followed) => {
+                    self.follow(followed);
+                    continue;
+                }
+                Work::Lead(lead) => {
+                    self.lead(lead);
+                    continue;
+                }
+            };
             let mut changes = Changes::default();
             let mut completions = Vec::new();
             let mut panicked = false;
@@ -75,13 +165,14 @@ impl Writer {
                     state: &mut self.state,
                     changes: &mut changes,
                     now: Instant::now(),
+                    leading: self.leading,
                 };
-                let mut next = Some(first);
-                while let Some(Queued { at, job }) = next.take() {
+                let mut job = Some(first);
+                while let Some(Queued { at, job: run }) = job.take() {
                     let ops = ctx.changes.ops.len();
                     // A bug in one job must not take the writer down: the batch is dropped
                     // and the state reloaded from the store below.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx))) {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut ctx))) {
                         Ok(complete) => completions.push(complete),
                         Err(_) => panicked = true,
                     }
@@ -89,7 +180,12 @@ impl Writer {
                         writes.push(at);
                     }
                     if completions.len() < MAX_BATCH {
-                        next = jobs.try_recv().ok();
+                        match work.try_recv() {
+                            Ok(Work::Job(queued)) => job = Some(queued),
+                            // Followed batches and leadership wait for this batch's commit.
+                            Ok(other) => next = Some(other),
+                            Err(_) => {}
+                        }
                     }
                 }
             }
@@ -129,12 +225,19 @@ impl Writer {
         if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
         }
+        if !self.leading {
+            // Only reads should reach a follower (the API forwards writes to the leader); a
+            // write that got here ran on this state, which must go back to the stored one.
+            self.reload();
+            self.rebuild = true;
+            return Err(ControlError::NotLeader);
+        }
         if self.stale {
             // This batch ran on a state that may hold a failed batch's changes: drop it, and
             // try again to read what the database really holds.
             self.reload();
             self.rebuild = true;
-            return Err(ControlError::Unreadable);
+            return Err(self.unreadable());
         }
         let serial = self.serial.wrapping_add(1);
         let started = Instant::now();
@@ -165,17 +268,27 @@ impl Writer {
             ops: &changes.ops,
             serial,
             journal,
+            after: self.position,
         };
         let committing = Instant::now();
         let committed = self.store.commit(batch);
         if let Err(e) = committed {
             self.metrics.commit_failed();
             tracing::error!(error = %e, "commit failed; reloading state from the database");
+            let shared = self.shared;
             self.reload();
             self.rebuild = true;
-            return Err(ControlError::Storage(Arc::new(e)));
+            return Err(if shared {
+                ControlError::Unavailable(e.to_string())
+            } else {
+                ControlError::Storage(Arc::new(e))
+            });
+        }
+        if let JournalWrite::Reset { fingerprint } = journal {
+            self.fingerprint = Some(fingerprint);
         }
         self.metrics.committed(writes, committing.elapsed());
+        self.position += 1;
         self.serial = serial;
         if nodes_changed || changes.tokens_changed || self.rebuild {
             self.tokens.store(Arc::new(self.state.token_index()));
@@ -193,6 +306,14 @@ impl Writer {
         Ok(serial)
     }
 
+    fn unreadable(&self) -> ControlError {
+        if self.shared {
+            ControlError::Unavailable("etcd could not be read after a failed commit".to_owned())
+        } else {
+            ControlError::Unreadable
+        }
+    }
+
     /// Replaces the in-memory state with the database's, keeping leases. Any failure leaves
     /// the writer `stale`: writes are refused until a later reload succeeds.
     fn reload(&mut self) {
@@ -200,6 +321,13 @@ impl Writer {
             Ok(loaded) => {
                 let leases = self.state.leases();
                 let defaults = self.state.default_limits;
+                self.position = loaded.position;
+                self.fingerprint = loaded.fingerprint;
+                if self.shared {
+                    // Another instance may have published serials since; this one goes on
+                    // from the stored serial (its next commit resets the journal).
+                    self.serial = loaded.serial;
+                }
                 self.state = State::from_loaded(loaded, Instant::now());
                 self.state.default_limits = defaults;
                 self.state.restore_leases(leases);
@@ -208,6 +336,196 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reload state; writes are refused until it can be read");
+                self.stale = true;
+            }
+        }
+    }
+
+    /// Publishes `snapshot` at `serial` as the current state.
+    fn publish(&mut self, snapshot: crate::snapshot::Snapshot, serial: u32) {
+        self.serial = serial;
+        self.tokens.store(Arc::new(self.state.token_index()));
+        self.snapshots.store(Arc::new(snapshot));
+        self.serials.send_replace(serial);
+    }
+
+    /// Starts deciding: on a shared store, from the stored state as it is now (read again),
+    /// with every live node's lease restarted. Commits the first serial of this term, above
+    /// the last one and the zone file's, so serials never go backwards.
+    pub fn take_lead(&mut self) -> Result<u32, ControlError> {
+        if self.shared {
+            let loaded = self
+                .store
+                .load()
+                .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            let restored = restore(loaded, &self.publisher, self.state.default_limits)
+                .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            self.install(restored, false);
+        }
+        self.state.restart_leases(Instant::now());
+        let serial = self
+            .serial
+            .wrapping_add(1)
+            .max(self.publisher.zone.soa.file_serial);
+        // Without the same zone file and policy, this is the first publication of a new chain.
+        let fingerprint = self.projection.fingerprint();
+        let (snapshot, diff) = self.projection.publish(serial);
+        let journal = match &diff {
+            Some(diff) => JournalWrite::Append {
+                to: diff.to,
+                diff: diff.bytes(),
+                keep_from: self.projection.journal().oldest_serial().unwrap_or(diff.to),
+            },
+            _ => JournalWrite::Reset { fingerprint },
+        };
+        self.leading = true;
+        self.store
+            .commit(Batch {
+                ops: &[],
+                serial,
+                journal,
+                after: self.position,
+            })
+            .inspect_err(|_| self.leading = !self.shared)
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        if diff.is_none() {
+            self.fingerprint = Some(fingerprint);
+        }
+        self.position += 1;
+        self.rebuild = false;
+        self.stale = false;
+        self.publish(snapshot, serial);
+        self.wakers.wake_all();
+        Ok(serial)
+    }
+
+    /// Makes `restored` the current state and zone. `serve`: publish a zone even when the
+    /// stored one could not be rebuilt exactly (a zone of its own, at the stored serial).
+    pub fn install(&mut self, restored: Restored, serve: bool) {
+        let mut projection = restored.projection;
+        let snapshot = match restored.snapshot {
+            Some(snapshot) => Some(snapshot),
+            None if serve => Some(projection.publish(restored.serial).0),
+            None => None,
+        };
+        self.state = restored.state;
+        self.projection = projection;
+        self.position = restored.position;
+        self.fingerprint = restored.fingerprint;
+        self.serial = restored.serial;
+        self.rebuild = false;
+        self.stale = false;
+        if let Some(snapshot) = snapshot {
+            self.publish(snapshot, restored.serial);
+        }
+        self.wakers.wake_all();
+    }
+
+    /// Leadership came or went (shared store).
+    fn lead(&mut self, lead: bool) {
+        if lead == self.leading {
+            return;
+        }
+        if !lead {
+            tracing::warn!("this instance no longer leads; it follows the leader's commits");
+            self.leading = false;
+            return;
+        }
+        match self.take_lead() {
+            Ok(serial) => tracing::info!(
+                serial,
+                position = self.position,
+                "this instance leads: it commits, places and expires leases"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the lead; following until the next election");
+                self.leading = false;
+            }
+        }
+    }
+
+    /// A batch from the shared log: applied unless this state already holds it.
+    fn follow(&mut self, followed: Followed) {
+        let (position, entry) = match followed {
+            Followed::Entry { position, entry } if position <= self.position => {
+                let _ = entry;
+                return;
+            }
+            Followed::Entry { position, entry } if position == self.position + 1 => (position, entry),
+            Followed::Entry { position, .. } => {
+                tracing::warn!(
+                    position,
+                    at = self.position,
+                    "batches of the shared log were missed; loading the state again"
+                );
+                return self.resync();
+            }
+            Followed::Reload => return self.resync(),
+        };
+        if self.leading {
+            // The commit protocol makes this impossible while the lead is held; if it happens
+            // anyway, the log is the truth.
+            tracing::error!(
+                position,
+                "another instance committed while this one leads; following it"
+            );
+            self.leading = false;
+        }
+        let entry = *entry;
+        let now = Instant::now();
+        let mut changes = Changes::default();
+        for op in entry.ops {
+            self.state.apply_stored(op, now, &mut changes);
+        }
+        let reset = match &entry.journal {
+            StoredJournal::Reset { fingerprint } => {
+                self.fingerprint = Some(*fingerprint);
+                true
+            }
+            _ => self.rebuild,
+        };
+        if reset {
+            self.projection = self.publisher.projection();
+            project_all(&mut self.projection, &self.state);
+        } else {
+            project(&mut self.projection, &self.state, &changes);
+        }
+        let (mut snapshot, diff) = self.projection.publish(entry.serial);
+        let differs = match (&entry.journal, &diff) {
+            (StoredJournal::Append { diff: stored, .. }, Some(mine)) => stored.as_slice() != mine.bytes(),
+            _ => false,
+        };
+        if differs || (reset && self.fingerprint != Some(self.projection.fingerprint())) {
+            // This instance's zone file or record policy is not the leader's: its zone is its
+            // own, and so is its journal (secondaries get the whole zone from it).
+            tracing::error!(
+                serial = entry.serial,
+                "this instance built a different zone than the leader for the same state: give every instance the same zone file, --ttl, --rotation and --max-answers"
+            );
+            self.projection = self.publisher.projection();
+            project_all(&mut self.projection, &self.state);
+            snapshot = self.projection.publish(entry.serial).0;
+        }
+        self.position = position;
+        self.rebuild = false;
+        if changes.tokens_changed {
+            self.tokens.store(Arc::new(self.state.token_index()));
+        }
+        self.serial = entry.serial;
+        self.snapshots.store(Arc::new(snapshot));
+        self.serials.send_replace(entry.serial);
+        self.wakers.wake(&self.state.take_touched_nodes());
+    }
+
+    /// Loads the shared state again after missed batches.
+    fn resync(&mut self) {
+        let restored = self.store.load().map_err(|e| e.to_string()).and_then(|loaded| {
+            restore(loaded, &self.publisher, self.state.default_limits).map_err(|e| e.to_string())
+        });
+        match restored {
+            Ok(restored) => self.install(restored, true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the shared state; serving the last one until it can");
                 self.stale = true;
             }
         }

@@ -248,7 +248,9 @@ impl Index {
 
     /// Gives `key` the assignment `to` (`None`: none), releasing what the old one claimed.
     /// Returns the old one.
-    pub(super) fn set(&mut self, key: &ContainerKey, to: Option<Assignment>) -> Option<Assignment> {
+    /// Makes `to` the assignment of `key` (or none); returns the one it replaced. How an
+    /// instance following another's commits applies a stored assignment.
+    pub fn set(&mut self, key: &ContainerKey, to: Option<Assignment>) -> Option<Assignment> {
         match to {
             Some(a) => self.insert(a),
             None => self.remove(key),

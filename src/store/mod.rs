@@ -6,12 +6,18 @@
 //!                 <--------------Loaded------------ Store::load     (start-up, after a failure)
 //! ```
 //!
-//! [`redb`] is the embedded engine and the default; a second engine (etcd is planned) is a
-//! module beside it implementing [`Store`]. Records are the platform's own [`model`] types
-//! plus the few defined here; zone differences travel as opaque bytes the store never reads.
+//! [`redb`] is the embedded engine and the default. [`etcd`] keeps the same records as a log
+//! of batches ([`log`]) in an etcd cluster that several instances share: it answers
+//! [`Store::cluster`], through which an instance follows what the others commit and learns
+//! whether it leads. Records are the platform's own [`model`] types plus the few defined here;
+//! zone differences travel as opaque bytes the store never reads.
 
 pub mod codec;
+pub mod copy;
+pub mod etcd;
 pub mod faults;
+pub mod image;
+pub mod log;
 pub mod redb;
 
 use crate::model::{Assignment, Container, ContainerKey, Label, Limits, Node, ServiceSpec};
@@ -27,6 +33,24 @@ pub trait Store: Send + 'static {
     /// Applies a batch in one transaction; returns only once it is durable. On `Err` nothing
     /// of the batch was stored.
     fn commit(&self, batch: Batch<'_>) -> Result<(), StoreError>;
+
+    /// For a store several instances share: who leads, and the batches the others commit
+    /// (handed out once; later calls answer `followed: None`). `None`: this instance is the
+    /// store's only writer.
+    fn cluster(&self) -> Option<Cluster> {
+        None
+    }
+}
+
+/// How an instance takes part in a shared store.
+pub struct Cluster {
+    /// This instance's id (as in [`etcd::Leader::id`]).
+    pub id: String,
+    /// The instance that may commit, as etcd last said (`None`: an election is under way or
+    /// etcd cannot be reached).
+    pub leader: tokio::sync::watch::Receiver<Option<etcd::Leader>>,
+    /// Every batch committed after the last load, in order.
+    pub followed: Option<tokio::sync::mpsc::Receiver<etcd::Followed>>,
 }
 
 /// Why the store failed; none of these is the caller's fault, all leave the data as it was.
@@ -59,6 +83,18 @@ pub enum StoreError {
     Database(#[from] ::redb::Error),
     #[error("the database is closed after a failure and could not be opened again")]
     Closed,
+    #[error("etcd: cannot {action}: {source}")]
+    Etcd {
+        action: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("this instance does not lead the cluster; only the leader commits")]
+    NotLeader,
+    #[error(
+        "another instance committed after position {position}, or took the leadership: this batch was not stored"
+    )]
+    Conflict { position: u64 },
 }
 
 /// One change, applied in order inside a commit.
@@ -124,6 +160,10 @@ pub struct Batch<'a> {
     pub ops: &'a [Op],
     pub serial: u32,
     pub journal: JournalWrite<'a>,
+    /// The position in a shared log of the state this batch was made on ([`Loaded::position`]
+    /// plus the batches since): a shared store refuses it if another batch came first. redb
+    /// has one writer and ignores it.
+    pub after: u64,
 }
 
 /// Everything stored, as read at start-up.
@@ -147,4 +187,6 @@ pub struct Loaded {
     pub fingerprint: Option<u64>,
     /// Generation floors by node (see [`Op::PutFloor`]).
     pub floors: Vec<(Label, u64)>,
+    /// How many batches a shared log held when this was read (0 for redb).
+    pub position: u64,
 }

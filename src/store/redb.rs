@@ -280,11 +280,14 @@ fn load(database: &Database) -> Result<Loaded, StoreError> {
         assignment_index,
         journal,
         fingerprint,
+        position: 0,
     })
 }
 
 fn commit(database: &Database, batch: Batch<'_>) -> Result<(), StoreError> {
-    let Batch { ops, serial, journal } = batch;
+    let Batch {
+        ops, serial, journal, ..
+    } = batch;
     let mut txn = database.begin_write().map_err(db)?;
     txn.set_durability(Durability::Immediate).map_err(db)?;
     {
@@ -488,6 +491,7 @@ mod tests {
                     ],
                     serial: 42,
                     journal: JournalWrite::Keep,
+                    after: 0,
                 })
                 .expect("commit");
         }
@@ -505,6 +509,7 @@ mod tests {
                 ],
                 serial: 43,
                 journal: JournalWrite::Keep,
+                after: 0,
             })
             .expect("delete");
         let loaded = store.load().expect("load");
@@ -544,6 +549,7 @@ mod tests {
                 ops: &[Op::PutContainer(changed.clone())],
                 serial: 2,
                 journal: JournalWrite::Keep,
+                after: 0,
             })
             .expect("commit");
         assert_eq!(store.load().expect("load").containers, vec![changed]);

@@ -12,6 +12,7 @@ mod durability;
 mod edge;
 mod faults;
 mod fleet;
+mod ha;
 mod leases;
 mod operations;
 mod props;
