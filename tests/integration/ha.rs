@@ -355,3 +355,98 @@ async fn store_copy_moves_the_state_to_etcd_and_back() {
     assert!(server.dns().serial() > serial);
     assert_eq!(server.dns().a(&cont("web-1")), ["127.0.0.2"]);
 }
+
+/// Knot as a secondary of both instances (its remote lists A, then B): the zone by AXFR from
+/// A, then changes by IXFR from A, and once A is killed, from B, with no second AXFR: B's
+/// journal holds the same serials and differences as A's.
+#[tokio::test]
+async fn knot_follows_by_ixfr_from_either_instance() {
+    let Some(knot_bin) = peer("knotd", "knot") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start() else { return };
+    let knot_port = free_port();
+    let notify = format!("127.0.0.1:{knot_port}");
+    let flags = ["--allow-transfer", "127.0.0.1/32", "--notify", notify.as_str()];
+    let a = instance(&etcd, &flags);
+    let (token, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    let b = instance(&etcd, &flags);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    let conf = format!(
+        "server:\n  listen: 127.0.0.1@{knot_port}\n  rundir: {d}\n\
+         control:\n  listen: {d}/knot.sock\n\
+         log:\n  - target: {d}/knot.log\n    any: info\n\
+         database:\n  storage: {d}/db\n\
+         remote:\n  - id: primaries\n    address: [127.0.0.1@{}, 127.0.0.1@{}]\n\
+         acl:\n  - id: notify\n    address: 127.0.0.1\n    action: notify\n\
+         template:\n  - id: default\n    storage: {d}/zones\n\
+         zone:\n  - domain: cluster.test\n    master: primaries\n    acl: notify\n",
+        a.dns.port(),
+        b.dns.port()
+    );
+    std::fs::create_dir_all(dir.path().join("db")).expect("db dir");
+    std::fs::create_dir_all(dir.path().join("zones")).expect("zones dir");
+    std::fs::write(dir.path().join("knot.conf"), conf).expect("knot.conf");
+    let _knot = Reaped(
+        Command::new(knot_bin)
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start knotd"),
+    );
+    let knot = crate::support::Dns {
+        addr: ([127, 0, 0, 1], knot_port).into(),
+    };
+    let knot_serial = || {
+        knot.try_ask(crate::support::ZONE, RecordType::SOA, Default::default())
+            .and_then(|r| match r.answers.first().map(|r| r.data.clone()) {
+                Some(hickory_proto::rr::RData::SOA(soa)) => Some(soa.serial),
+                _ => None,
+            })
+    };
+    let log = || std::fs::read_to_string(dir.path().join("knot.log")).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || knot_serial()
+            == Some(a.dns().serial())),
+        "knot did not take the zone:\n{}",
+        log()
+    );
+
+    let (status, body) = a.report("node-1", &token, "web-1", web(1)).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let from_a = body["serial"].as_u64().expect("serial") as u32;
+    assert!(
+        eventually(Duration::from_secs(20), || knot_serial() == Some(from_a)),
+        "{}",
+        log()
+    );
+
+    let _ = Command::new("kill").args(["-9", &a.pid().to_string()]).status();
+    let (token_2, from_b) = add_node_eventually(&b, "node-2", "127.0.0.3").await;
+    let (status, body) = b.report("node-2", &token_2, "web-2", web(1)).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let last = body["serial"].as_u64().expect("serial") as u32;
+    assert!(last > from_b);
+    assert!(
+        eventually(Duration::from_secs(30), || knot_serial() == Some(last)),
+        "knot did not follow B to {last}:\n{}",
+        log()
+    );
+    assert_eq!(knot.a(&cont("web-2")), ["127.0.0.3"], "knot serves B's change");
+    let log = log();
+    let axfrs = log
+        .lines()
+        .filter(|l| l.contains("AXFR, incoming") && l.contains("started"));
+    assert_eq!(axfrs.count(), 1, "one AXFR only:\n{log}");
+    let from_b_port = format!("127.0.0.1@{}", b.dns.port());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("IXFR, incoming") && l.contains(&from_b_port)),
+        "an IXFR from B:\n{log}"
+    );
+    drop(a);
+}
