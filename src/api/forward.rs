@@ -18,10 +18,31 @@ use super::error::ApiError;
 
 /// Marks a request one instance sent to another: the leader never forwards it again.
 pub const FORWARDED: HeaderName = HeaderName::from_static("stackdns-forwarded");
-/// How long a forwarded write may take at the leader (longer than its own request timeout).
-const LEADER_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long a forwarded request may take at the leader; with [`VISIBLE_TIMEOUT`], inside this
+/// instance's own request timeout (30 s), so the caller gets the leader's answer, not a 408.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long the answer waits for this instance's DNS to serve the leader's serial.
-const VISIBLE_TIMEOUT: Duration = Duration::from_secs(5);
+const VISIBLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Headers of one connection, not of the request (RFC 9110 §7.6.1), and those the HTTP
+/// client sets itself.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+fn end_to_end(name: &HeaderName) -> bool {
+    !HOP_BY_HOP.contains(&name.as_str())
+        && name != axum::http::header::HOST
+        && name != axum::http::header::EXPECT
+}
 
 /// The HTTP client instances forward with.
 pub fn client() -> reqwest::Client {
@@ -71,13 +92,8 @@ pub async fn to_leader(state: &AppState, parts: &Parts, body: &Bytes) -> Option<
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", leader.api);
     let mut request = state.http.request(parts.method.clone(), &url);
-    for (name, value) in &parts.headers {
-        if name != axum::http::header::HOST
-            && name != axum::http::header::CONTENT_LENGTH
-            && name != axum::http::header::CONNECTION
-        {
-            request = request.header(name, value);
-        }
+    for (name, value) in parts.headers.iter().filter(|(name, _)| end_to_end(name)) {
+        request = request.header(name, value);
     }
     let sent = request
         .header(FORWARDED, cluster.id.as_str())
@@ -109,13 +125,8 @@ pub async fn to_leader(state: &AppState, parts: &Parts, body: &Bytes) -> Option<
         wait_visible(state, serial).await;
     }
     let mut out = Response::builder().status(status);
-    for (name, value) in &headers {
-        if name != axum::http::header::CONTENT_LENGTH
-            && name != axum::http::header::TRANSFER_ENCODING
-            && name != axum::http::header::CONNECTION
-        {
-            out = out.header(name, value);
-        }
+    for (name, value) in headers.iter().filter(|(name, _)| end_to_end(name)) {
+        out = out.header(name, value);
     }
     Some(
         out.body(axum::body::Body::from(bytes))

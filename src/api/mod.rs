@@ -340,6 +340,7 @@ async fn info(
         crate::control::Caller::User { .. } => "user",
     };
     let serial = state.control.ready().await?.serial;
+    let cluster = state.control.cluster();
     Ok(axum::Json(types::ServerInfo {
         zone: state.apex.clone(),
         dns: state.dns_addr.to_string(),
@@ -348,6 +349,9 @@ async fn info(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         role: role.to_owned(),
         serial,
+        store: if cluster.is_some() { "etcd" } else { "redb" }.to_owned(),
+        leader: cluster.and_then(|c| c.leader.borrow().as_ref().map(|l| l.api.clone())),
+        leads: cluster.map(crate::control::ClusterView::leads),
     }))
 }
 
@@ -423,6 +427,13 @@ async fn metrics(
         snapshot.serial,
         snapshot.len(),
     ));
+    if let Some(cluster) = state.control.cluster() {
+        out.push_str(&format!(
+            "# HELP stackdns_cluster_leader Whether this instance leads the instances sharing its etcd store (1) or follows (0).\n\
+             # TYPE stackdns_cluster_leader gauge\nstackdns_cluster_leader {}\n",
+            u8::from(cluster.leads())
+        ));
+    }
     state.dns_stats.render(&mut out);
     state.control.metrics().render(&mut out);
     Ok(([(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], out))

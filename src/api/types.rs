@@ -295,6 +295,15 @@ pub struct ServerInfo {
     /// The caller's role: `admin`, `node` or `user`.
     pub role: String,
     pub serial: u32,
+    /// `redb` or `etcd`.
+    #[serde(default)]
+    pub store: String,
+    /// With etcd: the API URL of the instance that leads (absent during an election).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// With etcd: whether this instance leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leads: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -102,6 +102,10 @@ pub struct EtcdArgs {
     /// refused (503) as unavailable: a lost quorum shows as this.
     #[arg(long, env = "STACKDNS_ETCD_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub etcd_timeout_ms: u64,
+    /// Bytes of log after which the leader writes a new image (never below the image's own
+    /// size); for tests that want compaction to happen.
+    #[arg(long, env = "STACKDNS_ETCD_COMPACT_BYTES", default_value_t = crate::store::etcd::COMPACT_MIN_BYTES, hide = true)]
+    pub etcd_compact_bytes: u64,
 }
 
 fn prefix(text: &str) -> Result<String, String> {
@@ -129,6 +133,7 @@ impl EtcdArgs {
             lease_ttl: Duration::from_secs(self.etcd_lease_ttl),
             advertise_api,
             request_timeout: Duration::from_millis(self.etcd_timeout_ms),
+            compact_bytes: self.etcd_compact_bytes,
         }
     }
 }

@@ -222,6 +222,7 @@ impl Control {
             serial: 0,
             position: 0,
             fingerprint: None,
+            own_fingerprint: publisher.projection().fingerprint(),
             leading: false,
             shared,
             projection: publisher.projection(),

@@ -68,6 +68,8 @@ pub struct Writer {
     pub position: u64,
     /// The zone fingerprint the stored journal was made with.
     pub fingerprint: Option<u64>,
+    /// This instance's own (its zone file and record policy).
+    pub own_fingerprint: u64,
     /// Whether this instance may commit: always on redb; on etcd while it leads.
     pub leading: bool,
     /// On a shared store (etcd).
@@ -145,6 +147,10 @@ impl Writer {
             let Some(first) = next.take().or_else(|| work.blocking_recv()) else {
                 break;
             };
+            if self.stale && self.shared {
+                // Jobs come at least every lease check: the retry of a failed load.
+                self.recover();
+            }
             let first = match first {
                 Work::Job(job) => job,
                 Work::Followed(followed) => {
@@ -193,8 +199,7 @@ impl Writer {
                 tracing::error!(
                     "a request panicked in the writer; its batch is dropped and the state reloaded"
                 );
-                self.reload();
-                self.rebuild = true;
+                self.recover();
                 for complete in completions {
                     complete(Err(ControlError::Internal));
                 }
@@ -222,21 +227,24 @@ impl Writer {
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
     /// `writes` counts the batch's jobs that changed something.
     fn commit(&mut self, mut changes: Changes, writes: usize) -> Result<u32, ControlError> {
-        if changes.is_empty() && !self.rebuild {
-            return Ok(self.serial);
-        }
         if !self.leading {
+            // A follower's zone is rebuilt as it follows (`rebuild` is for the leader's next
+            // commit), so reads are answered at once.
+            if changes.is_empty() {
+                return Ok(self.serial);
+            }
             // Only reads should reach a follower (the API forwards writes to the leader); a
             // write that got here ran on this state, which must go back to the stored one.
-            self.reload();
-            self.rebuild = true;
+            self.recover();
             return Err(ControlError::NotLeader);
+        }
+        if changes.is_empty() && !self.rebuild {
+            return Ok(self.serial);
         }
         if self.stale {
             // This batch ran on a state that may hold a failed batch's changes: drop it, and
             // try again to read what the database really holds.
-            self.reload();
-            self.rebuild = true;
+            self.recover();
             return Err(self.unreadable());
         }
         let serial = self.serial.wrapping_add(1);
@@ -276,8 +284,7 @@ impl Writer {
             self.metrics.commit_failed();
             tracing::error!(error = %e, "commit failed; reloading state from the database");
             let shared = self.shared;
-            self.reload();
-            self.rebuild = true;
+            self.recover();
             return Err(if shared {
                 ControlError::Unavailable(e.to_string())
             } else {
@@ -304,6 +311,22 @@ impl Writer {
             "published"
         );
         Ok(serial)
+    }
+
+    /// Returns to the stored state after a failed batch. On redb: the state is read again and
+    /// the next commit rebuilds the zone. On a shared store: the state and the zone are read
+    /// and published as stored (other instances may have committed since), leases kept.
+    fn recover(&mut self) {
+        if !self.shared {
+            self.reload();
+            self.rebuild = true;
+            return;
+        }
+        let leases = self.state.leases();
+        self.resync();
+        if !self.stale {
+            self.state.restore_leases(leases);
+        }
     }
 
     fn unreadable(&self) -> ControlError {
@@ -403,6 +426,7 @@ impl Writer {
     /// stored one could not be rebuilt exactly (a zone of its own, at the stored serial).
     pub fn install(&mut self, restored: Restored, serve: bool) {
         let mut projection = restored.projection;
+        let resumed = restored.snapshot.is_some();
         let snapshot = match restored.snapshot {
             Some(snapshot) => Some(snapshot),
             None if serve => Some(projection.publish(restored.serial).0),
@@ -413,7 +437,8 @@ impl Writer {
         self.position = restored.position;
         self.fingerprint = restored.fingerprint;
         self.serial = restored.serial;
-        self.rebuild = false;
+        // Not the stored zone: a leader's next commit starts a new journal.
+        self.rebuild = serve && !resumed;
         self.stale = false;
         if let Some(snapshot) = snapshot {
             self.publish(snapshot, restored.serial);
@@ -438,8 +463,11 @@ impl Writer {
                 "this instance leads: it commits, places and expires leases"
             ),
             Err(e) => {
-                tracing::error!(error = %e, "cannot take the lead; following until the next election");
+                // Given up, so that an election (this instance may win it again) retries.
+                tracing::error!(error = %e, "cannot take the lead; resigning so that another election runs");
                 self.leading = false;
+                self.rebuild = true;
+                self.store.resign();
             }
         }
     }
@@ -462,14 +490,18 @@ impl Writer {
             }
             Followed::Reload => return self.resync(),
         };
+        if self.stale {
+            // This state may hold a batch that was never stored: read the stored one instead.
+            return self.recover();
+        }
         if self.leading {
-            // The commit protocol makes this impossible while the lead is held; if it happens
-            // anyway, the log is the truth.
-            tracing::error!(
+            // Only this instance's own commit can follow its state while it leads (the commit
+            // protocol compares the head and the leader): one whose answer was lost, and that
+            // etcd applied after this instance read the state again.
+            tracing::warn!(
                 position,
-                "another instance committed while this one leads; following it"
+                "a commit reported failed was stored after all; applying it"
             );
-            self.leading = false;
         }
         let entry = *entry;
         let now = Instant::now();
@@ -491,16 +523,26 @@ impl Writer {
             project(&mut self.projection, &self.state, &changes);
         }
         let (mut snapshot, diff) = self.projection.publish(entry.serial);
-        let differs = match (&entry.journal, &diff) {
-            (StoredJournal::Append { diff: stored, .. }, Some(mine)) => stored.as_slice() != mine.bytes(),
-            _ => false,
-        };
-        if differs || (reset && self.fingerprint != Some(self.projection.fingerprint())) {
-            // This instance's zone file or record policy is not the leader's: its zone is its
-            // own, and so is its journal (secondaries get the whole zone from it).
+        // With the leader's zone file and policy, this instance's zone must be the leader's.
+        let comparable = self.fingerprint == Some(self.own_fingerprint);
+        if !comparable && reset {
             tracing::error!(
                 serial = entry.serial,
-                "this instance built a different zone than the leader for the same state: give every instance the same zone file, --ttl, --rotation and --max-answers"
+                "the leader builds the zone from another zone file or record policy than this instance: give every instance the same zone file, --ttl, --rotation and --max-answers; until then this one serves, and journals, a zone of its own"
+            );
+        }
+        let differs = comparable
+            && !reset
+            && match (&entry.journal, &diff) {
+                (StoredJournal::Append { diff: stored, .. }, Some(mine)) => stored.as_slice() != mine.bytes(),
+                (StoredJournal::Append { .. }, None) => true,
+                _ => false,
+            };
+        if differs {
+            tracing::error!(
+                serial = entry.serial,
+                position,
+                "this instance built another zone difference than the leader for the same batch; rebuilding its zone (its IXFR journal starts over)"
             );
             self.projection = self.publisher.projection();
             project_all(&mut self.projection, &self.state);

@@ -97,7 +97,7 @@ async fn admin_token_file_flag() {
 }
 
 /// Reads every message of a zone transfer answering `query` on a new TCP connection.
-fn transfer(dns: &Dns, query: &hickory_proto::op::Message) -> Vec<hickory_proto::rr::Record> {
+pub(crate) fn transfer(dns: &Dns, query: &hickory_proto::op::Message) -> Vec<hickory_proto::rr::Record> {
     use std::io::Write;
     let bytes = query.to_vec().expect("encode");
     let mut stream = std::net::TcpStream::connect(dns.addr).expect("connect");

@@ -450,3 +450,252 @@ async fn knot_follows_by_ixfr_from_either_instance() {
     );
     drop(a);
 }
+
+/// The keys under `prefix` in etcd, as `etcdctl` lists them.
+fn etcd_keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("127.0.0.1:{}", etcd.clients[0])])
+        .args(["get", "--prefix", "--keys-only", prefix])
+        .output()
+        .expect("etcdctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How many assignments `node` has, as `server` answers (from its own copy of the state).
+async fn assigned(server: &Server, node: &str) -> usize {
+    let (status, body) = server
+        .call("GET", &format!("/v1/nodes/{node}/assignments"), Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["assignments"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
+    let Some(etcd) = Etcd::start() else { return };
+    let flags = ["--node-ttl", "2", "--lease-check-ms", "200"];
+    let a = instance(&etcd, &flags);
+    let (_token_1, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    let b = instance(&etcd, &flags);
+    let (token_2, _) = add_node_eventually(&b, "node-2", "127.0.0.3").await;
+    let yaml =
+        "web:\n  image: busybox\n  target_num_containers: 2\n  deployment_strategy: high_availability\n";
+    let (status, body) = b
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/demo",
+            Some(ADMIN),
+            yaml.as_bytes().to_vec(),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    // node-2's agent talks only to B; node-1's has stopped.
+    let heartbeats = {
+        let (api, token) = (b.api.clone(), token_2.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let url = format!("{api}/v1/nodes/node-2/heartbeat");
+                let _ = http.post(url).bearer_auth(&token).send().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let lost = |s: &Server| s.log().matches("node lease lapsed").count();
+    assert!(
+        eventually(Duration::from_secs(10), || lost(&a) + lost(&b) >= 1),
+        "node-1 was never lost:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    // Both containers on node-2 now, seen the same from either instance; the moved one moved
+    // once (generation 2), and node-2, heartbeating through B only, stayed live.
+    let moved = eventually(Duration::from_secs(5), || {
+        let (a_count, b_count) =
+            futures_block(async { (assigned(&a, "node-2").await, assigned(&b, "node-2").await) });
+        a_count == 2 && b_count == 2
+    });
+    assert!(moved, "the lost node's container did not move to node-2");
+    let (status, body) = a.call("GET", "/v1/stacks/honeniq/demo", Some(ADMIN), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut generations: Vec<u64> = body["stack"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|c| c["generation"].as_u64().unwrap_or(0))
+        .collect();
+    generations.sort_unstable();
+    assert_eq!(generations, [1, 2], "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lost(&a) + lost(&b),
+        1,
+        "decided more than once:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let (status, body) = b.call("GET", "/v1/nodes/node-2", Some(ADMIN), None).await;
+    assert_eq!(
+        (status, body["node"]["state"].as_str()),
+        (200, Some("live")),
+        "{body}"
+    );
+    heartbeats.abort();
+
+    // The CLI moves on to the next --api when the first does not answer.
+    let out = Command::new(env!("CARGO_BIN_EXE_stackdns"))
+        .args(["node", "ls", "--json", "--token", ADMIN])
+        .args(["--api", &format!("http://127.0.0.1:{},{}", free_port(), b.api)])
+        .output()
+        .expect("stackdns node ls");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node-2"));
+}
+
+/// Runs `f` to completion from a synchronous closure inside the test's runtime.
+fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_an_etcd_request_and_a_compacted_log_load_back() {
+    let Some(etcd) = Etcd::start() else { return };
+    let flags = [
+        "--etcd-compact-bytes",
+        "65536",
+        "--default-max-containers",
+        "20000",
+    ];
+    let a = instance(&etcd, &flags);
+    add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    a.add_node("node-2", "127.0.0.3").await;
+    // 6,000 assignments in one batch: about 2 MiB, over etcd's 1.5 MiB request limit.
+    let yaml = "web:\n  image: busybox\n  target_num_containers: 6000\n";
+    let (status, body) = a
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/big",
+            Some(ADMIN),
+            yaml.as_bytes().to_vec(),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status}");
+    assert!(
+        etcd_keys(&etcd, "/test/chunk/").len() >= 2,
+        "the batch was not split: {:?}",
+        etcd_keys(&etcd, "/test/")
+    );
+    let _ = body;
+    // The log outgrew the compaction threshold: an image replaces it.
+    assert!(
+        eventually(Duration::from_secs(20), || etcd_keys(&etcd, "/test/image").len()
+            == 1),
+        "no image was written:\n{}",
+        a.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || etcd_keys(&etcd, "/test/log/").len()
+            <= 1),
+        "the compacted batches are still there: {:?}",
+        etcd_keys(&etcd, "/test/log/")
+    );
+    let token = a.user_token("honeniq").await;
+    assert!(!token.is_empty());
+    // A new instance loads the image and the batches after it.
+    let b = instance(&etcd, &flags);
+    assert!(eventually(Duration::from_secs(10), || b.dns().serial() == a.dns().serial()));
+    assert_eq!(assigned(&b, "node-1").await + assigned(&b, "node-2").await, 6000);
+    assert_eq!(
+        assigned(&b, "node-1").await,
+        assigned(&a, "node-1").await,
+        "both instances place the same"
+    );
+    let (status, body) = b.call("GET", "/v1/info", Some(&token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["store"].as_str(), body["leads"].as_bool()),
+        (Some("etcd"), Some(false)),
+        "{body}"
+    );
+    assert_eq!(body["leader"].as_str(), Some(a.api.as_str()), "{body}");
+}
+
+/// The whole zone as `dns` transfers it, one sorted line per record.
+fn axfr(dns: &crate::support::Dns) -> Vec<String> {
+    let mut q = hickory_proto::op::Message::query();
+    q.add_query(hickory_proto::op::Query::query(
+        crate::support::fqdn(crate::support::ZONE),
+        RecordType::AXFR,
+    ));
+    let mut lines: Vec<String> = crate::durability::transfer(dns, &q)
+        .iter()
+        .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data))
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_builds_exactly_the_leaders_zone() {
+    let Some(etcd) = Etcd::start() else { return };
+    let flags = ["--allow-transfer", "127.0.0.1/32"];
+    let a = instance(&etcd, &flags);
+    let (token, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    let b = instance(&etcd, &flags);
+    let same = |step: &str| {
+        assert!(
+            eventually(Duration::from_secs(5), || a.dns().serial() == b.dns().serial()),
+            "{step}: serials differ"
+        );
+        assert_eq!(axfr(&a.dns()), axfr(&b.dns()), "{step}: the zones differ");
+        assert!(
+            !b.log().contains("zone difference than the leader"),
+            "{step}:\n{}",
+            b.log()
+        );
+    };
+    b.add_node("node-2", "127.0.0.3").await;
+    same("nodes");
+    // Containers reported before their stack is declared (discovery)…
+    for name in ["web-1", "web-2", "web-3"] {
+        let (status, body) = b.report("node-1", &token, name, web(1)).await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+    }
+    let (status, body) = b
+        .call(
+            "DELETE",
+            "/v1/nodes/node-1/containers/honeniq/quickstart-ruby/web-3?generation=1",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    same("discovery containers");
+    // …then the stack declared over them (its containers answer only where placed), scaled,
+    // and removed.
+    let yaml = "web:\n  image: busybox\n  target_num_containers: 1\n  ports:\n    - \"80:80\"\n";
+    let (status, body) = b
+        .call_raw(
+            "PUT",
+            "/v1/stacks/honeniq/quickstart-ruby",
+            Some(ADMIN),
+            yaml.as_bytes().to_vec(),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    same("stack declared");
+    let (status, body) = a
+        .call("DELETE", "/v1/stacks/honeniq/quickstart-ruby", Some(ADMIN), None)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    same("stack removed");
+    let (status, body) = b.call("DELETE", "/v1/nodes/node-2", Some(ADMIN), None).await;
+    assert!(status < 300, "{status} {body}");
+    same("node removed");
+}

@@ -10,6 +10,19 @@ use crate::control::changes::Changes;
 use crate::store::Op;
 
 impl State {
+    /// A stack came or went: whether its containers answer depends on it (as the leader's
+    /// `put_stack` and `remove_stack` mark them).
+    fn touch_stack_containers(
+        &self,
+        user: &crate::model::Label,
+        stack: &crate::model::Label,
+        changes: &mut Changes,
+    ) {
+        changes
+            .containers
+            .extend(self.containers_of_stack(user, stack).cloned());
+    }
+
     /// Applies one stored op (as the leader's operation left the state); records the names it
     /// touched in `changes` (not the op: it is already stored).
     pub fn apply_stored(&mut self, op: Op, now: Instant, changes: &mut Changes) {
@@ -73,9 +86,16 @@ impl State {
             }
             Op::PutStack(record) => {
                 let (user, stack) = (record.user.clone(), record.stack.clone());
+                let new = self.stacks.get(&user, &stack).is_none();
                 self.stacks.stored_stack(&user, &stack, Some(*record), changes);
+                if new {
+                    self.touch_stack_containers(&user, &stack, changes);
+                }
             }
-            Op::DeleteStack(user, stack) => self.stacks.stored_stack(&user, &stack, None, changes),
+            Op::DeleteStack(user, stack) => {
+                self.stacks.stored_stack(&user, &stack, None, changes);
+                self.touch_stack_containers(&user, &stack, changes);
+            }
             Op::PutAssignment(a) => {
                 let key = a.container.clone();
                 self.stacks.stored_assignment(&key, Some(a), changes);

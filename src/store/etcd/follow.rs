@@ -38,7 +38,7 @@ pub async fn follow(client: Client, prefix: String, mut from: i64, out: mpsc::Se
                     "etcd compacted the history this instance was following; loading the state again"
                 );
                 // The reload happens after this revision, so it includes whatever lies between.
-                from = current_revision(&client).await.map_or(from, |r| r + 1);
+                from = current_revision(&client, &prefix).await.map_or(from, |r| r + 1);
                 if out.send(Followed::Reload).await.is_err() {
                     return;
                 }
@@ -51,9 +51,10 @@ pub async fn follow(client: Client, prefix: String, mut from: i64, out: mpsc::Se
     }
 }
 
-async fn current_revision(client: &Client) -> Option<i64> {
+/// The cluster's revision now, read with a key of the prefix (a user may be allowed no other).
+async fn current_revision(client: &Client, prefix: &str) -> Option<i64> {
     let mut client = client.clone();
-    let response = client.get("\0", None).await.ok()?;
+    let response = client.get(format!("{prefix}head"), None).await.ok()?;
     response.header().map(|h| h.revision())
 }
 

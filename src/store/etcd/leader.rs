@@ -30,6 +30,8 @@ pub struct Campaign {
     pub ttl: Duration,
     /// Set to `record` while this instance holds the key.
     pub leading: Arc<Mutex<Option<Vec<u8>>>>,
+    /// The lease of the current term (0 between terms).
+    pub lease: Arc<std::sync::atomic::AtomicI64>,
     pub out: watch::Sender<Option<Leader>>,
 }
 
@@ -69,7 +71,9 @@ async fn term(c: &Campaign) -> Result<(), etcd_client::Error> {
     let mut client = c.client.clone();
     let ttl = i64::try_from(c.ttl.as_secs().max(1)).unwrap_or(60);
     let lease = client.lease_grant(ttl, None).await?.id();
+    c.lease.store(lease, std::sync::atomic::Ordering::Release);
     let result = hold(c, &mut client, lease).await;
+    c.lease.store(0, std::sync::atomic::Ordering::Release);
     let _ = client.lease_revoke(lease).await;
     result
 }
@@ -92,16 +96,21 @@ async fn hold(c: &Campaign, client: &mut Client, lease: i64) -> Result<(), etcd_
             .or_else([TxnOp::get(c.key.clone(), None)]);
         let response = client.txn(txn).await?;
         let mut revision = response.header().map_or(0, |h| h.revision());
-        let mut mine = response.succeeded();
+        // The key may already be this term's own (the watch was set up again).
+        let held = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.value().to_vec(), kv.lease())),
+            _ => None,
+        });
+        let mut mine =
+            response.succeeded() || held.as_ref().is_some_and(|(v, l)| *v == c.record && *l == lease);
         let current = if mine {
-            tracing::info!("etcd leadership: this instance leads");
             parse(&c.record)
         } else {
-            response.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| parse(kv.value())),
-                _ => None,
-            })
+            held.and_then(|(v, _)| parse(&v))
         };
+        if mine && !c.leading.lock().is_ok_and(|l| l.is_some()) {
+            tracing::info!("etcd leadership: this instance leads");
+        }
         c.set(current, mine);
         let mut watch = None;
         'held: loop {
@@ -143,10 +152,12 @@ async fn hold(c: &Campaign, client: &mut Client, lease: i64) -> Result<(), etcd_
                     }
                 },
                 message = async { watch.as_mut()?.message().await.ok() }, if watch.is_some() => {
-                    let Some(Some(message)) = message else {
-                        watch = None;
-                        continue;
-                    };
+                    // A broken, cancelled or compacted watch: read the key again (the
+                    // transaction above) and watch from there.
+                    let Some(Some(message)) = message else { break 'held };
+                    if message.canceled() || message.compact_revision() > 0 {
+                        break 'held;
+                    }
                     for event in message.events() {
                         if let Some(kv) = event.kv() {
                             revision = revision.max(kv.mod_revision());
@@ -164,6 +175,6 @@ async fn hold(c: &Campaign, client: &mut Client, lease: i64) -> Result<(), etcd_
                 () = c.out.closed() => return Ok(()),
             }
         }
-        c.set(None, false);
+        // Campaign again at once; the result of that says who leads (this instance included).
     }
 }

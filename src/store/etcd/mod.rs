@@ -77,6 +77,9 @@ pub struct EtcdConfig {
     pub advertise_api: String,
     /// How long one etcd request may take before it fails (a lost quorum).
     pub request_timeout: Duration,
+    /// The log is compacted once it holds more than this and more than the image
+    /// ([`COMPACT_MIN_BYTES`] unless a test wants it sooner).
+    pub compact_bytes: u64,
 }
 
 /// The store's own runtime: the writer calls from a plain thread, and the API's runtime must
@@ -108,6 +111,34 @@ pub struct EtcdStore {
     image_bytes: Arc<AtomicU64>,
     compacting: Arc<AtomicBool>,
     following: AtomicBool,
+    compact_bytes: u64,
+    /// The etcd lease this instance campaigns under (0: none yet), revoked when the store
+    /// closes so another instance takes the lead at once instead of after the TTL.
+    lease: Arc<AtomicI64>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        if self.revoke_lease() {
+            tracing::info!("etcd leadership: handed over (lease revoked)");
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Revokes the lease this instance campaigns under: the leader key goes with it, and every
+    /// instance campaigns again. Whether etcd confirmed it.
+    fn revoke_lease(&self) -> bool {
+        let lease = self.lease.load(Ordering::Acquire);
+        if lease == 0 {
+            return false;
+        }
+        let mut client = self.client.clone();
+        let revoked = self.run(async move {
+            tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await
+        });
+        matches!(revoked, Ok(Ok(Ok(_))))
+    }
 }
 
 impl EtcdStore {
@@ -142,6 +173,7 @@ impl EtcdStore {
             source,
         })?;
         let leading = Arc::new(Mutex::new(None));
+        let lease = Arc::new(AtomicI64::new(0));
         let (tx, leader) = watch::channel(None);
         handle.spawn(leader::campaign(leader::Campaign {
             client: client.clone(),
@@ -149,6 +181,7 @@ impl EtcdStore {
             record,
             ttl: config.lease_ttl,
             leading: leading.clone(),
+            lease: lease.clone(),
             out: tx,
         }));
         Ok(Self {
@@ -164,6 +197,8 @@ impl EtcdStore {
             image_bytes: Arc::new(AtomicU64::new(0)),
             compacting: Arc::new(AtomicBool::new(false)),
             following: AtomicBool::new(false),
+            compact_bytes: config.compact_bytes,
+            lease,
         })
     }
 
@@ -288,7 +323,7 @@ async fn resolve(
     let Some((count, nonce)) = parse_reference(&value) else {
         return Ok(value);
     };
-    let mut bytes = Vec::with_capacity(count * INLINE_MAX);
+    let mut bytes = Vec::with_capacity(count.min(16) * INLINE_MAX);
     for i in 0..count {
         let key = format!("{base}/{nonce}/{i:08}");
         let mut got = client
@@ -474,17 +509,31 @@ impl Store for EtcdStore {
                     Compare::value(format!("{prefix}leader"), CompareOp::Equal, leader_record),
                 ])
                 .and_then([
-                    TxnOp::put(log_key(&prefix, position), value, None),
+                    TxnOp::put(log_key(&prefix, position), value.clone(), None),
                     TxnOp::put(head, position.to_string(), None),
                 ]);
-            let response = client.txn(txn).await.map_err(|e| etcd("commit", e))?;
-            Ok::<bool, StoreError>(response.succeeded())
+            match client.txn(txn).await {
+                Ok(response) => Ok::<bool, StoreError>(response.succeeded()),
+                // The answer was lost (a member went away, a timeout): what the log holds at
+                // the position says whether it was stored.
+                Err(e) => match client.get(log_key(&prefix, position), None).await {
+                    Ok(mut got) => match got.take_kvs().first() {
+                        Some(kv) if kv.value() == value.as_slice() => Ok(true),
+                        Some(_) => Ok(false),
+                        None => Err(etcd("commit", e)),
+                    },
+                    Err(_) => Err(StoreError::Etcd {
+                        action: "commit (etcd did not answer, and the batch may yet be stored)",
+                        source: Box::new(e),
+                    }),
+                },
+            }
         })??;
         if !committed {
             return Err(StoreError::Conflict { position: after });
         }
         let log_bytes = self.log_bytes.fetch_add(size, Ordering::Relaxed) + size;
-        if log_bytes > COMPACT_MIN_BYTES.max(self.image_bytes.load(Ordering::Relaxed))
+        if log_bytes > self.compact_bytes.max(self.image_bytes.load(Ordering::Relaxed))
             && !self.compacting.swap(true, Ordering::AcqRel)
         {
             self.handle.spawn(compact(Compaction {
@@ -496,6 +545,10 @@ impl Store for EtcdStore {
             }));
         }
         Ok(())
+    }
+
+    fn resign(&self) {
+        self.revoke_lease();
     }
 
     fn cluster(&self) -> Option<super::Cluster> {
