@@ -36,7 +36,7 @@ pub enum ControlError {
     Unreadable,
     /// A shared store (etcd) cannot be reached or refused the commit: nothing was changed,
     /// and the request may be sent again (to any instance).
-    #[error("the shared store is unavailable, so nothing was changed: {0}")]
+    #[error("the shared store is unavailable: {0}")]
     Unavailable(String),
     /// This instance does not lead the cluster (it is taking over, or just lost it).
     #[error("this instance does not lead the cluster right now; retry, or send the request to the leader")]

@@ -494,6 +494,30 @@ async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
         )
         .await;
     assert!(status == 200 || status == 201, "{status} {body}");
+    // A blocking assignment query on the follower, for node-2: answered once the leader's
+    // move of node-1's container reaches B.
+    let (status, body) = b
+        .call("GET", "/v1/nodes/node-2/assignments", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let index = body["index"].as_u64().expect("index");
+    let blocking = {
+        let (api, token) = (b.api.clone(), token_2.clone());
+        tokio::spawn(async move {
+            let url = format!("{api}/v1/nodes/node-2/assignments?index={index}&wait=30s");
+            let started = Instant::now();
+            let body: serde_json::Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("blocking query")
+                .json()
+                .await
+                .expect("json");
+            (started.elapsed(), body)
+        })
+    };
     // node-2's agent talks only to B; node-1's has stopped.
     let heartbeats = {
         let (api, token) = (b.api.clone(), token_2.clone());
@@ -521,6 +545,13 @@ async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
         a_count == 2 && b_count == 2
     });
     assert!(moved, "the lost node's container did not move to node-2");
+    let (waited, body) = tokio::time::timeout(Duration::from_secs(10), blocking)
+        .await
+        .expect("the blocking query on the follower did not wake")
+        .expect("blocking task");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    assert!(body["index"].as_u64().expect("index") > index, "{body}");
+    assert_eq!(body["assignments"].as_array().map(Vec::len), Some(2), "{body}");
     let (status, body) = a.call("GET", "/v1/stacks/honeniq/demo", Some(ADMIN), None).await;
     assert_eq!(status, 200, "{body}");
     let mut generations: Vec<u64> = body["stack"]["containers"]
@@ -593,8 +624,9 @@ async fn a_batch_larger_than_an_etcd_request_and_a_compacted_log_load_back() {
     let _ = body;
     // The log outgrew the compaction threshold: an image replaces it.
     assert!(
-        eventually(Duration::from_secs(20), || etcd_keys(&etcd, "/test/image").len()
-            == 1),
+        eventually(Duration::from_secs(20), || {
+            etcd_keys(&etcd, "/test/image").iter().any(|k| k == "/test/image")
+        }),
         "no image was written:\n{}",
         a.log()
     );
@@ -698,4 +730,146 @@ async fn a_follower_builds_exactly_the_leaders_zone() {
     let (status, body) = b.call("DELETE", "/v1/nodes/node-2", Some(ADMIN), None).await;
     assert!(status < 300, "{status} {body}");
     same("node removed");
+}
+
+#[tokio::test]
+async fn a_stopping_leader_hands_over_at_once() {
+    let Some(etcd) = Etcd::start() else { return };
+    // A lease of 30 s: without a hand-over, B could not lead for 30 s after A stops.
+    let url = etcd.url();
+    let flags = [
+        "--store",
+        url.as_str(),
+        "--etcd-prefix",
+        "/handover/",
+        "--etcd-lease-ttl",
+        "30",
+    ];
+    let a = Server::start(&flags);
+    add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    let b = Server::start(&flags);
+    let (status, body) = b.call("GET", "/v1/info", Some(ADMIN), None).await;
+    assert_eq!((status, body["leads"].as_bool()), (200, Some(false)), "{body}");
+    let stopped = Instant::now();
+    assert!(a.terminate().success());
+    let (_, serial) = add_node_eventually(&b, "node-2", "127.0.0.3").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "B took {:?} to lead",
+        stopped.elapsed()
+    );
+    assert_eq!(b.dns().serial(), serial);
+    let (_, body) = b.call("GET", "/v1/info", Some(ADMIN), None).await;
+    assert_eq!(body["leads"].as_bool(), Some(true), "{body}");
+}
+
+#[tokio::test]
+async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
+    let Some(bin) = peer("etcd", "etcd-server") else {
+        return;
+    };
+    let mut pki = crate::tls_peers::Pki::new();
+    let dir = pki.dir.path().to_owned();
+    let (server_cert, server_key) = (dir.join("etcd.pem"), dir.join("etcd.key"));
+    std::fs::copy(&pki.cert, &server_cert).expect("copy");
+    std::fs::copy(&pki.key, &server_key).expect("copy");
+    pki.issue(&["stackdns-client"], -1, 30);
+    let (port, peer_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{port}");
+    let _etcd = Reaped(
+        Command::new(bin)
+            .args([
+                "--name",
+                "tls",
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .arg("--data-dir")
+            .arg(dir.join("etcd-data"))
+            .arg("--cert-file")
+            .arg(&server_cert)
+            .arg("--key-file")
+            .arg(&server_key)
+            .arg("--trusted-ca-file")
+            .arg(&pki.ca)
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd"),
+    );
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &url])
+            .arg("--cacert")
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&pki.cert)
+            .arg("--key")
+            .arg(&pki.key)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(eventually(Duration::from_secs(20), || etcdctl(&[
+        "endpoint", "health"
+    ])));
+    // A user that may use /tls/ only, and etcd's authentication on.
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "stackdns:s3cret"],
+        &["role", "add", "sd"],
+        &[
+            "role",
+            "grant-permission",
+            "sd",
+            "--prefix=true",
+            "readwrite",
+            "/tls/",
+        ],
+        &["user", "grant-role", "stackdns", "sd"],
+    ] {
+        assert!(etcdctl(args), "etcdctl {args:?}");
+    }
+    etcdctl(&["auth", "enable"]);
+
+    let store = format!("etcd://{url}");
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+    );
+    let tls = [
+        "--store",
+        store.as_str(),
+        "--etcd-prefix",
+        "/tls/",
+        "--etcd-ca-file",
+        ca.as_str(),
+        "--etcd-cert-file",
+        cert.as_str(),
+        "--etcd-key-file",
+        key.as_str(),
+        "--etcd-user",
+        "stackdns",
+    ];
+    let server = Server::start_with_env(&dir.join("data"), &tls, &[("STACKDNS_ETCD_PASSWORD", "s3cret")]);
+    let (_token, serial) = add_node_eventually(&server, "node-1", "127.0.0.2").await;
+    assert_eq!(server.dns().serial(), serial);
+    assert_eq!(server.dns().a("node-1.node.cluster.test."), ["127.0.0.2"]);
+    drop(server);
+
+    // A wrong password, or a prefix the user may not use: the start fails, saying why.
+    let wrong = [&tls[..], &["--etcd-password", "wrong"]].concat();
+    let (_, stderr) = crate::support::start_fails(&dir.join("data-2"), &wrong);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    let mut elsewhere = tls.to_vec();
+    elsewhere[3] = "/other/";
+    let elsewhere = [&elsewhere[..], &["--etcd-password", "s3cret"]].concat();
+    let (_, stderr) = crate::support::start_fails(&dir.join("data-3"), &elsewhere);
+    assert!(stderr.contains("permission denied"), "{stderr}");
 }
