@@ -104,10 +104,16 @@ pub async fn to_leader(state: &AppState, parts: &Parts, body: &Bytes) -> Option<
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(leader = %leader.api, error = %e, "cannot forward a request to the leader");
-            return Some(unavailable(
-                "leader_unreachable",
-                format!("the leader ({}) cannot be reached: {e}; retry", leader.api),
-            ));
+            // Only a request that never reached the leader is surely not applied.
+            let message = if e.is_connect() {
+                format!("the leader ({}) cannot be reached: {e}; retry", leader.api)
+            } else {
+                format!(
+                    "the leader ({}) did not answer: {e}; the change may have been made: read it back, then retry",
+                    leader.api
+                )
+            };
+            return Some(unavailable("leader_unreachable", message));
         }
     };
     let status = response.status();

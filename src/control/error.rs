@@ -34,8 +34,9 @@ pub enum ControlError {
     /// The store could not be read back after a failed commit: writes wait until it can.
     #[error("the database could not be read back after a failed commit; nothing was changed")]
     Unreadable,
-    /// A shared store (etcd) cannot be reached or refused the commit: nothing was changed,
-    /// and the request may be sent again (to any instance).
+    /// A shared store (etcd) cannot be reached or refused the commit: nothing was changed
+    /// unless the message says the batch may yet be stored (etcd's answer was lost); the
+    /// request may be sent again, to any instance, once it was read back.
     #[error("the shared store is unavailable: {0}")]
     Unavailable(String),
     /// This instance does not lead the cluster (it is taking over, or just lost it).

@@ -225,6 +225,8 @@ impl Control {
             own_fingerprint: publisher.projection().fingerprint(),
             leading: false,
             shared,
+            wants_lead: false,
+            last_load: None,
             projection: publisher.projection(),
             publisher,
             snapshots: snapshots.clone(),

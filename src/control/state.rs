@@ -185,6 +185,16 @@ impl State {
         }
     }
 
+    /// Puts back when each node was last heard from, keeping whether it is lost as it is now
+    /// (as stored, after a shared store was read again: a flag only memory held is gone).
+    pub fn restore_last_seen(&mut self, leases: Vec<Lease>) {
+        for (name, last_seen, _) in leases {
+            if let Some(n) = self.nodes.get_mut(&name) {
+                n.last_seen = last_seen;
+            }
+        }
+    }
+
     /// A store op per node recording whether it is lost, for when the stored lease flags may
     /// lag behind memory.
     pub fn lease_ops(&self) -> impl Iterator<Item = Op> + '_ {
@@ -246,6 +256,13 @@ impl State {
     }
 
     fn store_container(&mut self, c: Container, changes: &mut Changes) {
+        changes.ops.push(Op::PutContainer(c.clone()));
+        self.hold(c, changes);
+    }
+
+    /// Puts `c` in memory and in the indexes, replacing the record of the same key, and marks
+    /// the names it and the one it replaces touch (without recording a store op).
+    fn hold(&mut self, c: Container, changes: &mut Changes) {
         if let Some(old) = self.container(&c.key).cloned() {
             self.unindex(&old);
             changes.services.insert(old.service_key());
@@ -253,7 +270,6 @@ impl State {
         self.index(&c);
         changes.containers.insert(c.key.clone());
         changes.services.insert(c.service_key());
-        changes.ops.push(Op::PutContainer(c.clone()));
         self.containers.replace(Held(c));
     }
 

@@ -74,6 +74,10 @@ pub struct Writer {
     pub leading: bool,
     /// On a shared store (etcd).
     pub shared: bool,
+    /// etcd says this instance leads (it may not have taken the lead yet).
+    pub wants_lead: bool,
+    /// When the stored state was last read after a failure: retries wait a second.
+    pub last_load: Option<Instant>,
     pub publisher: Publisher,
     pub projection: Projection,
     pub snapshots: SnapshotHandle,
@@ -147,9 +151,13 @@ impl Writer {
             let Some(first) = next.take().or_else(|| work.blocking_recv()) else {
                 break;
             };
-            if self.stale && self.shared {
-                // Jobs come at least every lease check: the retry of a failed load.
+            // Jobs come at least every lease check: the retries of a failed load and of a
+            // take-over that failed.
+            if self.shared && self.stale && self.retry_due() {
                 self.recover();
+            }
+            if self.shared && self.wants_lead && !self.leading && self.retry_due() {
+                self.lead(true);
             }
             let first = match first {
                 Work::Job(job) => job,
@@ -227,6 +235,16 @@ impl Writer {
     /// Makes a batch durable and visible; on failure, returns to what is on disk.
     /// `writes` counts the batch's jobs that changed something.
     fn commit(&mut self, mut changes: Changes, writes: usize) -> Result<u32, ControlError> {
+        if self.stale {
+            // This batch ran on a state that may hold a failed batch's changes (an unchanged
+            // report included: it matched what was never stored): drop it, and try again to
+            // read what the database really holds (on a shared store the run loop retries,
+            // once a second).
+            if !self.shared {
+                self.recover();
+            }
+            return Err(self.unreadable());
+        }
         if !self.leading {
             // A follower's zone is rebuilt as it follows (`rebuild` is for the leader's next
             // commit), so reads are answered at once.
@@ -240,12 +258,6 @@ impl Writer {
         }
         if changes.is_empty() && !self.rebuild {
             return Ok(self.serial);
-        }
-        if self.stale {
-            // This batch ran on a state that may hold a failed batch's changes: drop it, and
-            // try again to read what the database really holds.
-            self.recover();
-            return Err(self.unreadable());
         }
         let serial = self.serial.wrapping_add(1);
         let started = Instant::now();
@@ -323,10 +335,19 @@ impl Writer {
             return;
         }
         let leases = self.state.leases();
+        self.last_load = Some(Instant::now());
         self.resync();
         if !self.stale {
-            self.state.restore_leases(leases);
+            // Whether a node is lost comes from the store (the failed batch may have changed it
+            // in memory only); when it was last heard from stays.
+            self.state.restore_last_seen(leases);
         }
+    }
+
+    /// Whether a retry (a load, a take-over) is due: at most one a second while etcd fails.
+    fn retry_due(&self) -> bool {
+        self.last_load
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
     }
 
     fn unreadable(&self) -> ControlError {
@@ -448,6 +469,7 @@ impl Writer {
 
     /// Leadership came or went (shared store).
     fn lead(&mut self, lead: bool) {
+        self.wants_lead = lead;
         if lead == self.leading {
             return;
         }
@@ -463,11 +485,12 @@ impl Writer {
                 "this instance leads: it commits, places and expires leases"
             ),
             Err(e) => {
-                // Given up, so that an election (this instance may win it again) retries.
-                tracing::error!(error = %e, "cannot take the lead; resigning so that another election runs");
+                // The run loop tries again (once a second) while etcd says this one leads; in
+                // the meantime it serves the stored state, as a follower.
+                tracing::error!(error = %e, "cannot take the lead yet; retrying");
                 self.leading = false;
-                self.rebuild = true;
-                self.store.resign();
+                self.last_load = Some(Instant::now());
+                self.resync();
             }
         }
     }
@@ -535,7 +558,8 @@ impl Writer {
             && !reset
             && match (&entry.journal, &diff) {
                 (StoredJournal::Append { diff: stored, .. }, Some(mine)) => stored.as_slice() != mine.bytes(),
-                (StoredJournal::Append { .. }, None) => true,
+                // Unless this instance keeps no journal.
+                (StoredJournal::Append { .. }, None) => self.publisher.journal.diffs > 0,
                 _ => false,
             };
         if differs {

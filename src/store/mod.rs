@@ -40,10 +40,6 @@ pub trait Store: Send + 'static {
     fn cluster(&self) -> Option<Cluster> {
         None
     }
-
-    /// For a shared store: gives up the leadership, if this instance holds it, so that another
-    /// election runs (which this instance may win again).
-    fn resign(&self) {}
 }
 
 /// How an instance takes part in a shared store.

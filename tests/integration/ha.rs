@@ -110,19 +110,32 @@ impl Etcd {
     }
 }
 
-/// An instance on `etcd`, the leader's lease 2 s.
+/// An instance on `etcd`; the leader's lease 5 s unless `extra` says otherwise.
 fn instance(etcd: &Etcd, extra: &[&str]) -> Server {
     let url = etcd.url();
-    let mut args = vec![
-        "--store",
-        url.as_str(),
-        "--etcd-prefix",
-        "/test/",
-        "--etcd-lease-ttl",
-        "2",
-    ];
+    let mut args = vec!["--store", url.as_str(), "--etcd-prefix", "/test/"];
+    if !extra.contains(&"--etcd-lease-ttl") {
+        args.extend(["--etcd-lease-ttl", "5"]);
+    }
     args.extend_from_slice(extra);
     Server::start(&args)
+}
+
+/// Sends a request again while it is answered 503 (a leader being elected, etcd electing its
+/// own), for up to 20 s, as agents and the CLI do; answers the first other status.
+async fn retry_503<F, Fut>(mut send: F) -> (u16, serde_json::Value)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (u16, serde_json::Value)>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = send().await;
+        if status != 503 || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Retries `PUT /v1/nodes/{name}` until an instance accepts it (while a leader is elected).
@@ -138,6 +151,15 @@ async fn add_node_eventually(server: &Server, name: &str, address: &str) -> (Str
             )
             .await;
         if status == 201 {
+            let serial = body["serial"].as_u64().expect("serial") as u32;
+            return (body["token"].as_str().expect("token").to_owned(), serial);
+        }
+        if status == 200 {
+            // A retry of a registration that was applied after all: a fresh token for it.
+            let (status, body) = server
+                .call("POST", &format!("/v1/nodes/{name}/token"), Some(ADMIN), None)
+                .await;
+            assert!(status < 300, "{status} {body}");
             let serial = body["serial"].as_u64().expect("serial") as u32;
             return (body["token"].as_str().expect("token").to_owned(), serial);
         }
@@ -158,7 +180,7 @@ async fn instances_share_one_state_and_survive_a_killed_leader() {
     let b = instance(&etcd, &[]);
 
     // A write through A is answered by B's DNS, at the same serial.
-    let (status, body) = a.report("node-1", &token, "web-1", web(1)).await;
+    let (status, body) = retry_503(|| a.report("node-1", &token, "web-1", web(1))).await;
     assert!(status == 200 || status == 201, "{status} {body}");
     let written = body["serial"].as_u64().expect("serial") as u32;
     assert!(written > serial);
@@ -171,7 +193,7 @@ async fn instances_share_one_state_and_survive_a_killed_leader() {
     assert_eq!(a.dns().serial(), b.dns().serial());
 
     // A write through B (not the leader) goes to A, and B's answer comes once B serves it.
-    let (status, body) = b.report("node-1", &token, "web-2", web(1)).await;
+    let (status, body) = retry_503(|| b.report("node-1", &token, "web-2", web(1))).await;
     assert!(status == 200 || status == 201, "{status} {body}");
     assert_eq!(b.dns().a(&cont("web-2")), ["127.0.0.2"]);
     let at = body["serial"].as_u64().expect("serial") as u32;
@@ -227,9 +249,9 @@ async fn instances_share_one_state_and_survive_a_killed_leader() {
 #[tokio::test]
 async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
     let Some(mut etcd) = Etcd::start() else { return };
-    let a = instance(&etcd, &["--etcd-timeout-ms", "1500"]);
+    let a = instance(&etcd, &["--etcd-timeout-ms", "1500", "--node-ttl", "600"]);
     let (token, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
-    let (status, body) = a.report("node-1", &token, "web-1", web(1)).await;
+    let (status, body) = retry_503(|| a.report("node-1", &token, "web-1", web(1))).await;
     assert!(status == 200 || status == 201, "{status} {body}");
 
     // One member down: writes are still acknowledged (a client retries a 503 while etcd
@@ -237,7 +259,7 @@ async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
     etcd.kill(2);
     let started = Instant::now();
     loop {
-        let (status, body) = a.report("node-1", &token, "web-2", web(1)).await;
+        let (status, body) = retry_503(|| a.report("node-1", &token, "web-2", web(1))).await;
         if status == 200 || status == 201 {
             break;
         }
@@ -249,6 +271,12 @@ async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    assert_eq!(
+        a.dns().a(&cont("web-2")),
+        ["127.0.0.2"],
+        "acknowledged, so visible:\n{}",
+        a.log()
+    );
     // Two down: no quorum. Writes get a clear 503, DNS keeps answering the last state.
     etcd.kill(1);
     let serial = a.dns().serial();
@@ -259,7 +287,7 @@ async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
             .contains(&body["error"]["code"].as_str().unwrap_or("")),
         "{body}"
     );
-    assert_eq!(a.dns().a(&cont("web-2")), ["127.0.0.2"]);
+    assert_eq!(a.dns().a(&cont("web-2")), ["127.0.0.2"], "{}", a.log());
     assert_eq!(a.dns().serial(), serial);
 
     // Quorum back: writes are acknowledged again, nothing acknowledged was lost.
@@ -268,7 +296,7 @@ async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
     assert!(eventually(Duration::from_secs(30), || etcd.healthy(3)));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = a.report("node-1", &token, "web-3", web(1)).await;
+        let (status, body) = retry_503(|| a.report("node-1", &token, "web-3", web(1))).await;
         if status == 200 || status == 201 {
             break;
         }
@@ -280,7 +308,7 @@ async fn writes_go_on_without_one_member_and_stop_cleanly_without_quorum() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for name in ["web-1", "web-2", "web-3"] {
-        assert_eq!(a.dns().a(&cont(name)), ["127.0.0.2"], "{name}");
+        assert_eq!(a.dns().a(&cont(name)), ["127.0.0.2"], "{name}\n{}", a.log());
     }
     // A second instance started now reads the same.
     let b = instance(&etcd, &[]);
@@ -302,7 +330,7 @@ async fn store_copy_moves_the_state_to_etcd_and_back() {
     let serial = {
         let server = Server::start_in(&data, &[], true);
         let token = server.add_node("node-1", "127.0.0.2").await;
-        let (status, body) = server.report("node-1", &token, "web-1", web(1)).await;
+        let (status, body) = retry_503(|| server.report("node-1", &token, "web-1", web(1))).await;
         assert!(status == 200 || status == 201, "{status} {body}");
         let serial = server.dns().serial();
         assert!(server.terminate().success());
@@ -416,7 +444,7 @@ async fn knot_follows_by_ixfr_from_either_instance() {
         log()
     );
 
-    let (status, body) = a.report("node-1", &token, "web-1", web(1)).await;
+    let (status, body) = retry_503(|| a.report("node-1", &token, "web-1", web(1))).await;
     assert!(status == 200 || status == 201, "{status} {body}");
     let from_a = body["serial"].as_u64().expect("serial") as u32;
     assert!(
@@ -427,7 +455,7 @@ async fn knot_follows_by_ixfr_from_either_instance() {
 
     let _ = Command::new("kill").args(["-9", &a.pid().to_string()]).status();
     let (token_2, from_b) = add_node_eventually(&b, "node-2", "127.0.0.3").await;
-    let (status, body) = b.report("node-2", &token_2, "web-2", web(1)).await;
+    let (status, body) = retry_503(|| b.report("node-2", &token_2, "web-2", web(1))).await;
     assert!(status == 200 || status == 201, "{status} {body}");
     let last = body["serial"].as_u64().expect("serial") as u32;
     assert!(last > from_b);
@@ -478,22 +506,29 @@ async fn assigned(server: &Server, node: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
     let Some(etcd) = Etcd::start() else { return };
-    let flags = ["--node-ttl", "2", "--lease-check-ms", "200"];
+    let flags = ["--node-ttl", "3", "--lease-check-ms", "200"];
     let a = instance(&etcd, &flags);
-    let (_token_1, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    let (token_1, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
+    // node-1's agent heartbeats (to A) until the stack is placed on both nodes, then stops.
+    let node_1_beats = heartbeat(a.api.clone(), "node-1", token_1);
     let b = instance(&etcd, &flags);
     let (token_2, _) = add_node_eventually(&b, "node-2", "127.0.0.3").await;
     let yaml =
         "web:\n  image: busybox\n  target_num_containers: 2\n  deployment_strategy: high_availability\n";
-    let (status, body) = b
-        .call_raw(
+    let (status, body) = retry_503(|| {
+        b.call_raw(
             "PUT",
             "/v1/stacks/honeniq/demo",
             Some(ADMIN),
             yaml.as_bytes().to_vec(),
         )
-        .await;
+    })
+    .await;
     assert!(status == 200 || status == 201, "{status} {body}");
+    let placed = eventually(Duration::from_secs(10), || {
+        futures_block(async { (assigned(&b, "node-1").await, assigned(&b, "node-2").await) }) == (1, 1)
+    });
+    assert!(placed, "not one container on each node:\n{}", b.log());
     // A blocking assignment query on the follower, for node-2: answered once the leader's
     // move of node-1's container reaches B.
     let (status, body) = b
@@ -518,19 +553,14 @@ async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
             (started.elapsed(), body)
         })
     };
-    // node-2's agent talks only to B; node-1's has stopped.
-    let heartbeats = {
-        let (api, token) = (b.api.clone(), token_2.clone());
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            loop {
-                let url = format!("{api}/v1/nodes/node-2/heartbeat");
-                let _ = http.post(url).bearer_auth(&token).send().await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        })
+    // node-2's agent talks only to B; node-1's stops now.
+    let heartbeats = heartbeat(b.api.clone(), "node-2", token_2.clone());
+    node_1_beats.abort();
+    let lost = |s: &Server| {
+        (s.log().lines())
+            .filter(|l| l.contains("node lease lapsed") && l.contains("node=node-1"))
+            .count()
     };
-    let lost = |s: &Server| s.log().matches("node lease lapsed").count();
     assert!(
         eventually(Duration::from_secs(10), || lost(&a) + lost(&b) >= 1),
         "node-1 was never lost:\n{}\n{}",
@@ -588,6 +618,18 @@ async fn a_node_lost_everywhere_is_lost_once_and_its_containers_move_once() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("node-2"));
 }
 
+/// An agent's heartbeats for `node`, every 300 ms, to `api`, until aborted.
+fn heartbeat(api: String, node: &'static str, token: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            let url = format!("{api}/v1/nodes/{node}/heartbeat");
+            let _ = http.post(url).bearer_auth(&token).send().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
 /// Runs `f` to completion from a synchronous closure inside the test's runtime.
 fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
@@ -596,32 +638,39 @@ fn futures_block<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_an_etcd_request_and_a_compacted_log_load_back() {
     let Some(etcd) = Etcd::start() else { return };
-    let flags = [
-        "--etcd-compact-bytes",
-        "65536",
+    let plain = [
         "--default-max-containers",
         "20000",
+        "--node-ttl",
+        "600",
+        "--etcd-timeout-ms",
+        "10000",
     ];
-    let a = instance(&etcd, &flags);
-    add_node_eventually(&a, "node-1", "127.0.0.2").await;
-    a.add_node("node-2", "127.0.0.3").await;
+    let first = instance(&etcd, &plain);
+    add_node_eventually(&first, "node-1", "127.0.0.2").await;
+    add_node_eventually(&first, "node-2", "127.0.0.3").await;
     // 6,000 assignments in one batch: about 2 MiB, over etcd's 1.5 MiB request limit.
     let yaml = "web:\n  image: busybox\n  target_num_containers: 6000\n";
-    let (status, body) = a
-        .call_raw(
+    let (status, _) = retry_503(|| {
+        first.call_raw(
             "PUT",
             "/v1/stacks/honeniq/big",
             Some(ADMIN),
             yaml.as_bytes().to_vec(),
         )
-        .await;
+    })
+    .await;
     assert!(status == 200 || status == 201, "{status}");
     assert!(
         etcd_keys(&etcd, "/test/chunk/").len() >= 2,
         "the batch was not split: {:?}",
         etcd_keys(&etcd, "/test/")
     );
-    let _ = body;
+    assert!(first.terminate().success());
+    // The next leader compacts at once: the log it loaded is over the threshold.
+    let flags = [&plain[..], &["--etcd-compact-bytes", "65536"]].concat();
+    let a = instance(&etcd, &flags);
+    add_node_eventually(&a, "node-3", "127.0.0.4").await;
     // The log outgrew the compaction threshold: an image replaces it.
     assert!(
         eventually(Duration::from_secs(20), || {
@@ -636,8 +685,9 @@ async fn a_batch_larger_than_an_etcd_request_and_a_compacted_log_load_back() {
         "the compacted batches are still there: {:?}",
         etcd_keys(&etcd, "/test/log/")
     );
-    let token = a.user_token("honeniq").await;
-    assert!(!token.is_empty());
+    let (status, body) = retry_503(|| a.call("POST", "/v1/users/honeniq/tokens", Some(ADMIN), None)).await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
     // A new instance loads the image and the batches after it.
     let b = instance(&etcd, &flags);
     assert!(eventually(Duration::from_secs(10), || b.dns().serial() == a.dns().serial()));
@@ -676,7 +726,7 @@ fn axfr(dns: &crate::support::Dns) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_builds_exactly_the_leaders_zone() {
     let Some(etcd) = Etcd::start() else { return };
-    let flags = ["--allow-transfer", "127.0.0.1/32"];
+    let flags = ["--allow-transfer", "127.0.0.1/32", "--node-ttl", "600"];
     let a = instance(&etcd, &flags);
     let (token, _) = add_node_eventually(&a, "node-1", "127.0.0.2").await;
     let b = instance(&etcd, &flags);
@@ -685,6 +735,8 @@ async fn a_follower_builds_exactly_the_leaders_zone() {
             eventually(Duration::from_secs(5), || a.dns().serial() == b.dns().serial()),
             "{step}: serials differ"
         );
+        // Compared until equal (a commit may land between two transfers), then once more.
+        eventually(Duration::from_secs(5), || axfr(&a.dns()) == axfr(&b.dns()));
         assert_eq!(axfr(&a.dns()), axfr(&b.dns()), "{step}: the zones differ");
         assert!(
             !b.log().contains("zone difference than the leader"),
@@ -692,11 +744,11 @@ async fn a_follower_builds_exactly_the_leaders_zone() {
             b.log()
         );
     };
-    b.add_node("node-2", "127.0.0.3").await;
+    add_node_eventually(&b, "node-2", "127.0.0.3").await;
     same("nodes");
     // Containers reported before their stack is declared (discovery)…
     for name in ["web-1", "web-2", "web-3"] {
-        let (status, body) = b.report("node-1", &token, name, web(1)).await;
+        let (status, body) = retry_503(|| b.report("node-1", &token, name, web(1))).await;
         assert!(status == 200 || status == 201, "{status} {body}");
     }
     let (status, body) = b
@@ -712,22 +764,22 @@ async fn a_follower_builds_exactly_the_leaders_zone() {
     // …then the stack declared over them (its containers answer only where placed), scaled,
     // and removed.
     let yaml = "web:\n  image: busybox\n  target_num_containers: 1\n  ports:\n    - \"80:80\"\n";
-    let (status, body) = b
-        .call_raw(
+    let (status, body) = retry_503(|| {
+        b.call_raw(
             "PUT",
             "/v1/stacks/honeniq/quickstart-ruby",
             Some(ADMIN),
             yaml.as_bytes().to_vec(),
         )
-        .await;
+    })
+    .await;
     assert!(status == 200 || status == 201, "{status} {body}");
     same("stack declared");
-    let (status, body) = a
-        .call("DELETE", "/v1/stacks/honeniq/quickstart-ruby", Some(ADMIN), None)
-        .await;
+    let (status, body) =
+        retry_503(|| a.call("DELETE", "/v1/stacks/honeniq/quickstart-ruby", Some(ADMIN), None)).await;
     assert!(status < 300, "{status} {body}");
     same("stack removed");
-    let (status, body) = b.call("DELETE", "/v1/nodes/node-2", Some(ADMIN), None).await;
+    let (status, body) = retry_503(|| b.call("DELETE", "/v1/nodes/node-2", Some(ADMIN), None)).await;
     assert!(status < 300, "{status} {body}");
     same("node removed");
 }

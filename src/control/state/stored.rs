@@ -56,16 +56,7 @@ impl State {
                 }
                 changes.nodes.insert(name);
             }
-            Op::PutContainer(c) => {
-                if let Some(old) = self.container(&c.key).cloned() {
-                    self.unindex(&old);
-                    changes.services.insert(old.service_key());
-                }
-                self.index(&c);
-                changes.containers.insert(c.key.clone());
-                changes.services.insert(c.service_key());
-                self.containers.replace(Held(c));
-            }
+            Op::PutContainer(c) => self.hold(c, changes),
             Op::DeleteContainer(key) => {
                 if let Some(Held(c)) = self.containers.take(&key) {
                     self.unindex(&c);

@@ -60,6 +60,9 @@ pub async fn campaign(c: Campaign) {
     }
 }
 
+/// The pause before asking etcd again after a failed read or a broken watch.
+const RETRY: Duration = Duration::from_millis(200);
+
 fn parse(value: &[u8]) -> Option<Leader> {
     serde_json::from_slice(value).ok()
 }
@@ -94,13 +97,43 @@ async fn hold(c: &Campaign, client: &mut Client, lease: i64) -> Result<(), etcd_
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(c.key.clone(), None)]);
-        let response = client.txn(txn).await?;
+        let response = match client.txn(txn).await {
+            Ok(response) => response,
+            // etcd is electing, or this member went away: keep the lease alive and ask again,
+            // without changing who is said to lead, until the lease could lapse.
+            Err(e) if renewed.elapsed() <= give_up => {
+                tracing::debug!(error = %e, "etcd leadership: cannot read the key; retrying");
+                tokio::time::sleep(RETRY).await;
+                let _ = keeper.keep_alive().await;
+                let ack = tokio::time::timeout(RETRY, acks.message()).await;
+                if matches!(ack, Ok(Ok(Some(ref a))) if a.ttl() > 0) {
+                    renewed = Instant::now();
+                }
+                continue;
+            }
+            Err(e) => {
+                c.set(None, false);
+                return Err(e);
+            }
+        };
         let mut revision = response.header().map_or(0, |h| h.revision());
         // The key may already be this term's own (the watch was set up again).
         let held = response.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (kv.value().to_vec(), kv.lease())),
             _ => None,
         });
+        if let Some((value, old)) = held.as_ref().filter(|(v, l)| *v == c.record && *l != lease) {
+            // This instance's record under an earlier lease (its revoke failed): not this
+            // term's, so it cannot commit under it. Delete it, then campaign.
+            let txn = Txn::new()
+                .when([
+                    Compare::value(c.key.clone(), CompareOp::Equal, value.clone()),
+                    Compare::lease(c.key.clone(), CompareOp::Equal, *old),
+                ])
+                .and_then([TxnOp::delete(c.key.clone(), None)]);
+            let _ = client.txn(txn).await;
+            continue;
+        }
         let mut mine =
             response.succeeded() || held.as_ref().is_some_and(|(v, l)| *v == c.record && *l == lease);
         let current = if mine {
@@ -154,8 +187,12 @@ async fn hold(c: &Campaign, client: &mut Client, lease: i64) -> Result<(), etcd_
                 message = async { watch.as_mut()?.message().await.ok() }, if watch.is_some() => {
                     // A broken, cancelled or compacted watch: read the key again (the
                     // transaction above) and watch from there.
-                    let Some(Some(message)) = message else { break 'held };
+                    let Some(Some(message)) = message else {
+                        tokio::time::sleep(RETRY).await;
+                        break 'held;
+                    };
                     if message.canceled() || message.compact_revision() > 0 {
+                        tokio::time::sleep(RETRY).await;
                         break 'held;
                     }
                     for event in message.events() {

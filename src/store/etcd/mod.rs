@@ -115,6 +115,7 @@ pub struct EtcdStore {
     /// The etcd lease this instance campaigns under (0: none yet), revoked when the store
     /// closes so another instance takes the lead at once instead of after the TTL.
     lease: Arc<AtomicI64>,
+    request_timeout: Duration,
 }
 
 impl Drop for EtcdStore {
@@ -134,9 +135,9 @@ impl EtcdStore {
             return false;
         }
         let mut client = self.client.clone();
-        let revoked = self.run(async move {
-            tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await
-        });
+        let timeout = self.request_timeout;
+        let revoked =
+            self.run(async move { tokio::time::timeout(timeout, client.lease_revoke(lease)).await });
         matches!(revoked, Ok(Ok(Ok(_))))
     }
 }
@@ -199,6 +200,7 @@ impl EtcdStore {
             following: AtomicBool::new(false),
             compact_bytes: config.compact_bytes,
             lease,
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -520,7 +522,10 @@ impl Store for EtcdStore {
                     Ok(mut got) => match got.take_kvs().first() {
                         Some(kv) if kv.value() == value.as_slice() => Ok(true),
                         Some(_) => Ok(false),
-                        None => Err(etcd("commit", e)),
+                        None => Err(StoreError::Etcd {
+                            action: "commit (etcd's answer was lost; the batch may yet be stored)",
+                            source: Box::new(e),
+                        }),
                     },
                     Err(_) => Err(StoreError::Etcd {
                         action: "commit (etcd did not answer, and the batch may yet be stored)",
@@ -545,10 +550,6 @@ impl Store for EtcdStore {
             }));
         }
         Ok(())
-    }
-
-    fn resign(&self) {
-        self.revoke_lease();
     }
 
     fn cluster(&self) -> Option<super::Cluster> {
