@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderName, HeaderValue, StatusCode, request::Parts};
+use axum::http::{HeaderName, StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -61,12 +61,9 @@ fn leader_serves(path: &str) -> bool {
         && path != "/v1/openapi.json"
 }
 
+/// A 503 (with `Retry-After`, as every 503 of the API).
 fn unavailable(code: &'static str, message: String) -> Response {
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
-    response
-        .headers_mut()
-        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
 }
 
 /// Sends the request to the leader if this instance does not lead; `None`: serve it here.

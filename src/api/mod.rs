@@ -218,16 +218,13 @@ async fn bounded(
         }
     };
     let Ok(_slot) = state.requests.try_acquire() else {
-        let mut refused = axum::response::IntoResponse::into_response(ApiError::new(
+        // With `Retry-After: 1`, as every 503.
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "the server is serving as many requests as it may; retry shortly",
-        ));
-        refused.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return refused;
+        )
+        .into_response();
     };
     if let Some(answered) = forward::to_leader(&state, &parts, &body).await {
         return answered;

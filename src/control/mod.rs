@@ -121,8 +121,13 @@ pub struct ClusterView {
 impl ClusterView {
     /// Whether this instance leads.
     pub fn leads(&self) -> bool {
-        self.leader.borrow().as_ref().is_some_and(|l| l.id == self.id)
+        leads(&self.leader, &self.id)
     }
+}
+
+/// Whether the leader `leader` names is instance `id`.
+fn leads(leader: &watch::Receiver<Option<Leader>>, id: &str) -> bool {
+    leader.borrow().as_ref().is_some_and(|l| l.id == id)
 }
 
 /// Hands the writer what the shared store says, in order: followed batches and leadership.
@@ -135,10 +140,8 @@ async fn forward_cluster(cluster: Cluster, work: mpsc::Sender<Next>, shutdown: C
     let Some(mut followed) = followed else {
         return;
     };
-    let leads =
-        |leader: &watch::Receiver<Option<Leader>>| leader.borrow().as_ref().is_some_and(|l| l.id == id);
     let mut was = false;
-    if leads(&leader) {
+    if leads(&leader, &id) {
         was = true;
         if work.send(Next::Lead(true)).await.is_err() {
             return;
@@ -155,7 +158,7 @@ async fn forward_cluster(cluster: Cluster, work: mpsc::Sender<Next>, shutdown: C
                 if changed.is_err() {
                     return;
                 }
-                let now = leads(&leader);
+                let now = leads(&leader, &id);
                 if now == was {
                     continue;
                 }

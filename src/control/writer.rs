@@ -358,20 +358,14 @@ impl Writer {
         }
     }
 
-    /// Replaces the in-memory state with the database's, keeping leases. Any failure leaves
-    /// the writer `stale`: writes are refused until a later reload succeeds.
+    /// Replaces the in-memory state with the database's, keeping leases (redb: a shared store
+    /// reads and publishes its state again in [`Writer::resync`]). Any failure leaves the
+    /// writer `stale`: writes are refused until a later reload succeeds.
     fn reload(&mut self) {
         match self.store.load() {
             Ok(loaded) => {
                 let leases = self.state.leases();
                 let defaults = self.state.default_limits;
-                self.position = loaded.position;
-                self.fingerprint = loaded.fingerprint;
-                if self.shared {
-                    // Another instance may have published serials since; this one goes on
-                    // from the stored serial (its next commit resets the journal).
-                    self.serial = loaded.serial;
-                }
                 self.state = State::from_loaded(loaded, Instant::now());
                 self.state.default_limits = defaults;
                 self.state.restore_leases(leases);

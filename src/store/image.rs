@@ -125,10 +125,6 @@ impl Image {
         }
     }
 
-    pub fn containers(&self) -> usize {
-        self.containers.len()
-    }
-
     /// What `Store::load` answers for this image.
     pub fn into_loaded(self) -> Loaded {
         Loaded {

@@ -98,7 +98,8 @@ impl Drop for Runtime {
 pub struct EtcdStore {
     client: Client,
     prefix: String,
-    runtime: Runtime,
+    /// Held for its drop: the client's tasks run on it.
+    _runtime: Runtime,
     handle: tokio::runtime::Handle,
     /// This instance's leader record while it holds the leadership (what commits compare).
     leading: Arc<Mutex<Option<Vec<u8>>>>,
@@ -188,7 +189,7 @@ impl EtcdStore {
         Ok(Self {
             client,
             prefix,
-            runtime,
+            _runtime: runtime,
             handle,
             leading,
             leader,
@@ -209,7 +210,6 @@ impl EtcdStore {
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _ = &self.runtime;
         run(&self.handle, f)
     }
 }
@@ -302,8 +302,12 @@ fn parse_reference(value: &[u8]) -> Option<(usize, String)> {
 }
 
 /// Writes `bytes` in chunks under `base/<nonce>/`; answers the reference to store.
-async fn put_chunks(client: &mut Client, base: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let nonce = random_id()?;
+async fn put_chunks(
+    client: &mut Client,
+    base: &str,
+    nonce: &str,
+    bytes: &[u8],
+) -> Result<Vec<u8>, StoreError> {
     let mut count = 0;
     for (i, piece) in bytes.chunks(INLINE_MAX).enumerate() {
         client
@@ -312,7 +316,7 @@ async fn put_chunks(client: &mut Client, base: &str, bytes: &[u8]) -> Result<Vec
             .map_err(|e| etcd("write a chunk", e))?;
         count = i + 1;
     }
-    Ok(reference(&nonce, count))
+    Ok(reference(nonce, count))
 }
 
 /// The bytes a stored value stands for: itself, or its chunks (read at `revision`).
@@ -497,7 +501,13 @@ impl Store for EtcdStore {
             let value = if bytes.len() <= INLINE_MAX {
                 bytes
             } else {
-                put_chunks(&mut client, &format!("{prefix}chunk/{position:016x}"), &bytes).await?
+                put_chunks(
+                    &mut client,
+                    &format!("{prefix}chunk/{position:016x}"),
+                    &random_id()?,
+                    &bytes,
+                )
+                .await?
             };
             let head = format!("{prefix}head");
             let at_head = if after == 0 {
@@ -614,15 +624,9 @@ async fn compact_once(c: &Compaction) -> Result<(u64, u64), StoreError> {
         })?;
     let size = bytes.len() as u64;
     let base = format!("{prefix}image-chunk/{position:016x}");
+    // The image's position goes in its nonce: a load reads it from the reference.
     let nonce = format!("{position}@{}", random_id()?);
-    let mut count = 0;
-    for (i, piece) in bytes.chunks(INLINE_MAX).enumerate() {
-        client
-            .put(format!("{base}/{nonce}/{i:08}"), piece, None)
-            .await
-            .map_err(|e| etcd("write an image chunk", e))?;
-        count = i + 1;
-    }
+    let image = put_chunks(&mut client, &base, &nonce, &bytes).await?;
     // Only if no other compaction moved the image since this one read it.
     let image_key = format!("{prefix}image");
     let mut current = client
@@ -639,7 +643,7 @@ async fn compact_once(c: &Compaction) -> Result<(u64, u64), StoreError> {
             CompareOp::Equal,
             image_rev,
         )])
-        .and_then([TxnOp::put(image_key, reference(&nonce, count), None)]);
+        .and_then([TxnOp::put(image_key, image, None)]);
     if !client
         .txn(txn)
         .await
